@@ -1,0 +1,159 @@
+"""Compose a recipe with Hydra, then validate every group against its schema.
+
+Hydra reports problems as nested exceptions; we turn them into one ConfigError line that names the
+key and, for unknown group options, lists the valid ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from sparsetune.errors import ConfigError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+GROUPS = ("model", "data", "method", "trainer", "eval", "logger", "recipe")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def _one_line(text: str) -> str:
+    text = " ".join(str(text).split())
+    # OmegaConf appends a "full_key / object_type" trailer that repeats what we already say
+    return text.split(" full_key:")[0].strip()
+
+
+def _check_overrides(overrides: list[str]) -> None:
+    for ov in overrides:
+        key = ov.lstrip("+~").split("=", 1)[0]
+        group = key.split("/")[0]
+        if "=" in ov and "." not in key and group in GROUPS and group != "recipe":
+            value = ov.split("=", 1)[1]
+            if not (RECIPES_DIR / group / f"{value}.yaml").exists():
+                raise ConfigError(f"unknown {group} '{value}'; available: {', '.join(options(group))}")
+        if key == "recipe" and "=" in ov:
+            value = ov.split("=", 1)[1]
+            if value not in ("null", "") and not (RECIPES_DIR / "recipe" / f"{value}.yaml").exists():
+                raise ConfigError(f"unknown recipe '{value}'; available: {', '.join(options('recipe'))}")
+
+
+def _force(override: str) -> str:
+    """`trainer.epochs=1` → `++trainer.epochs=1`: recipes need not spell out every schema field, and
+    keys outside the schema are rejected by `validate` with a list of the valid ones."""
+    key = override.split("=", 1)[0]
+    if "=" not in override or override.startswith(("+", "~")) or key in GROUPS:
+        return override
+    return "++" + override
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (RECIPES_DIR / group).glob("*.yaml"))
+
+
+def compose(overrides: list[str] | None = None):
+    """Compose `config.yaml` with the given Hydra overrides; returns a validated, typed DictConfig."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides or [])
+    _check_overrides(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
+            cfg = hydra_compose("config", overrides=[_force(o) for o in overrides])
+    except (HydraException, OmegaConfBaseException) as exc:
+        root = _root_cause(exc)
+        key = getattr(root, "full_key", None)
+        if key and "not in struct" in str(root):
+            raise ConfigError(_unknown_key(key, _method_name(overrides))) from None
+        raise ConfigError(_one_line(root) or _one_line(exc)) from None
+    recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), None)
+    return validate(cfg, recipe=recipe)
+
+
+def _method_name(overrides: list[str]) -> str | None:
+    return next((o.split("=", 1)[1] for o in overrides if o.startswith("method=")), None)
+
+
+def _unknown_key(full_key: str, method: str | None = None, schema=None, parent: str | None = None) -> str:
+    """'unknown key model.hidden_sise; valid keys in model: …' from the dataclass schemas."""
+    import dataclasses
+
+    from sparsetune.config.schema import Config
+    from sparsetune.methods import REGISTRY, method_class
+
+    if parent:
+        full_key = f"{parent}.{full_key}"
+    parts = full_key.split(".")
+    node = schema or Config
+    if schema is not None:
+        parts_walk = parts[1:-1]
+    else:
+        parts_walk = parts[:-1]
+    for part in parts_walk:
+        if part == "method" and node is Config:
+            node = method_class(method).config_class if method in REGISTRY else None
+        else:
+            fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+            default = fields[part].default_factory() if part in fields and callable(fields[part].default_factory) else None
+            node = type(default) if dataclasses.is_dataclass(default) else None
+        if node is None:
+            break
+    msg = f"unknown config key '{full_key}'"
+    if node is not None and dataclasses.is_dataclass(node):
+        parent = ".".join(parts[:-1]) or "the top level"
+        msg += f"; valid keys in {parent}: {', '.join(f.name for f in dataclasses.fields(node))}"
+    return msg
+
+
+def validate(cfg, recipe: str | None = None):
+    """Merge the composed tree onto the schemas; reject unknown keys and wrong types."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    from sparsetune.config.schema import Config
+    from sparsetune.methods import method_class
+
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    method_raw = raw.pop("method", None) or {"name": "full"}
+    if recipe is not None:
+        raw["recipe"] = recipe
+    section = ""
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(Config), raw)
+        section = "method."
+        method_schema = method_class(method_raw.get("name", "full")).config_class
+        typed.method = OmegaConf.merge(OmegaConf.structured(method_schema), method_raw)
+    except (ConfigAttributeError, ConfigKeyError) as exc:
+        key = getattr(exc, "full_key", "") or ""
+        if section:
+            raise ConfigError(_unknown_key(key, schema=method_schema, parent="method")) from None
+        raise ConfigError(_unknown_key(key)) from None
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        full = f"{section}{key}" if key else section.rstrip(".")
+        raise ConfigError((f"{full}: " if full else "") + _one_line(exc)) from None
+    OmegaConf.set_readonly(typed, False)
+    OmegaConf.set_struct(typed, True)
+    return typed
+
+
+def to_yaml(cfg) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(cfg)
+
+
+def list_recipes() -> list[tuple[str, str]]:
+    """(name, description) for every recipe file."""
+    out = []
+    for name in options("recipe"):
+        data = yaml.safe_load((RECIPES_DIR / "recipe" / f"{name}.yaml").read_text()) or {}
+        out.append((name, str(data.get("description", "")).strip()))
+    return out

@@ -1,0 +1,133 @@
+"""Dataclass schemas for every config group.
+
+Composition (Hydra) gives a plain tree; `validate` merges each group onto its schema so an unknown
+key, a wrong type or a `+key` outside the schema fails with one readable line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2_135m"
+    # Hub id, local folder, or a package-shipped source (see `source`).
+    name_or_path: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # hub: from_pretrained(name_or_path) (Hub id or local folder)
+    # gguf_package: dequantise a GGUF file shipped inside a pip package, cache as safetensors
+    # config: build from `model_type` + `config` with random weights (tests, training from scratch)
+    # vision_base: the project's own ViT pretrained on Fashion-MNIST (built on first use)
+    source: str = "hub"
+    task: str = "causal_lm"  # causal_lm | image_classification
+    gguf_package: Optional[str] = None
+    gguf_file: Optional[str] = None
+    # source=config: transformers model_type and config kwargs
+    model_type: Optional[str] = None
+    config: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    attn_implementation: str = "sdpa"
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    name: str = "commonsense_mix"
+    kind: str = "text"  # text | vision
+    # text: jsonl | hub | gsm_symbolic | bigbench ; vision: fashion_mnist | mnist5k | digits | cifar10 | image_folder
+    source: str = "bigbench"
+    path: Optional[str] = None  # jsonl file, image folder, or data-cache override
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    hub_split: str = "train"
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    tasks: list[str] = field(default_factory=list)  # bigbench task names
+    train_size: Optional[int] = None  # cap on training examples (None: all)
+    test_size: int = 200  # held-out examples per task
+    val_size: int = 0  # validation examples carved from train (model selection)
+    split_seed: int = 0
+    max_length: int = 256
+    prompt_template: str = "alpaca"  # alpaca | plain
+    image_size: int = 28
+    num_classes: Optional[int] = None
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100
+    epochs: Optional[float] = None  # if set, overrides max_steps
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    warmup_steps: int = 10
+    schedule: str = "linear"  # linear | cosine | constant
+    max_grad_norm: Optional[float] = 1.0
+    precision: str = "fp32"  # fp32 | bf16
+    eval_every: int = 0  # steps; 0 = only at the end
+    save_every: int = 50  # steps; 0 = only at the end
+    log_every: int = 1
+    device: str = "auto"  # auto | cpu | cuda
+    threads: Optional[int] = None
+    num_workers: int = 0
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    # empty: the data set's held-out split; otherwise lm-eval task names (online) or local task names
+    tasks: list[str] = field(default_factory=list)
+    limit: Optional[int] = None  # examples per task
+    batch_size: int = 8
+    max_new_tokens: int = 16
+    scoring: str = "auto"  # auto | multiple_choice | generate
+    bootstrap_iters: int = 0
+
+
+@dataclass
+class LoggerConfig:
+    backends: list[str] = field(default_factory=lambda: ["jsonl", "console", "wandb"])
+    wandb_mode: str = "offline"  # offline | online | disabled
+    project: str = "sparsetune"
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class BenchConfig:
+    batch_settings: list[list[int]] = field(default_factory=lambda: [[4, 256], [1, 512]])
+    warmup: int = 2
+    steps: int = 5
+    quick: bool = False
+
+
+@dataclass
+class ForgetConfig:
+    # one list of class ids per forgetting task (`--classes 3,7 --classes 1,2`)
+    classes: list[list[int]] = field(default_factory=list)
+    sequence: Optional[str] = None  # "random:TxK": T tasks of K classes drawn with `seed`
+    data_ratio: float = 0.1  # share of the training data available
+    shots: Optional[int] = None  # k-shot per class instead of data_ratio
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: Any = None  # validated against the method registry's schema for method.name
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    forget: ForgetConfig = field(default_factory=ForgetConfig)
+    recipe: Optional[str] = None
+    description: str = ""
+    seed: int = 0
+    run_dir: Optional[str] = None  # runs root; default $SPARSETUNE_RUNS or ./runs
+    resume: Optional[str] = None  # run folder to resume
+    run: Optional[str] = None  # run folder to evaluate

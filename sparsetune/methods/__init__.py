@@ -1,0 +1,25 @@
+"""Method registry: name -> "module:Class". Adding a method is one line here."""
+
+from __future__ import annotations
+
+import importlib
+
+from sparsetune.errors import ConfigError
+
+REGISTRY: dict[str, str] = {
+    "full": "sparsetune.methods.full:FullFineTune",
+    "lora": "sparsetune.methods.lora:LoRA",
+    "dora": "sparsetune.methods.lora:DoRA",
+}
+
+
+def method_class(name: str):
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown method '{name}'; available: {', '.join(sorted(REGISTRY))}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def build_method(cfg):
+    """Instantiate the method named by cfg.name from its (validated) config."""
+    return method_class(cfg.name)(cfg)

@@ -1,0 +1,14 @@
+"""Full fine-tuning: every parameter trains (the upper-bound baseline every paper compares against)."""
+
+from __future__ import annotations
+
+from sparsetune.methods.base import Method, MethodConfig
+
+
+class FullFineTune(Method):
+    config_class = MethodConfig
+
+    def apply(self, model, arch):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model

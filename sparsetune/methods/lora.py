@@ -1,0 +1,72 @@
+"""LoRA and DoRA baselines through PEFT, targeted by role names that `arch` resolves per family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sparsetune.errors import ConfigError
+from sparsetune.methods.base import Method, MethodConfig
+
+
+@dataclass
+class LoRAConfig(MethodConfig):
+    name: str = "lora"
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    # role names (q, k, v, o, gate, up, down) or module attribute names (q_proj, …)
+    target_modules: list[str] = field(default_factory=lambda: ["q", "k", "v", "up", "down"])
+    train_head: bool = False  # also train the classifier head (vision)
+
+
+ROLE_ALIASES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate",
+                "up_proj": "up", "down_proj": "down"}
+
+
+def resolve_targets(arch, targets: list[str]) -> list[str]:
+    """Role names → the module paths PEFT matches (suffixes inside each block)."""
+    names = arch.linear_names()
+    out = []
+    for t in targets:
+        role = ROLE_ALIASES.get(t, t)
+        if role not in names:
+            raise ConfigError(f"method.target_modules: '{t}' is not a linear of a {arch.family} block; "
+                              f"available: {', '.join(names)}")
+        out.append(names[role])
+    return out
+
+
+class LoRA(Method):
+    config_class = LoRAConfig
+    use_dora = False
+
+    def apply(self, model, arch):
+        from peft import LoraConfig, get_peft_model
+
+        suffixes = resolve_targets(arch, list(self.cfg.target_modules))
+        block_prefix = arch.name_of(arch.blocks[0].module).rsplit(".", 1)[0]
+        pattern = rf"{block_prefix.replace('.', '[.]')}[.]\d+[.]({'|'.join(s.replace('.', '[.]') for s in suffixes)})"
+        config = LoraConfig(
+            r=self.cfg.r, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout, target_modules=pattern,
+            use_dora=self.use_dora, bias="none",
+            modules_to_save=[arch.name_of(arch.head).split(".")[-1]] if self.cfg.train_head else None,
+        )
+        return get_peft_model(model, config)
+
+    def export(self, model, path: Path) -> Path:
+        """The PEFT adapter folder (adapter_config.json + adapter_model.safetensors)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path)
+        return path
+
+
+@dataclass
+class DoRAConfig(LoRAConfig):
+    name: str = "dora"
+
+
+class DoRA(LoRA):
+    config_class = DoRAConfig
+    use_dora = True

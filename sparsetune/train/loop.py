@@ -1,0 +1,204 @@
+"""The training loop every job shares: accumulation, clipping, autocast, schedule, periodic eval,
+atomic checkpoints, exact resume and a NaN/Inf guard."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from sparsetune.errors import TrainingDivergedError
+from sparsetune.eval.efficiency import peak_memory_mb
+from sparsetune.train.checkpoint import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+
+
+@dataclass
+class LoopState:
+    """Everything about progress that a checkpoint must carry for an exact resume."""
+
+    step: int = 0  # optimiser steps done
+    epoch: int = 0
+    batch_index: int = 0  # micro-batches consumed in `epoch`
+    train_losses: list[float] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)
+    throughputs: list[float] = field(default_factory=list)
+    last_eval: dict[str, Any] = field(default_factory=dict)
+
+
+class BatchStream:
+    """Seeded shuffled micro-batches whose position (epoch, index) can be saved and restored."""
+
+    def __init__(self, dataset, collate: Callable, batch_size: int, seed: int, state: LoopState):
+        self.dataset, self.collate, self.batch_size, self.seed, self.state = dataset, collate, batch_size, seed, state
+        n = len(dataset)
+        self.per_epoch = n // batch_size if n >= batch_size else 1
+        self._order: list[int] | None = None
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(len(self.dataset), generator=gen).tolist()
+
+    def next(self) -> dict[str, torch.Tensor]:
+        st = self.state
+        if st.batch_index >= self.per_epoch:
+            st.epoch, st.batch_index, self._order = st.epoch + 1, 0, None
+        if self._order is None:
+            self._order = self._epoch_order(st.epoch)
+        idx = self._order[st.batch_index * self.batch_size:(st.batch_index + 1) * self.batch_size]
+        st.batch_index += 1
+        return self.collate([self.dataset[i] for i in idx])
+
+
+def _to(batch: dict[str, Any], device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _units(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that carry a label (LM) or images (vision) in a micro-batch: the loss normaliser."""
+    if "input_ids" in batch:
+        return int((batch["labels"][:, 1:] != -100).sum())
+    return int(batch["labels"].numel())
+
+
+class TrainLoop:
+    def __init__(self, *, model, method, optimizer, scheduler, stream: BatchStream, loss_fn, tcfg,
+                 total_steps: int, logger, checkpoint_dir, device, evaluate: Callable | None = None,
+                 progress=None, extra_state: Callable[[], dict] | None = None):
+        self.model, self.method, self.optimizer, self.scheduler = model, method, optimizer, scheduler
+        self.stream, self.loss_fn, self.tcfg, self.total_steps = stream, loss_fn, tcfg, total_steps
+        self.logger, self.checkpoint_dir, self.device = logger, checkpoint_dir, device
+        self.evaluate, self.progress, self.extra_state = evaluate, progress, extra_state
+        self.state = stream.state
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def checkpoint(self) -> None:
+        state = {
+            "loop": asdict(self.state),
+            "model": {k: v.detach().cpu().clone() for k, v in self.method.trainable_state_dict(self.model).items()},
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+        }
+        if self.extra_state:
+            state.update(self.extra_state())
+        save_checkpoint(self.checkpoint_dir, self.state.step, state)
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        missing = set(ckpt["model"]) - {n for n, _ in self.model.named_parameters()}
+        if missing:
+            raise TrainingDivergedError(f"checkpoint does not match the model: unknown tensors {sorted(missing)[:3]}")
+        with torch.no_grad():
+            params = dict(self.model.named_parameters())
+            for name, value in ckpt["model"].items():
+                params[name].copy_(value)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        for key, value in ckpt["loop"].items():
+            setattr(self.state, key, value)
+        set_rng_state(ckpt["rng"])
+
+    # --- one optimiser step ------------------------------------------------------------------
+    def _autocast(self):
+        if self.tcfg.precision == "bf16":
+            return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> dict[str, float]:
+        micro = [_to(self.stream.next(), self.device) for _ in range(self.tcfg.grad_accum)]
+        units = max(1, sum(_units(mb) for mb in micro))
+        task_loss, extras_log = 0.0, {}
+        start = time.perf_counter()
+        for mb in micro:
+            with self._autocast():
+                loss_sum, _, outputs = self.loss_fn(self.model, mb)
+                extras = self.method.extra_loss(self.model, mb, outputs)
+            loss = loss_sum / units
+            for name, value in extras.items():
+                loss = loss + value / len(micro)
+                extras_log[name] = extras_log.get(name, 0.0) + float(value.detach()) / len(micro)
+            loss.backward()
+            task_loss += float(loss_sum.detach()) / units
+        if not math.isfinite(task_loss):
+            self._diverged(f"loss is {task_loss}")
+        grad_norm = None
+        if self.tcfg.max_grad_norm:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.tcfg.max_grad_norm))
+            if not math.isfinite(grad_norm):
+                self._diverged(f"gradient norm is {grad_norm}")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        self.state.step += 1
+        self.method.on_step(self.state.step, self.total_steps)
+        rate_key = "tokens_per_s" if "input_ids" in micro[0] else "images_per_s"
+        n_items = sum(int(mb["attention_mask"].sum()) if "attention_mask" in mb else int(mb["labels"].numel())
+                      for mb in micro)
+        metrics = {
+            "loss": task_loss,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "step_time_s": elapsed,
+            rate_key: n_items / elapsed,
+            "peak_memory_mb": peak_memory_mb(self.device),
+            **{f"loss/{k}": v for k, v in extras_log.items()},
+            **self.method.metrics(),
+        }
+        if grad_norm is not None:
+            metrics["grad_norm"] = grad_norm
+        return metrics
+
+    def _diverged(self, what: str) -> None:
+        good = latest_checkpoint(self.checkpoint_dir)
+        where = f"; last good checkpoint: {good}" if good else "; no checkpoint was written yet"
+        raise TrainingDivergedError(
+            f"training diverged at step {self.state.step + 1}: {what}{where} (try a lower trainer.lr)")
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self) -> LoopState:
+        self.model.train()
+        task = self.progress.add_task("train", total=self.total_steps, completed=self.state.step,
+                                      loss=float("nan"), rate="") if self.progress else None
+        while self.state.step < self.total_steps:
+            metrics = self.train_step()
+            st = self.state
+            st.train_losses.append(metrics["loss"])
+            st.step_times.append(metrics["step_time_s"])
+            st.throughputs.append(metrics.get("tokens_per_s", metrics.get("images_per_s", 0.0)))
+            last = st.step == self.total_steps
+            if self.evaluate and self.tcfg.eval_every and st.step % self.tcfg.eval_every == 0 and not last:
+                results = self.evaluate(self.model)
+                st.last_eval = results
+                metrics.update({f"eval/{t}/{m}": v for t, r in results.items() for m, v in r.items()
+                                if isinstance(v, (int, float))})
+                self.model.train()
+            if st.step % max(1, self.tcfg.log_every) == 0 or last:
+                self.logger.log(metrics, st.step)
+            if (self.tcfg.save_every and st.step % self.tcfg.save_every == 0) or last:
+                self.checkpoint()
+            if task is not None:
+                rate = metrics.get("tokens_per_s") or metrics.get("images_per_s", 0.0)
+                unit = "tok/s" if "tokens_per_s" in metrics else "img/s"
+                self.progress.update(task, completed=st.step, loss=metrics["loss"], rate=f"{rate:,.0f} {unit}")
+        return self.state
+
+
+def summarise(state: LoopState, warmup: int = 1) -> dict[str, float]:
+    """Train figures for summary.json: final loss (mean of the last 10 steps), median step time."""
+    times = state.step_times[warmup:] or state.step_times
+    tail = state.train_losses[-10:]
+    return {
+        "steps": state.step,
+        "train_loss": float(statistics.fmean(tail)) if tail else float("nan"),
+        "final_step_loss": state.train_losses[-1] if state.train_losses else float("nan"),
+        "step_time_s": float(statistics.median(times)) if times else float("nan"),
+        "throughput": float(statistics.median(state.throughputs[warmup:] or state.throughputs or [0.0])),
+    }

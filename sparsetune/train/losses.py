@@ -1,0 +1,42 @@
+"""Task losses, returned as (sum, count) so gradient accumulation weights every token/image equally.
+
+The causal-LM loss applies the output head only to positions that carry a label, so logits are
+never materialised for prompt or padding tokens (a large share of activation memory).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The stock HF model inside a PEFT wrapper (LoRA layers stay injected)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, Any]:
+    core = unwrap(model)
+    outputs = core.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+    hidden = outputs.last_hidden_state[:, :-1]
+    labels = batch["labels"][:, 1:]
+    keep = labels != -100
+    logits = core.get_output_embeddings()(hidden[keep])
+    cap = getattr(core.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    loss_sum = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+    return loss_sum, int(keep.sum()), outputs
+
+
+def classification_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int, Any]:
+    outputs = model(pixel_values=batch["pixel_values"])
+    loss_sum = F.cross_entropy(outputs.logits.float(), batch["labels"], reduction="sum")
+    return loss_sum, int(batch["labels"].numel()), outputs
+
+
+def task_loss(task: str):
+    return causal_lm_loss if task == "causal_lm" else classification_loss

@@ -1,0 +1,90 @@
+"""The run-folder contract: config.yaml, overrides.txt, metrics.jsonl, summary.json, checkpoints/,
+export/, wandb/. Nothing already written in a run folder is overwritten, except by resuming it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sparsetune.errors import UserError
+from sparsetune.paths import runs_root
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder + rename, so readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+@dataclass
+class RunFolder:
+    path: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def export(self) -> Path:
+        return self.path / "export"
+
+    @classmethod
+    def create(cls, cfg, overrides: list[str], job: str) -> RunFolder:
+        """A new folder `<root>/<YYYYmmdd-HHMMSS>-<recipe>`; suffixed if that name is taken."""
+        from omegaconf import OmegaConf
+
+        root = runs_root(cfg.run_dir)
+        stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.recipe or job}"
+        path = root / stem
+        n = 1
+        while path.exists():
+            n += 1
+            path = root / f"{stem}-{n}"
+        path.mkdir(parents=True)
+        (path / "checkpoints").mkdir()
+        run = cls(path)
+        atomic_write_text(run.config_path, OmegaConf.to_yaml(cfg))
+        atomic_write_text(path / "overrides.txt", " ".join([job, *overrides]) + "\n")
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunFolder:
+        path = Path(path).expanduser().resolve()
+        if not (path / "config.yaml").is_file():
+            raise UserError(f"not a sparsetune run folder (no config.yaml): {path}")
+        return cls(path)
+
+    def load_config(self):
+        from omegaconf import OmegaConf
+
+        from sparsetune.config.compose import validate
+
+        return validate(OmegaConf.load(self.config_path))
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads(self.summary_path.read_text()) if self.summary_path.exists() else {}
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=str) + "\n")
