@@ -143,11 +143,12 @@ def cifar10_task_file(data_cfg: Any) -> Path:
     base = Path(user_path) if user_path else cache_dir("data", "bigbench", "cifar10_classification")
     if base.is_file():
         return base
-    found = sorted(base.rglob("task.json")) if base.is_dir() else []
-    if not found:
-        raise DataError(f"CIFAR-10 task.json not found under {base}: run `python scripts/prepare_data.py` "
-                        "(or `make data`), or set data.path to bigbench's cifar10_classification folder")
-    return found[0]
+    # bigbench keeps the PNG variant in base64/task.json (hex/ holds the same images as hex pixels)
+    for candidate in (base / "base64" / "task.json", base / "task.json"):
+        if candidate.is_file() and candidate.stat().st_size > 10_000:
+            return candidate
+    raise DataError(f"CIFAR-10 base64/task.json not found under {base}: run `python scripts/prepare_data.py` "
+                    "(or `make data`), or set data.path to bigbench's cifar10_classification folder")
 
 
 def read_cifar10(data_cfg: Any) -> RawImages:

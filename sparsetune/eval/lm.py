@@ -7,11 +7,14 @@ change a training run that evaluates every N steps.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import random
+import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
@@ -51,21 +54,35 @@ def quiet() -> Iterator[None]:
     levels = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    old_tqdm = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    bars_were_on = not datasets.utils.logging.is_progress_bar_enabled()
+    bars_were_on = datasets.utils.logging.is_progress_bar_enabled()
     datasets.utils.logging.disable_progress_bar()
+    captured = io.StringIO()  # lm-eval's tqdm bars write to sys.stderr; shown only if something fails
     try:
-        yield
+        with redirect_stderr(captured):
+            yield
+    except BaseException:
+        sys.stderr.write(captured.getvalue())
+        raise
     finally:
         for name, level in levels.items():
             logging.getLogger(name).setLevel(level)
-        if old_tqdm is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old_tqdm
-        if not bars_were_on:
+        if bars_were_on:
             datasets.utils.logging.enable_progress_bar()
+
+
+@contextmanager
+def lean_evaluator() -> Iterator[None]:
+    """Skip lm-eval's result decorations that cost seconds per call and print to the terminal:
+    `add_env_info` (torch's collect_env, 1-5 s) and `get_git_commit_hash` (runs git in the CWD)."""
+    import lm_eval.evaluator as ev
+
+    saved = ev.add_env_info, ev.get_git_commit_hash
+    ev.add_env_info = lambda results: None
+    ev.get_git_commit_hash = lambda: None
+    try:
+        yield
+    finally:
+        ev.add_env_info, ev.get_git_commit_hash = saved
 
 
 def _model_device(model: Any) -> str:
@@ -81,7 +98,7 @@ def _run(model: Any, tokenizer: Any, tasks: list[str], task_manager: Any, eval_c
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    with preserved_state(model), quiet():
+    with preserved_state(model), quiet(), lean_evaluator():
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(eval_cfg.batch_size),
                   device=_model_device(model), max_length=max_length)
         out = simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=eval_cfg.limit,
@@ -158,24 +175,30 @@ def _is_network_error(exc: BaseException) -> bool:
     return False
 
 
+@lru_cache(maxsize=1)
+def _default_task_manager() -> Any:
+    """lm-eval's own task index (scanning its YAMLs takes ~20 s: build it once per process)."""
+    from lm_eval.tasks import TaskManager
+
+    with quiet():
+        return TaskManager()
+
+
 def evaluate_lm_tasks(model: Any, tokenizer: Any, task_names: list[str], eval_cfg: Any,
                       max_length: Optional[int] = None) -> dict[str, dict[str, float]]:
     """Standard lm-eval tasks by name (arc_easy, boolq, ...): needs the Hugging Face Hub for the data."""
     import difflib
 
-    from lm_eval.tasks import TaskManager
-
-    with quiet():
-        manager = TaskManager()
+    hub_msg = (f"eval.tasks={list(task_names)} needs the Hugging Face Hub to download the task data, "
+               "and the Hub is unreachable")
+    if _offline():
+        raise UserError(f"{hub_msg} (offline mode is set); use eval.tasks=[] to score the data set's held-out split")
+    manager = _default_task_manager()
     unknown = [n for n in task_names if n not in manager.all_tasks]
     if unknown:
         hints = {n: difflib.get_close_matches(n, manager.all_tasks, n=3) for n in unknown}
         detail = "; ".join(f"'{n}'" + (f" (did you mean {', '.join(h)}?)" if h else "") for n, h in hints.items())
         raise ConfigError(f"eval.tasks: unknown lm-eval task(s) {detail}")
-    hub_msg = (f"eval.tasks={list(task_names)} needs the Hugging Face Hub to download the task data, "
-               "and the Hub is unreachable")
-    if _offline():
-        raise UserError(f"{hub_msg} (offline mode is set); use eval.tasks=[] to score the data set's held-out split")
     try:
         out = _run(model, tokenizer, list(task_names), manager, eval_cfg, max_length)
     except Exception as exc:  # the datasets / hub stack raises many types for "no network"

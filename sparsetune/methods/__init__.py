@@ -10,6 +10,7 @@ REGISTRY: dict[str, str] = {
     "full": "sparsetune.methods.full:FullFineTune",
     "lora": "sparsetune.methods.lora:LoRA",
     "dora": "sparsetune.methods.lora:DoRA",
+    "s2ft": "sparsetune.methods.s2ft.method:S2FT",
 }
 
 

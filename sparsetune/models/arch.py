@@ -175,18 +175,19 @@ def _encoder(model: nn.Module, family: str) -> Arch:
     heads = config.num_attention_heads
     head_dim = config.hidden_size // heads
     blocks = []
-    for i, layer in enumerate(base.encoder.layer):
-        sa = layer.attention.attention
-        blocks.append(
-            Block(
-                index=i,
-                module=layer,
-                attn=Attention(layer.attention, sa.query, sa.key, sa.value, layer.attention.output.dense,
-                               heads, heads, head_dim),
-                mlp=MLP(layer, up=layer.intermediate.dense, down=layer.output.dense),
-                norms=[layer.layernorm_before, layer.layernorm_after],
-            )
-        )
+    layers = base.layers if hasattr(base, "layers") else base.encoder.layer
+    for i, layer in enumerate(layers):
+        if hasattr(layer, "mlp"):  # transformers >= 5: attention.{q,k,v,o}_proj, mlp.fc1/fc2
+            at = layer.attention
+            attn = Attention(at, at.q_proj, at.k_proj, at.v_proj, at.o_proj, heads, heads, head_dim)
+            mlp = MLP(layer.mlp, up=layer.mlp.fc1, down=layer.mlp.fc2)
+        else:  # transformers 4.x: attention.attention.{query,key,value}, intermediate/output.dense
+            sa = layer.attention.attention
+            attn = Attention(layer.attention, sa.query, sa.key, sa.value, layer.attention.output.dense,
+                             heads, heads, head_dim)
+            mlp = MLP(layer, up=layer.intermediate.dense, down=layer.output.dense)
+        blocks.append(Block(index=i, module=layer, attn=attn, mlp=mlp,
+                            norms=[layer.layernorm_before, layer.layernorm_after]))
     if hasattr(model, "classifier"):
         head, extra = model.classifier, []
     else:  # DeiTForImageClassificationWithTeacher

@@ -75,7 +75,15 @@ def gguf_cache(cfg) -> Path:
     if not gguf.exists():
         raise UserError(f"GGUF file not found: {gguf}")
     Console(stderr=True).print(f"[dim]converting {gguf.name} to safetensors once (cache: {target})…[/dim]")
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=cfg.gguf_file, dtype="float32")
+    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=cfg.gguf_file, dtype="float32")
+    # the dequantised model still carries a GGUF quantizer that refuses save_pretrained: copy the
+    # fp32 weights into a plain model of the same config
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config, dtype="float32")
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=cfg.gguf_file)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

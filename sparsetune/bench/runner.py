@@ -1,0 +1,97 @@
+"""Run a benchmark's variants in separate processes and print side-by-side ratios."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Variant:
+    name: str
+    measure: str  # "module:function" run in the worker: fn(cfg, settings) -> dict of metrics
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Setting:
+    """One block of the results (e.g. batch 4 × 256); every variant is measured under it."""
+
+    name: str
+    params: dict[str, Any]
+
+
+@dataclass
+class Benchmark:
+    name: str
+    variants: list[Variant]
+    settings: list[Setting]
+    baseline: str  # ratios are variant / baseline
+    ratio_metrics: list[str]
+    extra_ratios: list[tuple[str, str]] = field(default_factory=list)  # (variant, reference variant)
+
+
+def _run_variant(variant: Variant, setting: Setting, timeout: int) -> dict[str, Any]:
+    spec = {"measure": variant.measure, "overrides": variant.overrides, "settings": setting.params}
+    env = dict(os.environ, WANDB_MODE="disabled")
+    proc = subprocess.run([sys.executable, "-m", "sparsetune.bench.worker", json.dumps(spec)],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail[0]}
+    return json.loads(lines[-1])
+
+
+def device_info() -> dict[str, Any]:
+    import torch
+
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine()}
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+    else:
+        info["device"] = "cpu"
+    return info
+
+
+def run_benchmark(name: str, quick: bool = False, out: str | None = None, overrides: list[str] | None = None,
+                  timeout: int = 1800) -> dict[str, Any]:
+    from sparsetune.bench import benchmark_module
+    from sparsetune.eval.report import print_table
+
+    bench: Benchmark = benchmark_module(name).benchmark(quick=quick, overrides=list(overrides or []))
+    results: dict[str, Any] = {"benchmark": name, "quick": quick, "device": device_info(), "settings": {},
+                               "variants": {}}
+    for setting in bench.settings:
+        block: dict[str, dict[str, Any]] = {}
+        for variant in bench.variants:
+            console.print(f"[dim]{setting.name}: running {variant.name}…[/dim]")
+            block[variant.name] = _run_variant(variant, setting, timeout)
+        base = block.get(bench.baseline, {})
+        for vname, metrics in block.items():
+            for metric in bench.ratio_metrics:
+                if metric in metrics and base.get(metric):
+                    metrics[f"{metric}_vs_{bench.baseline}"] = metrics[metric] / base[metric]
+        for vname, ref in bench.extra_ratios:
+            for metric in bench.ratio_metrics:
+                a, b = block.get(vname, {}).get(metric), block.get(ref, {}).get(metric)
+                if a is not None and b:
+                    block[vname][f"{metric}_vs_{ref}"] = a / b
+        results["settings"][setting.name] = setting.params
+        results["variants"][setting.name] = block
+        print_table(f"{name} — {setting.name}", block)
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+        console.print(f"results written to {out}")
+    return results

@@ -1,0 +1,51 @@
+"""Measure one training step (forward + backward + optimiser step) of a method on synthetic tokens,
+with the same loss function and attention implementation the trainer uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def measure_train_step(cfg, settings: dict[str, Any]) -> dict[str, Any]:
+    from sparsetune.eval.efficiency import StepTimer, count_parameters, peak_memory_mb, reset_peak_memory
+    from sparsetune.methods import build_method
+    from sparsetune.models import get_arch, load_model
+    from sparsetune.train.job import resolve_device, seed_everything
+    from sparsetune.train.losses import causal_lm_loss
+    from sparsetune.train.optim import build_optimizer
+
+    if settings.get("threads"):
+        torch.set_num_threads(settings["threads"])
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.trainer.device)
+    model, _ = load_model(cfg.model)
+    method = build_method(cfg.method)
+    model = method.apply(model, get_arch(model)).to(device)
+    model.train()
+    optimizer = build_optimizer(method, model, cfg.trainer)
+    batch, seq = settings["batch"], settings["seq"]
+    vocab = model.config.get_text_config().vocab_size
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
+    data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16) \
+        if cfg.trainer.precision == "bf16" else torch.autocast(device_type="cpu", enabled=False)
+    timer = StepTimer(device)
+    reset_peak_memory(device)
+    for _ in range(settings.get("warmup", 2) + settings.get("steps", 5)):
+        with timer.step():
+            with autocast:
+                loss_sum, n, _ = causal_lm_loss(model, data)
+            (loss_sum / n).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    trainable, total = count_parameters(model)
+    return {
+        "step_time_s": timer.median(skip_warmup=settings.get("warmup", 2)),
+        "peak_memory_mb": peak_memory_mb(device),
+        "trainable_params": trainable,
+        "total_params": total,
+        "tokens_per_s": batch * seq / timer.median(skip_warmup=settings.get("warmup", 2)),
+    }

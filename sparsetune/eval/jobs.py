@@ -1,0 +1,74 @@
+"""`sparsetune eval`: score a finished run folder or a recipe's untuned model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from sparsetune.errors import UserError
+
+console = Console(stderr=True)
+
+
+def _apply_overrides(cfg, overrides: list[str]):
+    """Only eval-time settings may change when re-evaluating a run (eval.*, trainer.device/threads)."""
+    from omegaconf import OmegaConf
+
+    from sparsetune.config.compose import validate
+
+    allowed = ("eval.", "trainer.device", "trainer.threads", "logger.")
+    bad = [o for o in overrides if not o.lstrip("+").startswith(allowed)]
+    if bad:
+        raise UserError(f"eval run=… accepts only eval.*, logger.* and trainer.device/threads overrides, got: {' '.join(bad)}")
+    merged = OmegaConf.merge(OmegaConf.to_container(cfg), OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
+    return validate(merged)
+
+
+def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
+    """Rebuild the run's model from its config and final checkpoint, evaluate the held-out split,
+    and record the results in its summary.json."""
+    from sparsetune.eval.report import format_eval
+    from sparsetune.eval.suite import evaluate_model
+    from sparsetune.train.checkpoint import latest_checkpoint, load_checkpoint
+    from sparsetune.train.job import setup
+    from sparsetune.train.run_folder import RunFolder
+
+    run = RunFolder.open(run_dir)
+    cfg = _apply_overrides(run.load_config(), overrides)
+    path = latest_checkpoint(run.checkpoints)
+    if path is None:
+        raise UserError(f"run has no checkpoint to evaluate: {run.path}")
+    ckpt = load_checkpoint(path)
+    job = setup(cfg, [], "eval", ckpt=ckpt, create_run=False)
+    params = dict(job.model.named_parameters())
+    with torch.no_grad():
+        for name, value in ckpt["model"].items():
+            params[name].copy_(value)
+    console.print(f"evaluating {run.path} (checkpoint {path.name})")
+    model = job.method.prepare_for_eval(job.model)
+    results = evaluate_model(cfg, model, job.tokenizer, job.splits, "test", run.path)
+    summary = run.read_summary()
+    summary.setdefault("eval", {}).update(results)
+    run.write_summary(summary)
+    format_eval(results)
+    return results
+
+
+def evaluate_recipe(cfg, overrides: list[str]) -> dict[str, Any]:
+    """Evaluate the recipe's model with the method applied but untrained (e.g. the base model)."""
+    from sparsetune.eval.efficiency import count_parameters
+    from sparsetune.eval.report import format_eval
+    from sparsetune.eval.suite import evaluate_model
+    from sparsetune.train.job import setup
+
+    job = setup(cfg, overrides, "eval")
+    model = job.method.prepare_for_eval(job.model)
+    results = evaluate_model(cfg, model, job.tokenizer, job.splits, "test", job.run.path)
+    trainable, total = count_parameters(job.model)
+    job.run.write_summary({"recipe": cfg.recipe, "method": cfg.method.name, "model": cfg.model.name,
+                           "data": cfg.data.name, "total_params": total, "eval": results})
+    format_eval(results)
+    console.print(f"[bold]run folder:[/bold] {job.run.path}")
+    return results

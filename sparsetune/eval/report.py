@@ -1,0 +1,57 @@
+"""Console tables for eval results and end-of-run summaries (rich)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+
+def format_value(value: Any) -> str:
+    """Integers (counts, params) with separators, fractions with 4 decimals, others with 4 significant."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1000):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if value.is_integer():
+            return str(int(value))
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:,.2f}"
+    return str(value)
+
+
+def _columns(rows: dict[str, dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    for metrics in rows.values():
+        for key, value in metrics.items():
+            if key not in cols and not isinstance(value, (dict, list)):
+                cols.append(key)
+    return cols
+
+
+def print_table(title: str, rows: dict[str, dict[str, Any]], console: Optional[Any] = None) -> None:
+    """One row per key of `rows`, one column per metric (nested values such as per_class are skipped)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("", style="bold")
+    cols = _columns(rows)
+    for col in cols:
+        table.add_column(col, justify="right")
+    for name, metrics in rows.items():
+        table.add_row(str(name), *(format_value(metrics.get(c)) for c in cols))
+    (console or Console()).print(table)
+
+
+def format_eval(results: dict[str, dict[str, Any]]) -> str:
+    """One line for logs: 'task: acc=0.5123 acc_norm=0.5000 | task2: exact_match=0.2500'."""
+    parts = []
+    for task, metrics in results.items():
+        shown = " ".join(f"{k}={format_value(v)}" for k, v in metrics.items()
+                         if not isinstance(v, (dict, list)) and k != "n" and not k.endswith("_stderr"))
+        parts.append(f"{task}: {shown}" if shown else str(task))
+    return " | ".join(parts)

@@ -1,0 +1,51 @@
+"""Recipes compose, and every kind of bad override is one clear ConfigError."""
+
+from __future__ import annotations
+
+import pytest
+
+from sparsetune.config import compose, list_recipes
+from sparsetune.errors import ConfigError
+
+
+def test_default_and_recipe_compose():
+    cfg = compose([])
+    assert cfg.model.name == "smollm2_135m" and cfg.method.name == "full"
+    cfg = compose(["recipe=lora_llama", "trainer.max_steps=3", "method.r=4"])
+    assert cfg.recipe == "lora_llama" and cfg.method.name == "lora" and cfg.method.r == 4
+    assert cfg.trainer.max_steps == 3
+
+
+def test_schema_fields_not_in_yaml_can_be_set():
+    cfg = compose(["trainer.epochs=1.5", "method=lora", "method.dropout=0.1"])
+    assert cfg.trainer.epochs == 1.5 and cfg.method.dropout == 0.1
+
+
+@pytest.mark.parametrize(
+    "override,pattern",
+    [
+        ("model.hidden_sise=1", r"unknown config key 'model.hidden_sise'; valid keys in model: .*name_or_path"),
+        ("trainer.lr=fast", r"trainer.lr: .*'fast'.*Float"),
+        ("model=nope", r"unknown model 'nope'; available: .*smollm2_135m.*tiny_llama"),
+        ("+trainer.foo=1", r"unknown config key 'trainer.foo'"),
+        ("recipe=nope", r"unknown recipe 'nope'; available: .*lora_llama"),
+        ("+foo=1", r"unknown config key 'foo'"),
+    ],
+)
+def test_bad_overrides(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        compose([override])
+
+
+def test_method_schema_applies():
+    with pytest.raises(ConfigError, match=r"unknown config key 'method.foo'; valid keys in method: .*\br\b"):
+        compose(["method=lora", "method.foo=1"])
+    with pytest.raises(ConfigError, match=r"method.r: .*Integer"):
+        compose(["method=lora", "method.r=x"])
+
+
+def test_every_recipe_composes_and_describes_itself():
+    names = list_recipes()
+    assert names and all(desc for _, desc in names)
+    for name, _ in names:
+        assert compose([f"recipe={name}"]).recipe == name
