@@ -6,7 +6,8 @@ can import this package cheaply.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from sparsetune.data.types import Example, Splits
 from sparsetune.errors import ConfigError

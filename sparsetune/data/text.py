@@ -9,7 +9,8 @@ quarters of `max_length`, in which case it is cut from the right.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 from torch.utils.data import Dataset

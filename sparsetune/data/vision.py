@@ -9,8 +9,9 @@ selection uses; `train_size` then caps the remaining training pool with a seeded
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch

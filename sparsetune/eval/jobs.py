@@ -29,7 +29,7 @@ def _apply_overrides(cfg, overrides: list[str]):
 def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     """Rebuild the run's model from its config and final checkpoint, evaluate the held-out split,
     and record the results in its summary.json."""
-    from sparsetune.eval.report import format_eval
+    from sparsetune.eval.report import print_table
     from sparsetune.eval.suite import evaluate_model
     from sparsetune.train.checkpoint import latest_checkpoint, load_checkpoint
     from sparsetune.train.job import setup
@@ -52,14 +52,14 @@ def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     summary = run.read_summary()
     summary.setdefault("eval", {}).update(results)
     run.write_summary(summary)
-    format_eval(results)
+    print_table("eval (held-out split)", results)
     return results
 
 
 def evaluate_recipe(cfg, overrides: list[str]) -> dict[str, Any]:
     """Evaluate the recipe's model with the method applied but untrained (e.g. the base model)."""
     from sparsetune.eval.efficiency import count_parameters
-    from sparsetune.eval.report import format_eval
+    from sparsetune.eval.report import print_table
     from sparsetune.eval.suite import evaluate_model
     from sparsetune.train.job import setup
 
@@ -69,6 +69,6 @@ def evaluate_recipe(cfg, overrides: list[str]) -> dict[str, Any]:
     trainable, total = count_parameters(job.model)
     job.run.write_summary({"recipe": cfg.recipe, "method": cfg.method.name, "model": cfg.model.name,
                            "data": cfg.data.name, "total_params": total, "eval": results})
-    format_eval(results)
+    print_table("eval (held-out split)", results)
     console.print(f"[bold]run folder:[/bold] {job.run.path}")
     return results

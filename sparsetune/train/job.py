@@ -107,8 +107,8 @@ def train(job: Job, ckpt: dict | None = None) -> dict[str, Any]:
     from sparsetune.eval.efficiency import count_parameters, peak_memory_mb
     from sparsetune.eval.suite import evaluate_model
     from sparsetune.logging import build_logger
-    from sparsetune.train.losses import task_loss
     from sparsetune.train.loop import BatchStream, LoopState, TrainLoop, summarise
+    from sparsetune.train.losses import task_loss
     from sparsetune.train.optim import build_optimizer, build_scheduler
 
     cfg, run = job.cfg, job.run
@@ -164,9 +164,6 @@ def train(job: Job, ckpt: dict | None = None) -> dict[str, Any]:
         "eval": results,
         **job.method.metrics(),
     }
-    previous = run.read_summary()
-    if previous.get("wall_time_s") and cfg.resume:
-        summary["resumed"] = True
     run.write_summary(summary)
     logger.log({f"eval/{t}/{m}": v for t, r in results.items() for m, v in r.items() if isinstance(v, (int, float))},
                state.step)
@@ -177,11 +174,11 @@ def train(job: Job, ckpt: dict | None = None) -> dict[str, Any]:
 
 
 def print_summary(summary: dict[str, Any], run: RunFolder) -> None:
-    from sparsetune.eval.report import format_eval, print_table
+    from sparsetune.eval.report import print_table
 
     keys = ["method", "model", "steps", "train_loss", "step_time_s", "throughput", "peak_memory_mb",
             "trainable_params", "total_params", "wall_time_s"]
     print_table("summary", {"run": {k: summary[k] for k in keys if k in summary}})
     if summary.get("eval"):
-        format_eval(summary["eval"])
+        print_table("eval (held-out split)", summary["eval"])
     console.print(f"[bold]run folder:[/bold] {run.path}")

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 from sparsetune.errors import DataError
 from sparsetune.paths import cache_dir

@@ -163,7 +163,8 @@ class S2FTAdapter:
                 if fuse:
                     old = lin.weight.index_select(s.dim, idx)
                     backups[name] = old
-                    new = old.float() + s.delta.to(lin.weight.device).float()
+                    acc = torch.promote_types(old.dtype, torch.float32)
+                    new = old.to(acc) + s.delta.to(device=lin.weight.device, dtype=acc)
                     lin.weight.index_copy_(s.dim, idx, new.to(lin.weight.dtype))
                 else:
                     _set_module(model, name, S2FTLinear(lin, s.kind, idx, delta=s.delta, dtype=s.delta.dtype,

@@ -142,15 +142,16 @@ class S2FTLinear(nn.Module):
             return slice_linear(x, self.weight, self.bias, self.delta, self.indices, self.start, self.kind, dtype)[0]
 
     def scattered_delta(self) -> torch.Tensor:
-        """Δ placed in a zero tensor of the weight's shape (fp32)."""
-        full = torch.zeros(self.weight.shape, dtype=torch.float32, device=self.weight.device)
-        full.index_copy_(self.slice_dim, self.indices, self.delta.detach().float())
+        """Δ placed in a zero tensor of the weight's shape (Δ's dtype)."""
+        full = self.delta.new_zeros(self.weight.shape)
+        full.index_copy_(self.slice_dim, self.indices, self.delta.detach())
         return full
 
     def merged_weight(self) -> torch.Tensor:
         """W with Δ added on the slice, in W's dtype (a new tensor; W is untouched)."""
         w = self.weight.detach().clone()
-        sl = w.index_select(self.slice_dim, self.indices).float() + self.delta.detach().float()
+        acc = torch.promote_types(w.dtype, torch.float32)
+        sl = w.index_select(self.slice_dim, self.indices).to(acc) + self.delta.detach().to(acc)
         w.index_copy_(self.slice_dim, self.indices, sl.to(w.dtype))
         return w
 
