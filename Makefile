@@ -20,7 +20,7 @@ install:  ## virtualenv + project (editable) + offline model and data assets
 	$(PY) -m sparsetune.models.prefetch
 
 data:  ## optional, larger data (all bigbench tasks the recipes know, CIFAR-10 images)
-	$(PY) scripts/prepare_data.py --all
+	$(PY) scripts/prepare_data.py --all-default --vision
 
 test:  ## fast offline suite (a few minutes on CPU)
 	$(VENV)/bin/pytest

@@ -26,8 +26,7 @@ SHOW_CFG = typer.Option(False, "--cfg", help="Print the resolved config and exit
 
 
 def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    raise UserError(message)
 
 
 def _compose(overrides: list[str]):
@@ -159,7 +158,8 @@ def recipes() -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

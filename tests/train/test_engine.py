@@ -32,7 +32,7 @@ def losses(run: Path) -> list[float]:
 
 def test_run_folder_contract(tmp_path):
     summary, run = train([*TINY, f"run_dir={tmp_path}", "trainer.max_steps=4", "trainer.save_every=2",
-                          "eval.limit=4", "recipe=null"])
+                          "eval.limit=4"])
     for name in ("config.yaml", "overrides.txt", "metrics.jsonl", "summary.json", "checkpoints/latest", "export"):
         assert (run / name).exists(), name
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -1,7 +1,7 @@
 """Local prompt/answer files: JSON Lines (one object per line) or a JSON array (LLM-Adapters' format).
 
 Row fields: `data.prompt_field` and `data.answer_field` (either may join several fields with `+`,
-e.g. `instruction+input`; non-empty parts are joined by a blank line), optional `choices` (list of
+e.g. `instruction+input`: the first is required, non-empty parts are joined by a blank line), optional `choices` (list of
 strings) with `label` (index of the right one), optional `task`, optional `split`
 (train | val | validation | dev | test). If any row has a `split`, the file's own split is used;
 otherwise rows are split by `split_seed`. Every malformed row is reported as `FILE:LINE: problem`.
@@ -41,8 +41,8 @@ def _joined(row: dict, names: list[str], where: str) -> Optional[str]:
         return None
     parts = []
     for name in names:
-        if name not in row:
-            raise DataError(f"{where}: missing field '{name}'")
+        if name not in row:  # only the first field is required: `instruction+input` without input
+            continue
         text = _scalar_text(row[name], name, where).strip()
         if text:
             parts.append(text)

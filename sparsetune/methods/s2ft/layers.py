@@ -61,7 +61,7 @@ def slice_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     d = delta.to(dtype)
     if kind == COL:
         xs = _take(xc, indices, start)
-        return y + F.linear(xs, d), xs
+        return y.add_(F.linear(xs, d)), xs
     _add_at_(y, indices, start, F.linear(xc, d))
     return y, xc
 
