@@ -12,10 +12,11 @@ def measure_train_step(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     from sparsetune.eval.efficiency import StepTimer, count_parameters, peak_memory_mb, reset_peak_memory
     from sparsetune.methods import build_method
     from sparsetune.models import get_arch, load_model
-    from sparsetune.train.job import resolve_device, seed_everything
+    from sparsetune.train.job import quiet_libraries, resolve_device, seed_everything
     from sparsetune.train.losses import causal_lm_loss
     from sparsetune.train.optim import build_optimizer
 
+    quiet_libraries()
     if settings.get("threads"):
         torch.set_num_threads(settings["threads"])
     seed_everything(cfg.seed)

@@ -127,6 +127,8 @@ class Config:
     forget: ForgetConfig = field(default_factory=ForgetConfig)
     recipe: Optional[str] = None
     description: str = ""
+    # after training, also copy export/ to $SPARSETUNE_CACHE/models/<cache_as> (e.g. the ViT base)
+    cache_as: Optional[str] = None
     seed: int = 0
     run_dir: Optional[str] = None  # runs root; default $SPARSETUNE_RUNS or ./runs
     resume: Optional[str] = None  # run folder to resume

@@ -6,6 +6,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,18 @@ from rich.console import Console
 from sparsetune.train.run_folder import RunFolder
 
 console = Console(stderr=True)
+
+
+def quiet_libraries() -> None:
+    """Our progress bar and tables replace transformers' per-load bars and deprecation chatter."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def seed_everything(seed: int) -> None:
@@ -66,6 +79,7 @@ def setup(cfg, overrides: list[str], job: str = "train", ckpt: dict | None = Non
     from sparsetune.methods import build_method
     from sparsetune.models import get_arch, load_model
 
+    quiet_libraries()
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     seed_everything(cfg.seed)
@@ -149,6 +163,8 @@ def train(job: Job, ckpt: dict | None = None) -> dict[str, Any]:
     eval_model = job.method.prepare_for_eval(job.model)
     results = evaluate_model(cfg, eval_model, job.tokenizer, job.splits, "test", run.path) if cfg.eval.enabled else {}
     job.method.export(job.model, run.export)
+    if cfg.cache_as:
+        publish(run.export, cfg.cache_as)
     trainable, total = count_parameters(job.model)
     summary = {
         "recipe": cfg.recipe,
@@ -171,6 +187,22 @@ def train(job: Job, ckpt: dict | None = None) -> dict[str, Any]:
     logger.close()
     print_summary(summary, run)
     return summary
+
+
+def publish(export: Path, name: str) -> Path:
+    """Copy an exported model into the model cache atomically (replacing an older copy)."""
+    import shutil
+
+    from sparsetune.paths import cache_dir
+
+    target = cache_dir("models") / name
+    tmp = target.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(export, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    console.print(f"cached model as {target}")
+    return target
 
 
 def print_summary(summary: dict[str, Any], run: RunFolder) -> None:

@@ -189,6 +189,10 @@ class TrainLoop:
                 rate = metrics.get("tokens_per_s") or metrics.get("images_per_s", 0.0)
                 unit = "tok/s" if "tokens_per_s" in metrics else "img/s"
                 self.progress.update(task, completed=st.step, loss=metrics["loss"], rate=f"{rate:,.0f} {unit}")
+                if not self.progress.console.is_terminal and (st.step % max(1, self.total_steps // 20) == 0 or last):
+                    # logs and CI see no live bar: print a plain line every 5% instead
+                    self.progress.console.print(f"step {st.step}/{self.total_steps} loss {metrics['loss']:.4f} "
+                                                f"{rate:,.0f} {unit} {metrics['step_time_s']:.2f} s/step")
         return self.state
 
 

@@ -1,0 +1,23 @@
+"""`sparsetune eval run=DIR` rebuilds the trained model and reproduces the run's own final eval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sparsetune.config import compose
+from sparsetune.eval.jobs import evaluate_run
+from sparsetune.train.job import run_job
+
+
+def test_eval_run_matches_training_eval(tmp_path):
+    overrides = ["model=tiny_llama", "data=synthetic_arith", "method=lora", "method.r=4", "logger=quiet",
+                 "trainer.max_steps=3", "trainer.batch_size=4", "trainer.lr=5e-3", "eval.limit=6",
+                 f"run_dir={tmp_path}"]
+    summary = run_job(compose(overrides), overrides)
+    run = next(Path(tmp_path).iterdir())
+    results = evaluate_run(str(run), [])
+    for task, metrics in summary["eval"].items():
+        for name, value in metrics.items():
+            assert results[task][name] == value, (task, name)
+    assert json.loads((run / "summary.json").read_text())["eval"] == results
