@@ -65,21 +65,39 @@ def device_info() -> dict[str, Any]:
     return info
 
 
+def print_comparison(title: str, block: dict[str, dict[str, Any]]) -> None:
+    """Metrics as rows, variants as columns: ratios stay readable however many metrics there are."""
+    from rich.table import Table
+
+    from sparsetune.eval.report import format_value
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric", style="bold")
+    for vname in block:
+        table.add_column(vname, justify="right")
+    metrics: list[str] = []
+    for values in block.values():
+        metrics += [m for m in values if m not in metrics]
+    for metric in metrics:
+        table.add_row(metric, *(format_value(block[v].get(metric)) for v in block))
+    Console().print(table)
+
+
 def run_benchmark(name: str, quick: bool = False, out: str | None = None, overrides: list[str] | None = None,
                   timeout: int = 1800) -> dict[str, Any]:
     from sparsetune.bench import benchmark_module
-    from sparsetune.eval.report import print_table
 
     bench: Benchmark = benchmark_module(name).benchmark(quick=quick, overrides=list(overrides or []))
-    results: dict[str, Any] = {"benchmark": name, "quick": quick, "device": device_info(), "settings": {},
-                               "variants": {}}
+    # one block per setting: blocks.<setting>.variants.<variant>.<metric>, with the setting's parameters
+    results: dict[str, Any] = {"benchmark": name, "quick": quick, "device": device_info(),
+                               "baseline": bench.baseline, "blocks": {}}
     for setting in bench.settings:
         block: dict[str, dict[str, Any]] = {}
         for variant in bench.variants:
             console.print(f"[dim]{setting.name}: running {variant.name}…[/dim]")
             block[variant.name] = _run_variant(variant, setting, timeout)
         base = block.get(bench.baseline, {})
-        for vname, metrics in block.items():
+        for metrics in block.values():
             for metric in bench.ratio_metrics:
                 if metric in metrics and base.get(metric):
                     metrics[f"{metric}_vs_{bench.baseline}"] = metrics[metric] / base[metric]
@@ -88,9 +106,9 @@ def run_benchmark(name: str, quick: bool = False, out: str | None = None, overri
                 a, b = block.get(vname, {}).get(metric), block.get(ref, {}).get(metric)
                 if a is not None and b:
                     block[vname][f"{metric}_vs_{ref}"] = a / b
-        results["settings"][setting.name] = setting.params
-        results["variants"][setting.name] = block
-        print_table(f"{name} — {setting.name}", block)
+        results["blocks"][setting.name] = {"settings": setting.params, "variants": block}
+        print_comparison(f"{name} — {setting.name} ({', '.join(f'{k}={v}' for k, v in setting.params.items())})",
+                         block)
     if out:
         Path(out).write_text(json.dumps(results, indent=2) + "\n")
         console.print(f"results written to {out}")
