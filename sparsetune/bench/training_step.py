@@ -17,8 +17,9 @@ def measure_train_step(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     from sparsetune.train.optim import build_optimizer
 
     quiet_libraries()
-    if settings.get("threads"):
-        torch.set_num_threads(settings["threads"])
+    threads = settings.get("threads") or cfg.trainer.threads
+    if threads:
+        torch.set_num_threads(threads)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     model, _ = load_model(cfg.model)
