@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from sparsetune.errors import UserError
-from sparsetune.methods.s2ft import MixedAdapterModel, S2FT, S2FTAdapter, S2FTConfig, switch
+from sparsetune.methods.s2ft import S2FT, MixedAdapterModel, S2FTAdapter, S2FTConfig, switch
 from sparsetune.models.arch import get_arch
 from sparsetune.models.tiny import build_tiny
 
@@ -142,7 +142,7 @@ def test_combine_is_weighted_sum_on_union():
     base = tiny("llama")
     stock = {n: base.get_submodule(n).weight.detach().clone() for n in fused.slices}
     fused.apply_to(base)
-    for n, s in fused.slices.items():
+    for n in fused.slices:
         want = stock[n].clone()
         for adapter, w in ((A, 0.5), (B, 2.0)):
             if n in adapter.slices:

@@ -148,7 +148,12 @@ def test_calibrated_selection(how):
         w.requires_grad_(False)
         ref = torch.stack([total[:, h * 16:(h + 1) * 16].sum().sqrt() for h in range(4)])
         torch.testing.assert_close(scores["o"][1], ref, rtol=1e-4, atol=1e-7)
+    via_hook = s2ft(o_ratio=0.25, d_ratio=0.05, selection=how, calibration_batches=2)
+    via_hook.calibration_batches = lambda n: batches[:n]  # how the engine hands over data
+    hooked = tiny("llama")
+    via_hook.apply(hooked, get_arch(hooked))
     method.apply(model, get_arch(model))
+    assert via_hook.selection.to_dict() == method.selection.to_dict()
     flat = scores["o"].reshape(-1)
     top = sorted(divmod(int(i), 4) for i in torch.topk(flat, 2).indices)
     assert sorted((layer, h) for layer, hs in method.selection.units["o"].items() for h in hs) == top
@@ -218,7 +223,7 @@ def test_slice_grads_equal_dense_autograd(name, permute):
         w.requires_grad_(True)
 
     embed_grads = []
-    for m, dense_run in ((model, False), (dense, True)):
+    for m in (model, dense):
         grads = None
         for mb in range(2):
             x = ids(seed=10 + mb)
@@ -323,11 +328,14 @@ def test_autocast_bf16_on_fp32_model():
         assert m.delta.grad.dtype == torch.float32 and torch.isfinite(m.delta.grad).all()
 
 
-def test_stop_at_lowest_trained_layer_cuts_graph_not_grads():
+@pytest.mark.parametrize("checkpointing", [None, "reentrant"])
+def test_stop_at_lowest_trained_layer_cuts_graph_not_grads(checkpointing):
     sel = {"o": {"1": [2]}, "d": {"1": [5, 6, 70]}}
     grads = []
     for stop in (False, True):
-        model = tiny("llama")
+        model = tiny("llama").train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
         method = s2ft(stop_at_lowest_trained_layer=stop)
         method.load_state_dict({"selection": sel, "permutation": None})
         method.apply(model, get_arch(model))
@@ -376,3 +384,46 @@ def test_recipe_composes_and_bad_values_are_config_errors():
         s2ft(selection="magic")
     with pytest.raises(ConfigError, match="nothing would be trained"):
         s2ft(o_ratio=0, d_ratio=0)
+
+
+@pytest.mark.slow
+def test_smollm2_permutation_gradients_and_adapter(tmp_path):
+    """SmolLM2-135M (9 heads / 3 kv-heads, tied embeddings): permuted logits unchanged, slice
+    gradients equal dense ones, and the exported adapter reproduces the trained model on a fresh base."""
+    from sparsetune.config.compose import compose
+    from sparsetune.methods.s2ft import S2FTAdapter
+    from sparsetune.models.loading import load_model
+
+    cfg = compose(["model=smollm2_135m"]).model
+    model, tok = load_model(cfg)
+    model.eval()
+    x = tok(["The capital of France is Paris.", "Two plus two equals four!"], return_tensors="pt",
+            padding=True).input_ids
+    with torch.no_grad():
+        ref = model(input_ids=x).logits
+    method = s2ft(o_ratio=0.05, v_ratio=0.05, d_ratio=0.01, u_ratio=0.01)
+    method.apply(model, get_arch(model))
+    assert method.permutation
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=x).logits, ref, atol=1e-4, rtol=1e-4)
+    randomize(method, model, scale=0.01)
+    model(input_ids=x, labels=x).loss.backward()
+
+    dense, _ = load_model(cfg)
+    dense.eval().load_state_dict(method.merged_state_dict(model))
+    for p in dense.parameters():
+        p.requires_grad_(False)
+    slices = method.slice_modules(model)
+    for n in slices:
+        dense.get_submodule(n).weight.requires_grad_(True)
+    dense(input_ids=x, labels=x).loss.backward()
+    for n, mod in slices.items():
+        layer, kind = method.modules[n]
+        want = dense.get_submodule(n).weight.grad.index_select(mod.slice_dim, method._stock_indices(layer, kind, mod))
+        torch.testing.assert_close(mod.delta.grad, want, atol=1e-6, rtol=1e-3)
+
+    method.export(model, tmp_path)
+    fresh, _ = load_model(cfg)
+    S2FTAdapter.load(tmp_path).apply_to(fresh.eval())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(input_ids=x).logits, model(input_ids=x).logits, atol=1e-4, rtol=1e-4)

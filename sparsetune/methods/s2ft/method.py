@@ -46,12 +46,27 @@ def _config_dict(cfg) -> dict:
         return dict(cfg)
 
 
-def _detach_hidden(_module, args, kwargs):
-    """Forward pre-hook: the block's input carries no graph, so backprop stops here."""
+def _reentrant_checkpointing(block: nn.Module) -> bool:
+    """True when HF checkpoints this block with the reentrant variant (it needs an input requiring grad)."""
+    if not (getattr(block, "gradient_checkpointing", False) and block.training and torch.is_grad_enabled()):
+        return False
+    fn = getattr(block, "_gradient_checkpointing_func", None)
+    return bool((getattr(fn, "keywords", None) or {}).get("use_reentrant", True))
+
+
+def _detach_hidden(block, args, kwargs):
+    """Forward pre-hook: the block's input carries no graph, so backprop stops here.
+
+    Reentrant checkpointing drops gradients of a block whose inputs do not require grad, so there
+    the input becomes a fresh leaf that requires grad (the graph is still cut below it).
+    """
+    def cut(t: torch.Tensor) -> torch.Tensor:
+        return t.detach().requires_grad_(t.requires_grad and _reentrant_checkpointing(block))
+
     if args and torch.is_tensor(args[0]):
-        args = (args[0].detach(), *args[1:])
+        args = (cut(args[0]), *args[1:])
     elif torch.is_tensor(kwargs.get("hidden_states")):
-        kwargs = {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
+        kwargs = {**kwargs, "hidden_states": cut(kwargs["hidden_states"])}
     return args, kwargs
 
 
@@ -84,7 +99,7 @@ class S2FT(Method):
 
     @property
     def needs_calibration(self) -> bool:
-        """True when apply() needs calibrate() first (activation/gradient selection, nothing loaded)."""
+        """True when apply() needs data: calibrate() first, or the engine's `calibration_batches` hook."""
         return self.cfg.selection in ("activation", "gradient") and self.selection is None and self.scores is None
 
     def calibrate(self, model: nn.Module, batches: Iterable[dict], arch=None) -> None:
@@ -108,6 +123,8 @@ class S2FT(Method):
         if self.cfg.selection == "weight":
             scores = self.scores or weight_scores(arch, [k for k in KINDS if counts[k]])
         elif self.cfg.selection in ("activation", "gradient"):
+            if self.scores is None and self.calibration_batches is not None:  # set by the engine
+                self.calibrate(arch.model, self.calibration_batches(int(self.cfg.calibration_batches)), arch)
             if self.scores is None:
                 raise ConfigError(f"method.selection={self.cfg.selection} needs calibration batches: "
                                   "call calibrate(model, batches) before apply()")

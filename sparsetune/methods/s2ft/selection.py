@@ -325,16 +325,3 @@ def select(geo: Geometry, counts: dict[str, int], allocation: str = "global", se
                 chosen[layer] = ids.tolist()
         sel.units[kind] = {layer: sorted(ids) for layer, ids in sorted(chosen.items())}
     return sel
-
-
-def needs_scores(selection: str) -> bool:
-    return selection != "random"
-
-
-def selection_params(geo: Geometry, sel: Selection) -> int:
-    return geo.params(sel.counts())
-
-
-def describe(sel: Selection) -> str:
-    c = sel.counts()
-    return ", ".join(f"{k}={c[k]}" for k in KINDS if c[k]) or "nothing"
