@@ -10,6 +10,7 @@ from sparsetune.bench.runner import run_benchmark
 # name -> module defining `variants(quick: bool, overrides: list[str]) -> Benchmark`
 BENCHMARKS: dict[str, str] = {
     "lora": "sparsetune.bench.baselines",
+    "s2ft": "sparsetune.bench.s2ft",
 }
 
 

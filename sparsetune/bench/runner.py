@@ -39,6 +39,8 @@ class Benchmark:
     baseline: str  # ratios are variant / baseline
     ratio_metrics: list[str]
     extra_ratios: list[tuple[str, str]] = field(default_factory=list)  # (variant, reference variant)
+    # further blocks with their own variants: (setting, variants, baseline, ratio metrics)
+    extra_blocks: list[tuple[Setting, list[Variant], str, list[str]]] = field(default_factory=list)
 
 
 def _run_variant(variant: Variant, setting: Setting, timeout: int) -> dict[str, Any]:
@@ -89,24 +91,20 @@ def run_benchmark(name: str, quick: bool = False, out: str | None = None, overri
 
     bench: Benchmark = benchmark_module(name).benchmark(quick=quick, overrides=list(overrides or []))
     # one block per setting: blocks.<setting>.variants.<variant>.<metric>, with the setting's parameters
-    results: dict[str, Any] = {"benchmark": name, "quick": quick, "device": device_info(),
-                               "baseline": bench.baseline, "blocks": {}}
-    for setting in bench.settings:
+    results: dict[str, Any] = {"benchmark": name, "quick": quick, "device": device_info(), "blocks": {}}
+    plan = [(s, bench.variants, bench.baseline, bench.ratio_metrics, bench.extra_ratios) for s in bench.settings]
+    plan += [(s, vs, base, metrics, []) for s, vs, base, metrics in bench.extra_blocks]
+    for setting, variants, baseline, ratio_metrics, extra_ratios in plan:
         block: dict[str, dict[str, Any]] = {}
-        for variant in bench.variants:
+        for variant in variants:
             console.print(f"[dim]{setting.name}: running {variant.name}…[/dim]")
             block[variant.name] = _run_variant(variant, setting, timeout)
-        base = block.get(bench.baseline, {})
-        for metrics in block.values():
-            for metric in bench.ratio_metrics:
-                if metric in metrics and base.get(metric):
-                    metrics[f"{metric}_vs_{bench.baseline}"] = metrics[metric] / base[metric]
-        for vname, ref in bench.extra_ratios:
-            for metric in bench.ratio_metrics:
+        for vname, ref in [(v.name, baseline) for v in variants] + list(extra_ratios):
+            for metric in ratio_metrics:
                 a, b = block.get(vname, {}).get(metric), block.get(ref, {}).get(metric)
                 if a is not None and b:
                     block[vname][f"{metric}_vs_{ref}"] = a / b
-        results["blocks"][setting.name] = {"settings": setting.params, "variants": block}
+        results["blocks"][setting.name] = {"settings": setting.params, "baseline": baseline, "variants": block}
         print_comparison(f"{name} — {setting.name} ({', '.join(f'{k}={v}' for k, v in setting.params.items())})",
                          block)
     if out:
