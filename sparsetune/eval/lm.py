@@ -98,9 +98,13 @@ def _run(model: Any, tokenizer: Any, tasks: list[str], task_manager: Any, eval_c
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
+    from sparsetune.data.text import tokenizer_adds_bos
+
     with preserved_state(model), quiet(), lean_evaluator():
+        # score with BOS exactly when training sequences had it (Llama-2/3 yes, SmolLM2 no)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(eval_cfg.batch_size),
-                  device=_model_device(model), max_length=max_length)
+                  device=_model_device(model), max_length=max_length,
+                  add_bos_token=tokenizer_adds_bos(tokenizer))
         out = simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=eval_cfg.limit,
                               bootstrap_iters=int(eval_cfg.bootstrap_iters), log_samples=False)
     return out or {}
