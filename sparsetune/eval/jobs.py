@@ -8,6 +8,7 @@ import torch
 from rich.console import Console
 
 from sparsetune.errors import UserError
+from sparsetune.methods.base import Method
 
 console = Console(stderr=True)
 
@@ -37,23 +38,44 @@ def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
 
     run = RunFolder.open(run_dir)
     cfg = _apply_overrides(run.load_config(), overrides)
-    path = latest_checkpoint(run.checkpoints)
-    if path is None:
-        raise UserError(f"run has no checkpoint to evaluate: {run.path}")
-    ckpt = load_checkpoint(path)
-    job = setup(cfg, [], "eval", ckpt=ckpt, create_run=False)
-    params = dict(job.model.named_parameters())
-    with torch.no_grad():
-        for name, value in ckpt["model"].items():
-            params[name].copy_(value)
-    console.print(f"evaluating {run.path} (checkpoint {path.name})")
-    model = job.method.prepare_for_eval(job.model)
-    results = evaluate_model(cfg, model, job.tokenizer, job.splits, "test", run.path)
+    model, tokenizer, splits, source = _from_export(cfg, run)
+    if model is None:
+        path = latest_checkpoint(run.checkpoints)
+        if path is None:
+            raise UserError(f"run has no export or checkpoint to evaluate: {run.path}")
+        ckpt = load_checkpoint(path)
+        job = setup(cfg, [], "eval", ckpt=ckpt, create_run=False)
+        params = dict(job.model.named_parameters())
+        with torch.no_grad():
+            for name, value in ckpt["model"].items():
+                params[name].copy_(value)
+        model, tokenizer, splits, source = job.method.prepare_for_eval(job.model), job.tokenizer, job.splits, path
+    console.print(f"evaluating {run.path} (from {source})")
+    results = evaluate_model(cfg, model, tokenizer, splits, "test", run.path)
     summary = run.read_summary()
     summary.setdefault("eval", {}).update(results)
     run.write_summary(summary)
     print_table("eval (held-out split)", results)
     return results
+
+
+def _from_export(cfg, run):
+    """(model, tokenizer, splits, source) built from the run's export/ when its method can load one."""
+    from sparsetune.data import load_splits
+    from sparsetune.methods import build_method
+    from sparsetune.models import load_model
+    from sparsetune.train.job import quiet_libraries, resolve_device
+
+    method = build_method(cfg.method)
+    if type(method).load_export is Method.load_export or not run.export.exists():
+        return None, None, None, None
+    quiet_libraries()
+    splits = load_splits(cfg.data)
+    base, tokenizer = load_model(cfg.model)
+    model = method.load_export(base, run.export)
+    if model is None:
+        return None, None, None, None
+    return model.to(resolve_device(cfg.trainer.device)), tokenizer, splits, run.export
 
 
 def evaluate_recipe(cfg, overrides: list[str]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ REGISTRY: dict[str, str] = {
     "lora": "sparsetune.methods.lora:LoRA",
     "dora": "sparsetune.methods.lora:DoRA",
     "s2ft": "sparsetune.methods.s2ft.method:S2FT",
+    "pat": "sparsetune.methods.pat.method:PAT",
 }
 
 

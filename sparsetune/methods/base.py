@@ -71,6 +71,11 @@ class Method:
         model.save_pretrained(path)
         return path
 
+    def load_export(self, model: torch.nn.Module, path: Path) -> torch.nn.Module | None:
+        """Put an exported artefact onto a freshly loaded stock base model (what a user would do),
+        or None when the method restores from checkpoints instead."""
+        return None
+
     def prepare_for_eval(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model to evaluate (e.g. merged); must not change training state irreversibly."""
         return model

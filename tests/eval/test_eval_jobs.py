@@ -21,3 +21,20 @@ def test_eval_run_matches_training_eval(tmp_path):
         for name, value in metrics.items():
             assert results[task][name] == value, (task, name)
     assert json.loads((run / "summary.json").read_text())["eval"] == results
+
+
+def test_eval_run_of_s2ft_loads_the_exported_adapter_on_a_fresh_base(tmp_path):
+    overrides = ["model=tiny_qwen2", "data=synthetic_arith", "method=s2ft", "method.o_ratio=0.5",
+                 "method.d_ratio=0.2", "logger=quiet", "trainer.max_steps=3", "trainer.batch_size=4",
+                 "trainer.lr=1e-2", "eval.limit=6", f"run_dir={tmp_path}"]
+    summary = run_job(compose(overrides), overrides)
+    run = next(Path(tmp_path).iterdir())
+    assert (run / "export" / "adapter.safetensors").exists()
+    # remove checkpoints: evaluation must come from the adapter alone
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    results = evaluate_run(str(run), [])
+    for task, metrics in summary["eval"].items():
+        for name, value in metrics.items():
+            assert results[task][name] == value, (task, name)

@@ -14,7 +14,7 @@ from torch import nn
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method
 
-from .adapter import AdapterSlice, S2FTAdapter, _set_module, fingerprint
+from .adapter import FILENAME, AdapterSlice, S2FTAdapter, _set_module, fingerprint
 from .config import S2FTConfig, check_config
 from .layers import S2FTLinear
 from .permute import LayerPermutation, expand, invert, permute_model, plan, unit_positions
@@ -286,6 +286,12 @@ class S2FT(Method):
             self._hook = None
         self.modules = {}
         return model
+
+    def load_export(self, model: nn.Module, path: Path) -> nn.Module | None:
+        """Fuse the exported adapter into a stock base (fingerprint-checked), as a user would."""
+        if not (Path(path) / FILENAME).exists():
+            return None
+        return S2FTAdapter.load(path).apply_to(model, fuse=True)
 
     def prepare_for_eval(self, model: nn.Module) -> nn.Module:
         """The forward already includes Δ; nothing to merge."""

@@ -1,0 +1,97 @@
+"""PAT configuration and the kept-channel count (the one number the whole method is sized by)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from sparsetune.errors import ConfigError
+from sparsetune.methods.base import MethodConfig
+
+HSM_KINDS = ("lowrank", "dense")
+EMBED_HSM = ("auto", "full", "diag")
+BASES = ("lora", "dora", "full", "frozen")
+SELECTIONS = ("magnitude", "activation")
+IDENTITY_TERMS = ("both", "l0")
+
+
+@dataclass
+class PATConfig(MethodConfig):
+    """Defaults follow the paper / reference (LLaMA2-7B, 25% of the hidden channels pruned)."""
+
+    name: str = "pat"
+    prune_ratio: float = 0.25  # fraction of hidden channels removed
+    rank: Any = 200  # HSM rank (int) or "auto" = min(200, hidden // 4)
+    hsm: str = "lowrank"  # lowrank: x + L1 L0 x | dense: D x with D (d x d) initialised to I
+    # embedding HSM: full | diag (scale and mask only) | auto = diag when the embeddings are tied, so
+    # the exported model stays tied (a full HSM on a tied embedding forces an untied lm_head)
+    embed_hsm: str = "auto"
+    t0_fraction: float = 1.0 / 3.0  # soft-mask phase length as a fraction of training; hard top-N after
+    tau_max: float = 100.0  # cap on the mask temperature tau(t) (tau -> inf as t -> t0)
+    mask_lr: Optional[float] = None  # learning rate of the shared mask; null = trainer.lr (reference)
+    count_weight: float = 10.0  # weight of |#(m >= 0) - N| / N
+    polarization_weight: float = 1.0  # weight of the terms pushing m to +-0.5
+    identity_weight: float = 1.0  # weight of the identity (orthogonality) loss, summed over all HSMs
+    identity_terms: str = "both"  # both: L0 L0^T = I and L1^T L1 = I (paper) | l0: the first only (reference)
+    freeze_mask: bool = False  # ablation: channels chosen once by importance, pruned ones decayed to 0
+    freeze_selection: str = "magnitude"  # magnitude | activation (uses calibration batches)
+    freeze_decay: float = 2.77  # frozen mask: pruned channels gated by exp(-decay * t / t0) before t0
+    calibration_batches: int = 4
+    round_to: int = 1  # kept channels rounded to a multiple of this (1, 8, 64, ...)
+    # also round to a multiple of num_attention_heads: auto = only when transformers would reject the
+    # pruned config (e.g. Llama validates hidden_size % heads == 0 even with an explicit head_dim)
+    align_heads: Any = "auto"
+    base: str = "lora"  # what trains besides HSMs and mask: lora | dora | full | frozen
+    lora_r: int = 20
+    lora_alpha: float = 4.0
+    lora_dropout: float = 0.05
+    lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"])
+    use_dora: bool = False  # same as base=dora
+
+
+def check_config(cfg) -> None:
+    """One readable line per bad value (OmegaConf only checks types)."""
+    for key, allowed in (("hsm", HSM_KINDS), ("embed_hsm", EMBED_HSM), ("base", BASES),
+                         ("freeze_selection", SELECTIONS), ("identity_terms", IDENTITY_TERMS)):
+        value = getattr(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"method.{key}: '{value}' is not one of {' | '.join(allowed)}")
+    if not 0.0 < float(cfg.prune_ratio) < 1.0:
+        raise ConfigError(f"method.prune_ratio: {cfg.prune_ratio} must be between 0 and 1 (exclusive)")
+    if not 0.0 < float(cfg.t0_fraction) <= 1.0:
+        raise ConfigError(f"method.t0_fraction: {cfg.t0_fraction} must be in (0, 1]")
+    rank = cfg.rank
+    if not (rank == "auto" or (isinstance(rank, int) and not isinstance(rank, bool) and rank > 0)):
+        raise ConfigError(f"method.rank: '{rank}' must be a positive integer or 'auto'")
+    if cfg.align_heads not in ("auto", True, False):
+        raise ConfigError(f"method.align_heads: '{cfg.align_heads}' must be auto | true | false")
+    if int(cfg.round_to) < 1:
+        raise ConfigError(f"method.round_to: {cfg.round_to} must be a positive integer")
+    if float(cfg.tau_max) <= 1.0:
+        raise ConfigError(f"method.tau_max: {cfg.tau_max} must be greater than 1")
+    if cfg.mask_lr is not None and float(cfg.mask_lr) <= 0:
+        raise ConfigError(f"method.mask_lr: {cfg.mask_lr} must be positive (or null for trainer.lr)")
+    if int(cfg.lora_r) < 1:
+        raise ConfigError(f"method.lora_r: {cfg.lora_r} must be a positive integer")
+    if int(cfg.calibration_batches) < 1:
+        raise ConfigError("method.calibration_batches: must be at least 1")
+
+
+def resolve_rank(rank: Any, hidden: int) -> int:
+    """'auto' -> min(200, d // 4): the reference's 200 is a quarter of nothing on a 576-wide model."""
+    return min(200, max(1, hidden // 4)) if rank == "auto" else min(int(rank), hidden)
+
+
+def kept_count(hidden: int, prune_ratio: float, multiple: int = 1) -> int:
+    """N = round((1 - ratio) * d), then to the nearest multiple of `multiple` (at least one multiple)."""
+    n0 = round((1.0 - float(prune_ratio)) * hidden)
+    n = max(multiple, int(round(n0 / multiple)) * multiple)
+    if n >= hidden:
+        raise ConfigError(f"method.prune_ratio={prune_ratio} with channels rounded to a multiple of {multiple} "
+                          f"keeps all {hidden} hidden channels; lower method.round_to or raise the ratio")
+    return n
+
+
+def lcm(a: int, b: int) -> int:
+    return a * b // math.gcd(a, b)
