@@ -32,6 +32,8 @@ class Method:
         # set by the engine before apply(): n -> the first n training batches, for methods whose
         # selection or initialisation needs data (gradient/activation scores, prototypes)
         self.calibration_batches: Callable[[int], list[dict]] | None = None
+        # set by the engine: exports that are whole models ship their tokenizer too
+        self.tokenizer: Any = None
 
     def apply(self, model: torch.nn.Module, arch: Arch) -> torch.nn.Module:
         """Wrap or replace modules in place and freeze what is frozen; returns the model to train."""

@@ -95,6 +95,7 @@ def setup(cfg, overrides: list[str], job: str = "train", ckpt: dict | None = Non
     method.calibration_batches = lambda n: [
         collate([dataset[i] for i in range(b * bs, min(len(dataset), (b + 1) * bs))]) for b in range(n)
     ]
+    method.tokenizer = tokenizer
     model = method.apply(model, arch).to(device)
     run = None
     if create_run:

@@ -140,6 +140,10 @@ def test_export_loads_with_plain_transformers(tmp_path):
         info = json.loads((tmp_path / name / "pat.json").read_text())
         assert config["hidden_size"] == 48 and config.get("head_dim") and len(info["keep_index"]) == 48
         assert info["keep_index"] == pat.keep_index().tolist()
+    loaded = PAT(PATConfig()).load_export(tiny("tiny_gemma"), tmp_path / "tiny_gemma")  # `eval run=DIR`
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, expected["tiny_gemma"], rtol=1e-4, atol=1e-5)
+    assert PAT(PATConfig()).load_export(tiny("tiny_gemma"), tmp_path) is None
     script = textwrap.dedent(f"""
         import sys, torch
         from transformers import AutoModelForCausalLM, AutoTokenizer

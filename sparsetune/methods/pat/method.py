@@ -256,3 +256,13 @@ class PAT(Method):
         }
         (path / "pat.json").write_text(json.dumps(info, indent=1))
         return path
+
+    def load_export(self, model: nn.Module, path: Path) -> nn.Module | None:
+        """The exported pruned model itself (a stock HF folder); the base only supplies the dtype."""
+        path = Path(path)
+        if not (path / "pat.json").exists() or not (path / "config.json").exists():
+            return None
+        from transformers import AutoModelForCausalLM
+
+        dtype = next(model.parameters()).dtype
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
