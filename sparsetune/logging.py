@@ -98,7 +98,7 @@ class WandbLogger:
             self.run.summary[key] = value
 
     def close(self) -> None:
-        self.run.finish(quiet=True)
+        self.run.finish()
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -158,8 +158,12 @@ def train(job: Job, ckpt: dict | None = None) -> dict[str, Any]:
         loop.restore(ckpt)
         console.print(f"resuming from step {state.step}")
     start = time.perf_counter()
-    with progress:
-        loop.run()
+    try:
+        with progress:
+            loop.run()
+    except BaseException:
+        logger.close()
+        raise
     train_time = time.perf_counter() - start
     eval_model = job.method.prepare_for_eval(job.model)
     results = evaluate_model(cfg, eval_model, job.tokenizer, job.splits, "test", run.path) if cfg.eval.enabled else {}
