@@ -11,6 +11,7 @@ from sparsetune.bench.runner import run_benchmark
 BENCHMARKS: dict[str, str] = {
     "lora": "sparsetune.bench.baselines",
     "s2ft": "sparsetune.bench.s2ft",
+    "pat": "sparsetune.bench.pat",
 }
 
 

@@ -65,11 +65,12 @@ class RawImages:
     class_names: list[str]
     test_images: Optional[torch.Tensor] = None
     test_labels: Optional[torch.Tensor] = None
-    mean: Optional[Sequence[float]] = None  # per channel in [0, 1]; None: computed from the train pool
+    mean: Optional[Sequence[float]] = None  # per channel in [0, 1]; None: computed from train + val
     std: Optional[Sequence[float]] = None
 
 
-def _readers() -> dict[str, Callable[[Any], RawImages]]:
+def readers() -> dict[str, Callable[[Any], RawImages]]:
+    """Vision source name -> reader (imported lazily: PIL, scikit-learn only when used)."""
     from sparsetune.data import vision_sources as src
 
     return {
@@ -83,11 +84,11 @@ def _readers() -> dict[str, Callable[[Any], RawImages]]:
 
 def load_vision_splits(data_cfg: Any) -> Splits:
     """Read `data_cfg.source`, resize to `image_size`, split; returns Splits(kind="vision")."""
-    readers = _readers()
+    known = readers()
     source = getattr(data_cfg, "source", None)
-    if source not in readers:
-        raise DataError(f"unknown vision data source '{source}'; available: {', '.join(sorted(readers))}")
-    raw = readers[source](data_cfg)
+    if source not in known:
+        raise DataError(f"data.source: unknown vision source '{source}'; available: {', '.join(sorted(known))}")
+    raw = known[source](data_cfg)
     size = getattr(data_cfg, "image_size", None)
     train_x = resize_uint8(raw.train_images, size)
     test_x = resize_uint8(raw.test_images, size) if raw.test_images is not None else None
@@ -116,10 +117,10 @@ def make_splits(images: torch.Tensor, labels: torch.Tensor, class_names: list[st
     if n_test + val_size >= n:
         raise DataError(f"val_size={val_size} (+ test_size={n_test}) leaves no training images out of {n}")
     test_idx, val_idx, train_idx = order[:n_test], order[n_test:n_test + val_size], order[n_test + val_size:]
+    if mean is None or std is None:  # from everything but the carved test rows, before the train cap
+        mean, std = channel_stats(images[order[n_test:]] if n_test else images)
     if train_size is not None:
         train_idx = train_idx[: int(train_size)]
-    if mean is None or std is None:
-        mean, std = channel_stats(images)
     full = ImageDataset(images, labels, mean, std, class_names)
     if carve_test:
         test = full.subset(test_idx)

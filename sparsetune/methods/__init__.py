@@ -12,6 +12,7 @@ REGISTRY: dict[str, str] = {
     "dora": "sparsetune.methods.lora:DoRA",
     "s2ft": "sparsetune.methods.s2ft.method:S2FT",
     "pat": "sparsetune.methods.pat.method:PAT",
+    "prune_lora": "sparsetune.methods.pat.baseline:PruneLoRA",
 }
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sparsetune.data import vision_sources as src
-from sparsetune.data.vision import ImageDataset, load_vision_splits, make_splits, resize_uint8
+from sparsetune.data.vision import ImageDataset, load_vision_splits, make_splits, readers, resize_uint8
 from sparsetune.errors import DataError
 
 FMNIST_FILES = [src.FASHION_MNIST_DIR / f"{s}-{k}-ubyte.gz" for s in ("train", "t10k")
@@ -280,3 +280,32 @@ def test_missing_data_raises_data_error(tmp_path, monkeypatch):
         load_vision_splits(data_cfg(source="cifar10", image_size=32))
     with pytest.raises(DataError, match="available: cifar10, digits"):
         load_vision_splits(data_cfg(source="imagenet"))
+
+
+# ---------------------------------------------------------------- recipe files
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "mnist5k", "digits", "cifar10", "image_folder"])
+def test_vision_data_yaml_fits_schema(name):
+    from omegaconf import OmegaConf
+
+    from sparsetune.config.schema import DataConfig
+
+    cfg = OmegaConf.merge(OmegaConf.structured(DataConfig), OmegaConf.load(RECIPES / "data" / f"{name}.yaml"))
+    assert cfg.kind == "vision" and cfg.source == name and cfg.source in readers()
+
+
+def test_vit_base_yaml_builds_a_model_for_fashion_mnist_batches():
+    import yaml
+
+    from sparsetune.models.tiny import build_tiny
+
+    spec = yaml.safe_load((RECIPES / "model" / "vit_fmnist_scratch.yaml").read_text())
+    assert spec["source"] == "config" and spec["model_type"] == "vit"
+    model = build_tiny(spec["model_type"], spec["config"], task=spec["task"])
+    assert type(model).__name__ == "ViTForImageClassification"
+    assert model.config.id2label[0] == "T-shirt/top" and model.config.num_labels == 10
+    out = model(pixel_values=torch.zeros(2, 1, 28, 28), labels=torch.tensor([0, 9]))
+    assert out.logits.shape == (2, 10) and torch.isfinite(out.loss)

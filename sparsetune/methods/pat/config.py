@@ -48,6 +48,9 @@ class PATConfig(MethodConfig):
     lora_dropout: float = 0.05
     lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"])
     use_dora: bool = False  # same as base=dora
+    # a finished unpruned run (e.g. `sparsetune train recipe=lora_llama`) whose held-out eval and size are
+    # recorded next to this run's in summary.json as `baseline` (the paper's LoRA-without-pruning column)
+    baseline_run: Optional[str] = None
 
 
 def check_config(cfg) -> None:
@@ -95,3 +98,23 @@ def kept_count(hidden: int, prune_ratio: float, multiple: int = 1) -> int:
 
 def lcm(a: int, b: int) -> int:
     return a * b // math.gcd(a, b)
+
+
+def kept_channels_for(arch, prune_ratio: float, round_to: int = 1, align_heads: Any = "auto") -> int:
+    """N for a model: round((1 - ratio) d) to `round_to`, and to the head count when transformers requires it.
+
+    One rule for PAT, the prune-then-finetune baseline and `sparsetune bench pat`, so all three keep the
+    same number of channels.
+    """
+    from .merge import config_accepts
+
+    d, multiple = arch.hidden_size, int(round_to)
+    n = kept_count(d, prune_ratio, multiple)
+    config = arch.model.config
+    if align_heads is True or (align_heads == "auto" and not config_accepts(config, n, arch.head_dim)):
+        multiple = lcm(multiple, arch.num_heads)
+        n = kept_count(d, prune_ratio, multiple)
+    if not config_accepts(config, n, arch.head_dim):
+        raise ConfigError(f"method.prune_ratio={prune_ratio}: transformers rejects hidden_size={n} for "
+                          f"{arch.family}; set method.align_heads=true or change method.round_to")
+    return n

@@ -19,14 +19,14 @@ from torch import nn
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method
 
-from .config import PATConfig, check_config, kept_count, lcm, resolve_rank
+from .compare import export_figures, load_baseline, print_baseline
+from .config import PATConfig, check_config, kept_channels_for, resolve_rank
 from .hsm import HSM, ResidualWrite, wrap
 from .importance import hidden_importance, top_channels
 from .mask import SharedMask
 from .merge import (
     base_of,
     check_supported,
-    config_accepts,
     hsm_maps,
     prune_hidden,
     pruned_param_count,
@@ -54,21 +54,15 @@ class PAT(Method):
         self._schedule = (0, 0)  # (step, total_steps)
         self._pending: dict[str, Any] | None = None
         self._pruned: tuple | None = None  # (parameter-version key, last pruned model)
+        self.baseline: dict[str, Any] | None = None  # the unpruned run named by baseline_run
+        self.exported: dict[str, Any] = {}  # figures known once export() ran (size on disk)
+        self._untrained_warned = False
 
     # ------------------------------------------------------------------ sizing
     def kept_channels(self, arch) -> int:
         """N = round((1 - prune_ratio) d), rounded to round_to (and the head count when needed)."""
-        d, cfg = arch.hidden_size, self.cfg
-        multiple = int(cfg.round_to)
-        n = kept_count(d, cfg.prune_ratio, multiple)
-        config = arch.model.config
-        if cfg.align_heads is True or (cfg.align_heads == "auto" and not config_accepts(config, n, arch.head_dim)):
-            multiple = lcm(multiple, arch.num_heads)
-            n = kept_count(d, cfg.prune_ratio, multiple)
-        if not config_accepts(config, n, arch.head_dim):
-            raise ConfigError(f"method.prune_ratio={cfg.prune_ratio}: transformers rejects hidden_size={n} for "
-                              f"{arch.family}; set method.align_heads=true or change method.round_to")
-        return n
+        cfg = self.cfg
+        return kept_channels_for(arch, cfg.prune_ratio, cfg.round_to, cfg.align_heads)
 
     # ------------------------------------------------------------------ apply
     def apply(self, model: nn.Module, arch) -> nn.Module:
@@ -76,6 +70,8 @@ class PAT(Method):
             raise RuntimeError("PAT.apply was already called; build a new PAT for another model")
         check_supported(arch)
         cfg = self.cfg
+        if cfg.baseline_run:
+            self.baseline = load_baseline(cfg.baseline_run)
         d = arch.hidden_size
         self.hidden, self.n_keep = d, self.kept_channels(arch)
         self.rank = resolve_rank(cfg.rank, d)
@@ -178,7 +174,8 @@ class PAT(Method):
         if self.mask is None:
             return {}
         return {"kept_hidden": self.n_keep, "hidden_size": self.hidden,
-                "params_before": self.params_before, "params_after": self.params_after, **self.mask.stats()}
+                "params_before": self.params_before, "params_after": self.params_after, **self.mask.stats(),
+                **self.exported}
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -231,6 +228,15 @@ class PAT(Method):
         return pruned
 
     def prepare_for_eval(self, model: nn.Module) -> nn.Module:
+        if self._schedule[1] == 0 and not self._untrained_warned:  # `sparsetune eval recipe=pat_...`
+            self._untrained_warned = True
+            from rich.console import Console
+
+            Console(stderr=True).print(
+                f"[yellow]PAT is untrained: its mask has chosen nothing yet, so this evaluates the first "
+                f"{self.n_keep} of {self.hidden} hidden channels, pruned without tuning. For the base model use "
+                "`sparsetune eval recipe=lora_llama`; for magnitude pruning without tuning `sparsetune eval "
+                "recipe=pat_baseline_llama`.[/yellow]")
         pruned = self.pruned_model(model)
         pruned.requires_grad_(False)
         return pruned
@@ -255,6 +261,12 @@ class PAT(Method):
             "embed_hsm": self.embed_hsm,
         }
         (path / "pat.json").write_text(json.dumps(info, indent=1))
+        self.params_after = info["params_after"]
+        # summary.json figures (metrics() is merged into it after export; per-step logs never see these)
+        self.exported = {**export_figures(path), "params_ratio": round(self.params_after / self.params_before, 4)}
+        if self.baseline is not None:
+            self.exported["baseline"] = self.baseline
+            print_baseline(self.baseline)
         return path
 
     def load_export(self, model: nn.Module, path: Path) -> nn.Module | None:
