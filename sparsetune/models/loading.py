@@ -101,7 +101,10 @@ def load_model(cfg):
 
         if not cfg.model_type:
             raise ConfigError("model.model_type is required when model.source=config")
-        model = build_tiny(cfg.model_type, dict(cfg.config), task=cfg.task)
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_container(cfg.config, resolve=True) if OmegaConf.is_config(cfg.config) else dict(cfg.config)
+        model = build_tiny(cfg.model_type, config, task=cfg.task)
         model = model.to(torch_dtype(cfg.dtype))
         return model, (byte_tokenizer() if cfg.task == "causal_lm" else None)
     if cfg.source == "gguf_package":
