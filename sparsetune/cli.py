@@ -23,6 +23,7 @@ app = typer.Typer(
 
 OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. recipe=s2ft_llama trainer.max_steps=20", show_default=False)
 SHOW_CFG = typer.Option(False, "--cfg", help="Print the resolved config and exit.")
+DEFAULT_FORGET_RECIPE = "gslora_vit"  # `sparsetune forget` without recipe= (GS-LoRA on the ViT base)
 
 
 def fail(message: str) -> None:
@@ -102,6 +103,9 @@ def forget(
         except ValueError:
             fail(f"--classes expects comma-separated integers, got {classes}")
         extra.append("forget.classes=" + str(tasks).replace(" ", ""))
+    overrides = list(overrides or [])
+    if not any(o.startswith(("recipe=", "resume=")) for o in overrides):
+        overrides.insert(0, f"recipe={DEFAULT_FORGET_RECIPE}")
     _run_training(overrides, cfg, "forget", extra)
 
 

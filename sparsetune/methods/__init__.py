@@ -13,6 +13,11 @@ REGISTRY: dict[str, str] = {
     "s2ft": "sparsetune.methods.s2ft.method:S2FT",
     "pat": "sparsetune.methods.pat.method:PAT",
     "prune_lora": "sparsetune.methods.pat.baseline:PruneLoRA",
+    "gslora": "sparsetune.methods.gslora.method:GSLoRA",
+    "gslora_pp": "sparsetune.methods.gslora.method:GSLoRAPlus",
+    "gslora_nogs": "sparsetune.methods.gslora.method:NoSparsity",
+    "gslora_full": "sparsetune.methods.gslora.method:FullForget",
+    "gslora_retrain": "sparsetune.methods.gslora.method:Retrain",
 }
 
 

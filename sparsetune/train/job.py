@@ -106,8 +106,12 @@ def setup(cfg, overrides: list[str], job: str = "train", ckpt: dict | None = Non
 
 def run_job(cfg, overrides: list[str], job: str = "train") -> dict[str, Any]:
     """The `train` / `prune` / `forget` commands: set up, train, evaluate, export."""
+    from sparsetune.methods import method_class
     from sparsetune.train.checkpoint import latest_checkpoint, load_checkpoint
 
+    flow = getattr(method_class(cfg.method.name), "job_flow", None)
+    if flow is not None:  # methods whose job is a sequence of loops (GS-LoRA's forgetting tasks)
+        return flow(cfg, overrides, job)
     ckpt = None
     if cfg.resume:
         path = latest_checkpoint(RunFolder.open(cfg.resume).checkpoints)
