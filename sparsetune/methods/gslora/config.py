@@ -1,0 +1,68 @@
+"""GS-LoRA method configs: one schema, with per-variant defaults for GS-LoRA++ and the baselines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from sparsetune.methods.base import MethodConfig
+
+
+@dataclass
+class GSLoRAConfig(MethodConfig):
+    name: str = "gslora"
+    # what trains in each task: lora (GS-LoRA and the no-sparsity baseline) | full (full fine-tuning
+    # with the same loss) | retrain (oracle: re-initialise, train on retained classes only)
+    train: str = "lora"
+    r: int = 8
+    alpha: float = 16.0
+    targets: list[str] = field(default_factory=lambda: ["up", "down"])  # roles arch resolves (q k v o up down)
+    layers: Optional[list[int]] = None  # block indices that get LoRA; None: every block
+    # forgetting hinge: beta * mean_i ReLU(bnd - CE_i) over the forgotten samples of a batch
+    beta: float = 0.5
+    bnd: Optional[float] = None  # None: ln(num_labels) + bnd_margin (plain-logit CE; see docs)
+    bnd_margin: float = 2.0
+    # group sparsity: group_alpha * sum_g ||g||_2, zero for the first sparsity_warmup of each task
+    group_alpha: float = 1.0e-3
+    sparsity_warmup: float = 0.3  # fraction of each task's steps
+    groups: str = "block"  # block (paper) | module | matrix
+    proximal: bool = False  # block soft-threshold after each step instead of the subgradient term
+    # GS-LoRA++ prototype terms
+    prototypes: bool = False
+    proto_on: str = "logits"  # logits | embeddings (the classifier's input)
+    proto_forget_weight: float = 0.1
+    proto_retain_weight: float = 0.1
+    proto_bnd: float = 4.0  # hinge on KL(p(x_f) || proto) for forgotten samples
+    # per-method overrides of trainer.lr and of each task's step count (methods differ: LoRA vs full)
+    lr: Optional[float] = None
+    steps: Optional[int] = None
+    select_every: int = 0  # steps between validation checks for model selection (0: trainer.eval_every)
+
+
+@dataclass
+class GSLoRAPlusConfig(GSLoRAConfig):
+    name: str = "gslora_pp"
+    prototypes: bool = True
+
+
+@dataclass
+class NoSparsityConfig(GSLoRAConfig):
+    name: str = "gslora_nogs"
+    group_alpha: float = 0.0
+
+
+@dataclass
+class FullForgetConfig(GSLoRAConfig):
+    name: str = "gslora_full"
+    train: str = "full"
+    group_alpha: float = 0.0
+    lr: Optional[float] = 1.0e-4
+
+
+@dataclass
+class RetrainConfig(GSLoRAConfig):
+    name: str = "gslora_retrain"
+    train: str = "retrain"
+    beta: float = 0.0
+    group_alpha: float = 0.0
+    lr: Optional[float] = 1.0e-3

@@ -1,0 +1,163 @@
+"""GS-LoRA / GS-LoRA++ and the forgetting baselines as one Method; the runner drives the tasks.
+
+Per task the runner calls `start_task` (fresh adapter or, for the baselines, what trains; prototypes),
+trains through the engine's TrainLoop, then `end_task` (explicit merge; surviving groups).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsetune.errors import ConfigError
+from sparsetune.methods.base import Method
+from sparsetune.methods.gslora import losses
+from sparsetune.methods.gslora.config import (
+    FullForgetConfig,
+    GSLoRAConfig,
+    GSLoRAPlusConfig,
+    NoSparsityConfig,
+    RetrainConfig,
+)
+from sparsetune.methods.gslora.groups import build_groups, group_lasso, proximal_step, surviving
+from sparsetune.methods.gslora.lora import attach, merge, target_linears
+from sparsetune.methods.gslora.prototypes import HeadInput, class_prototypes, features
+from sparsetune.methods.gslora.runner import run_forget
+
+TRAIN_MODES = ("lora", "full", "retrain")
+
+
+class GSLoRA(Method):
+    config_class = GSLoRAConfig
+    jobs = ("forget",)
+    job_flow = staticmethod(run_forget)  # run_job hands the whole `forget` job to the task runner
+
+    def __init__(self, cfg: GSLoRAConfig):
+        super().__init__(cfg)
+        if cfg.train not in TRAIN_MODES:
+            raise ConfigError(f"method.train: unknown '{cfg.train}'; available: {', '.join(TRAIN_MODES)}")
+        if cfg.proto_on not in ("logits", "embeddings"):
+            raise ConfigError(f"method.proto_on: unknown '{cfg.proto_on}'; available: logits, embeddings")
+        if cfg.groups not in ("block", "module", "matrix"):
+            raise ConfigError(f"method.groups: unknown grouping '{cfg.groups}'; available: block, module, matrix")
+        if cfg.r < 1:
+            raise ConfigError(f"method.r must be at least 1, got {cfg.r}")
+        self.arch = None
+        self.wrapped: dict = {}
+        self.groups: list = []
+        self.targets: dict = {}
+        self.prototypes: torch.Tensor | None = None
+        self.capture: HeadInput | None = None
+        self.optimizer = None  # set by the runner: the proximal threshold reads the current lr
+        self.alpha_now = 0.0
+        self.zeroed: list[str] = []
+        self.bnd = 0.0
+
+    # --- setup ------------------------------------------------------------------------------
+    def apply(self, model: nn.Module, arch) -> nn.Module:
+        self.arch = arch
+        num_labels = int(model.config.num_labels)
+        self.bnd = self.cfg.bnd if self.cfg.bnd is not None else losses.default_bnd(num_labels, self.cfg.bnd_margin)
+        if self.cfg.train == "lora":
+            target_linears(arch, list(self.cfg.targets), self.cfg.layers)  # fail on bad placement now
+        if self.cfg.prototypes and self.cfg.proto_on == "embeddings":
+            self.capture = HeadInput(arch.head)
+        model.requires_grad_(self.cfg.train != "lora")
+        return model
+
+    def start_task(self, model: nn.Module, proto_data=None, device=None) -> None:
+        """Fresh trainable state for the next task; prototypes from the model entering the task."""
+        cfg = self.cfg
+        self.alpha_now, self.zeroed = 0.0, []
+        if cfg.prototypes and proto_data is not None:
+            self.prototypes = class_prototypes(model, proto_data, int(model.config.num_labels), cfg.proto_on,
+                                               self.capture, device=device).to(device)
+        if cfg.train == "retrain":
+            reinitialise(model)
+        if cfg.train == "lora":
+            model.requires_grad_(False)
+            self.targets = target_linears(self.arch, list(cfg.targets), cfg.layers)
+            self.wrapped = attach(model, self.targets, cfg.r, cfg.alpha)
+            self.groups = build_groups(self.targets, self.wrapped, cfg.groups)
+        else:
+            model.requires_grad_(True)
+
+    def end_task(self, model: nn.Module) -> dict[str, Any]:
+        """Merge the adapter into the weights explicitly; report which groups survived."""
+        report: dict[str, Any] = {}
+        if self.wrapped:
+            alive = surviving(self.groups)
+            report = {"groups_total": len(self.groups), "groups_surviving": len(alive),
+                      "surviving_groups": sorted(alive), "group_norms": {g.name: float(g.norm()) for g in self.groups}}
+            merge(model, self.wrapped)
+            self.wrapped, self.groups = {}, []
+        return report
+
+    # --- training -----------------------------------------------------------------------------
+    def extra_loss(self, model: nn.Module, batch: dict, outputs: Any) -> dict[str, torch.Tensor]:
+        cfg, terms = self.cfg, {}
+        use_protos = cfg.prototypes and self.prototypes is not None
+        if use_protos and cfg.proto_retain_weight:
+            feats_r = features(outputs, self.capture, cfg.proto_on)  # captured by the engine's forward
+            terms["proto_retain"] = cfg.proto_retain_weight * losses.prototype_pull(
+                feats_r, batch["labels"], self.prototypes)
+        if "forget_pixel_values" in batch and (cfg.beta or (use_protos and cfg.proto_forget_weight)):
+            out_f = model(pixel_values=batch["forget_pixel_values"])
+            if cfg.beta:
+                terms["forget"] = cfg.beta * losses.forget_hinge(out_f.logits, batch["forget_labels"], self.bnd)
+            if use_protos and cfg.proto_forget_weight:
+                feats_f = features(out_f, self.capture, cfg.proto_on)
+                terms["proto_forget"] = cfg.proto_forget_weight * losses.prototype_push(
+                    feats_f, batch["forget_labels"], self.prototypes, cfg.proto_bnd)
+        if self.groups and self.alpha_now and not cfg.proximal:
+            terms["sparsity"] = self.alpha_now * group_lasso(self.groups)
+        return terms
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        self.alpha_now = losses.sparsity_weight(step, total_steps, self.cfg.group_alpha, self.cfg.sparsity_warmup)
+        if self.cfg.proximal and self.groups and self.alpha_now:
+            lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else 0.0
+            self.zeroed = proximal_step(self.groups, lr * self.alpha_now, self.optimizer)
+
+    def metrics(self) -> dict[str, float]:
+        if not self.groups:
+            return {}
+        return {"gs_alpha": self.alpha_now, "groups_surviving": float(len(surviving(self.groups)))}
+
+    def prepare_for_eval(self, model: nn.Module) -> nn.Module:
+        return model  # the unmerged adapter computes the same function; merging is end_task's job
+
+    def export(self, model: nn.Module, path: Path) -> Path:
+        """The merged stock HF model after the last task (adapters are merged by then)."""
+        if self.wrapped:
+            raise RuntimeError("export before end_task: the adapter is not merged yet")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(path)
+        return path
+
+
+@torch.no_grad()
+def reinitialise(model: nn.Module) -> None:
+    """Random weights from the model's own config (the oracle retrains from scratch)."""
+    fresh = type(model)(model.config)
+    model.load_state_dict(fresh.state_dict())
+
+
+class GSLoRAPlus(GSLoRA):
+    config_class = GSLoRAPlusConfig
+
+
+class NoSparsity(GSLoRA):
+    config_class = NoSparsityConfig
+
+
+class FullForget(GSLoRA):
+    config_class = FullForgetConfig
+
+
+class Retrain(GSLoRA):
+    config_class = RetrainConfig

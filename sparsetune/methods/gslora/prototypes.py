@@ -1,0 +1,63 @@
+"""Per-class prototypes for GS-LoRA++, recomputed from the available data at each task start.
+
+`on="logits"` (default) averages the classifier logits of each class; `on="embeddings"` averages
+the classifier's input (the CLS embedding after the final norm; DeiT: the CLS head's input). The
+paper's face model has an embedding backbone and a CosFace head, so its prototypes are embeddings;
+an HF classifier exposes logits directly and the KL terms read more naturally on class
+distributions, hence the default. Both go through the same softmax-KL (losses.kl_to_prototype).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparsetune.errors import ConfigError
+
+SOURCES = ("logits", "embeddings")
+
+
+class HeadInput:
+    """Forward hook on the classifier head that keeps its latest input (the pooled embedding)."""
+
+    def __init__(self, head: nn.Module):
+        self.value: torch.Tensor | None = None
+        self.handle = head.register_forward_hook(self._grab)
+
+    def _grab(self, module, inputs, output) -> None:
+        self.value = inputs[0]
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def features(outputs, capture: HeadInput | None, on: str) -> torch.Tensor:
+    """The representation prototypes live in, for the forward pass that just ran."""
+    if on == "logits":
+        return outputs.logits
+    if on == "embeddings":
+        return capture.value
+    raise ConfigError(f"method.proto_on: unknown '{on}'; available: {', '.join(SOURCES)}")
+
+
+@torch.no_grad()
+def class_prototypes(model: nn.Module, dataset, num_classes: int, on: str, capture: HeadInput | None,
+                     batch_size: int = 256, device=None) -> torch.Tensor:
+    """[num_classes, D] mean representation per class (rows of absent classes stay zero)."""
+    from sparsetune.data import collate_vision
+
+    training = model.training
+    model.eval()
+    sums, counts = None, torch.zeros(num_classes)
+    try:
+        for start in range(0, len(dataset), batch_size):
+            batch = collate_vision([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+            out = model(pixel_values=batch["pixel_values"].to(device))
+            feats = features(out, capture, on).float().cpu()
+            if sums is None:
+                sums = torch.zeros(num_classes, feats.shape[-1])
+            sums.index_add_(0, batch["labels"], feats)
+            counts += torch.bincount(batch["labels"], minlength=num_classes).float()
+    finally:
+        model.train(training)
+    return sums / counts.clamp_min(1).unsqueeze(1)
