@@ -62,10 +62,12 @@ def measure_s2ft_serving(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     from sparsetune.methods import build_method
     from sparsetune.methods.s2ft import MixedAdapterModel, switch
     from sparsetune.models import get_arch, load_model
-    from sparsetune.train.job import quiet_libraries
+    from sparsetune.train.job import quiet_libraries, resolve_device
 
     quiet_libraries()
+    device = resolve_device(cfg.trainer.device)
     base, _ = load_model(cfg.model)
+    base = base.to(device)
     trained = build_method(cfg.method)
     clone = copy.deepcopy(base)
     wrapped = trained.apply(clone, get_arch(clone))
@@ -84,14 +86,14 @@ def measure_s2ft_serving(cfg, settings: dict[str, Any]) -> dict[str, Any]:
         switch(base, state["current"], new)
         state["current"] = new
 
-    switch_stats = latency(flip, warmup=settings["warmup"], iters=settings["steps"] * 2)
+    switch_stats = latency(flip, warmup=settings["warmup"], iters=settings["steps"] * 2, device=device)
     switch(base, state["current"], None)
-    ids = _inputs(base, settings)
-    rows = torch.arange(ids.shape[0]) % 2
+    ids = _inputs(base, settings).to(device)
+    rows = (torch.arange(ids.shape[0]) % 2).to(device)
     mixed = MixedAdapterModel(base, adapters)
     with torch.inference_mode():
-        mixed_stats = latency(lambda: mixed(input_ids=ids, adapter_ids=rows), settings["warmup"], settings["steps"])
-        base_stats = latency(lambda: base(input_ids=ids), settings["warmup"], settings["steps"])
+        mixed_stats = latency(lambda: mixed(input_ids=ids, adapter_ids=rows), settings["warmup"], settings["steps"], device=device)
+        base_stats = latency(lambda: base(input_ids=ids), settings["warmup"], settings["steps"], device=device)
     return {"switch_time_s": switch_stats["median"], "mixed_batch_latency_s": mixed_stats["median"],
             "base_latency_s": base_stats["median"], "adapter_params": a.num_params()}
 
@@ -103,10 +105,12 @@ def measure_lora_serving(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     from sparsetune.eval.efficiency import latency
     from sparsetune.methods.lora import resolve_targets
     from sparsetune.models import get_arch, load_model
-    from sparsetune.train.job import quiet_libraries
+    from sparsetune.train.job import quiet_libraries, resolve_device
 
     quiet_libraries()
+    device = resolve_device(cfg.trainer.device)
     base, _ = load_model(cfg.model)
+    base = base.to(device)
     arch = get_arch(base)
     lcfg = LoraConfig(r=cfg.method.r, lora_alpha=cfg.method.alpha,
                       target_modules=resolve_targets(arch, list(cfg.method.target_modules)))
@@ -125,10 +129,10 @@ def measure_lora_serving(cfg, settings: dict[str, Any]) -> dict[str, Any]:
         model.merge_adapter()
         state["current"] = new
 
-    switch_stats = latency(flip, warmup=settings["warmup"], iters=settings["steps"] * 2)
+    switch_stats = latency(flip, warmup=settings["warmup"], iters=settings["steps"] * 2, device=device)
     model.unmerge_adapter()
-    ids = _inputs(base, settings)
+    ids = _inputs(base, settings).to(device)
     names = ["a" if i % 2 == 0 else "b" for i in range(ids.shape[0])]
     with torch.inference_mode():
-        mixed_stats = latency(lambda: model(input_ids=ids, adapter_names=names), settings["warmup"], settings["steps"])
+        mixed_stats = latency(lambda: model(input_ids=ids, adapter_names=names), settings["warmup"], settings["steps"], device=device)
     return {"switch_time_s": switch_stats["median"], "mixed_batch_latency_s": mixed_stats["median"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from sparsetune.models.arch import get_arch
 from sparsetune.models.tiny import build_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
+DEVICE = os.environ.get("SPARSETUNE_TEST_DEVICE", "cpu")  # cuda: see scripts/gpu_check.sh
 
 
 @pytest.fixture(autouse=True)
@@ -29,11 +31,11 @@ def tiny(name: str, seed: int = 0):
         for n, p in model.named_parameters():
             if n.endswith(".bias"):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.eval()
+    return model.to(DEVICE).eval()
 
 
 def ids(batch: int = 3, length: int = 8, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 
 def logits(model, x, **kw) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ from sparsetune.models.arch import get_arch
 from sparsetune.models.tiny import build_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
+# SPARSETUNE_TEST_DEVICE=cuda runs the model-level checks on a GPU (scripts/gpu_check.sh)
+DEVICE = os.environ.get("SPARSETUNE_TEST_DEVICE", "cpu")
 ALL_KINDS = dict(o_ratio=0.5, v_ratio=0.5, d_ratio=0.2, u_ratio=0.2)
 
 
@@ -40,7 +43,7 @@ def tiny(name: str, seed: int = 0, dtype=torch.float32):
         for n, p in model.named_parameters():
             if n.endswith(".bias"):
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.to(dtype).eval()
+    return model.to(dtype=dtype, device=DEVICE).eval()
 
 
 def s2ft(**kw) -> S2FT:
@@ -55,7 +58,7 @@ def randomize(method: S2FT, model, seed: int = 1, scale: float = 0.05) -> None:
 
 
 def ids(batch: int = 2, length: int = 9, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, 256, (batch, length), generator=torch.Generator().manual_seed(seed)).to(DEVICE)
 
 
 # ----------------------------------------------------------------------------------------------- selection
@@ -321,7 +324,7 @@ def test_autocast_bf16_on_fp32_model():
     method = s2ft(**ALL_KINDS)
     method.apply(model, get_arch(model))
     x = ids()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
         loss = model(input_ids=x, labels=x).loss
     loss.backward()
     for m in method.slice_modules(model).values():

