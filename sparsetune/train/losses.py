@@ -1,7 +1,8 @@
 """Task losses, returned as (sum, count) so gradient accumulation weights every token/image equally.
 
 The causal-LM loss applies the output head only to positions that carry a label, so logits are
-never materialised for prompt or padding tokens (a large share of activation memory).
+never materialised for prompt or padding tokens, and walks those in chunks (train/head_loss.py), so
+no vocabulary-sized buffer is kept for backward.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from sparsetune.train.head_loss import head_cross_entropy
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -24,11 +27,8 @@ def causal_lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tu
     hidden = outputs.last_hidden_state[:, :-1]
     labels = batch["labels"][:, 1:]
     keep = labels != -100
-    logits = core.get_output_embeddings()(hidden[keep])
-    cap = getattr(core.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    loss_sum = F.cross_entropy(logits.float(), labels[keep], reduction="sum")
+    cap = getattr(core.config.get_text_config(), "final_logit_softcapping", None)
+    loss_sum = head_cross_entropy(hidden[keep], core.get_output_embeddings(), labels[keep], softcap=cap)
     return loss_sum, int(keep.sum()), outputs
 
 
