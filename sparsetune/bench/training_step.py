@@ -13,6 +13,7 @@ def measure_train_step(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     from sparsetune.methods import build_method
     from sparsetune.models import get_arch, load_model
     from sparsetune.train.job import quiet_libraries, resolve_device, seed_everything
+    from sparsetune.train.lean_mlp import make_mlps_lean
     from sparsetune.train.losses import causal_lm_loss
     from sparsetune.train.optim import build_optimizer
 
@@ -25,6 +26,8 @@ def measure_train_step(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     model, _ = load_model(cfg.model)
     method = build_method(cfg.method)
     model = method.apply(model, get_arch(model)).to(device)
+    if cfg.trainer.lean_mlp:
+        make_mlps_lean(model)
     model.train()
     optimizer = build_optimizer(method, model, cfg.trainer)
     batch, seq = settings["batch"], settings["seq"]

@@ -75,6 +75,8 @@ class TrainerConfig:
     threads: Optional[int] = None
     num_workers: int = 0
     gradient_checkpointing: bool = False
+    # gated MLPs keep 2 of their 3 wide intermediates for backward (train/lean_mlp.py); same gradients
+    lean_mlp: bool = True
 
 
 @dataclass
@@ -113,6 +115,8 @@ class ForgetConfig:
     sequence: Optional[str] = None  # "random:TxK": T tasks of K classes drawn with `seed`
     data_ratio: float = 0.1  # share of the training data available
     shots: Optional[int] = None  # k-shot per class instead of data_ratio
+    # earlier tasks' forgotten images stay in the forgetting term (else a later adapter revives them)
+    revisit_earlier: bool = True
 
 
 @dataclass

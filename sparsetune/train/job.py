@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from sparsetune.train.lean_mlp import make_mlps_lean
 from sparsetune.train.run_folder import RunFolder
 
 console = Console(stderr=True)
@@ -97,6 +98,8 @@ def setup(cfg, overrides: list[str], job: str = "train", ckpt: dict | None = Non
     ]
     method.tokenizer = tokenizer
     model = method.apply(model, arch).to(device)
+    if cfg.trainer.lean_mlp:
+        make_mlps_lean(model)
     run = None
     if create_run:
         run = RunFolder.open(cfg.resume) if cfg.resume else RunFolder.create(cfg, overrides, job)
