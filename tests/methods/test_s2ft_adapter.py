@@ -149,7 +149,7 @@ def test_combine_is_weighted_sum_on_union():
         for adapter, w in ((A, 0.5), (B, 2.0)):
             if n in adapter.slices:
                 part = adapter.slices[n]
-                want.index_add_(part.dim, part.indices, part.delta * w)
+                want.index_add_(part.dim, part.indices.to(want.device), part.delta.to(want.device) * w)
         torch.testing.assert_close(base.get_submodule(n).weight, want, atol=1e-6, rtol=0)
     overlap = [n for n in A.slices if n in B.slices]
     assert overlap and any(len(fused.slices[n].indices) < len(A.slices[n].indices) + len(B.slices[n].indices)
@@ -167,7 +167,7 @@ def test_merged_export_is_unpermuted_w_plus_scattered_delta(tmp_path):
         name = key.rsplit(".", 1)[0]
         if key.endswith(".weight") and name in adapter.slices:
             s = adapter.slices[name]
-            want.index_add_(s.dim, s.indices, s.delta)
+            want.index_add_(s.dim, s.indices.to(want.device), s.delta.to(want.device))
         torch.testing.assert_close(merged[key], want, atol=1e-7, rtol=0)
     x = ids()
     want_logits = logits(model, x)

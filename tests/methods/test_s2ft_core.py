@@ -110,7 +110,7 @@ def test_gqa_v_rows_are_whole_groups_and_o_columns_whole_heads():
         layer, kind = method.modules[name]
         units = method.selection.get(kind, layer)
         expected = torch.cat([torch.arange(u * 24, (u + 1) * 24) for u in units])
-        assert torch.equal(m.indices, expected), name
+        assert torch.equal(m.indices.cpu(), expected), name
         if kind == "v":
             assert m.delta.shape == (24 * len(units), 64)
         else:
@@ -239,7 +239,7 @@ def test_slice_grads_equal_dense_autograd(name, permute):
     for name_, mod in slices.items():
         layer, kind = method.modules[name_]
         stock = method._stock_indices(layer, kind, mod)
-        ref = dense_w[name_].grad.index_select(mod.slice_dim, stock)
+        ref = dense_w[name_].grad.index_select(mod.slice_dim, stock.to(DEVICE))
         torch.testing.assert_close(mod.delta.grad, ref, atol=1e-6, rtol=1e-4)
 
     # frozen parts have no gradient; the optimizer holds state only for the slices
@@ -346,7 +346,9 @@ def test_stop_at_lowest_trained_layer_cuts_graph_not_grads(checkpointing):
         x = ids()
         emb = model.get_input_embeddings()(x).detach().requires_grad_(True)
         model(inputs_embeds=emb, labels=x).loss.backward()
-        assert (emb.grad is None) == stop
+        # no gradient reaches the embeddings when cut (torch 2.11 + CUDA + reentrant leaves zeros, not None)
+        reached = emb.grad is not None and bool(emb.grad.any())
+        assert reached != stop
         grads.append([m.delta.grad.clone() for m in method.slice_modules(model).values()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)

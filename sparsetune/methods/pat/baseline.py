@@ -9,7 +9,6 @@ the smaller stock model. The export is that model with LoRA merged: a stock HF c
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -20,8 +19,9 @@ from torch import nn
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method, MethodConfig
 
-from .compare import export_figures, load_baseline, print_baseline
+from .compare import load_baseline
 from .config import kept_channels_for
+from .export import load_pruned_export, write_pruned_export
 from .importance import KINDS, hidden_importance, top_channels
 from .merge import check_supported, prune_hidden
 
@@ -164,29 +164,12 @@ class PruneLoRA(Method):
 
     def export(self, model: nn.Module, path: Path, tokenizer=None) -> Path:
         """A stock HF folder (hidden_size = d', LoRA merged) + pat.json, loadable with plain transformers."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        merged = self.merged_model(model)
-        merged.save_pretrained(path)
-        tok = tokenizer if tokenizer is not None else self.tokenizer
-        if tok is not None:
-            tok.save_pretrained(path)
         info = {"method": "prune_lora", "importance": self.cfg.importance, "hidden_size": self.hidden,
-                "kept_hidden": self.n_keep, "keep_index": self.keep.tolist(), "params_before": self.params_before,
-                "params_after": sum(p.numel() for p in merged.parameters()),
-                "tied_embeddings": bool(getattr(merged.config, "tie_word_embeddings", False))}
-        (path / "pat.json").write_text(json.dumps(info, indent=1))
-        self.exported = {**export_figures(path), "params_ratio": round(info["params_after"] / self.params_before, 4)}
-        if self.baseline is not None:
-            self.exported["baseline"] = self.baseline
-            print_baseline(self.baseline)
-        return path
+                "kept_hidden": self.n_keep, "keep_index": self.keep.tolist()}
+        self.exported = write_pruned_export(self.merged_model(model), path,
+                                            tokenizer if tokenizer is not None else self.tokenizer,
+                                            info, self.params_before, self.baseline)
+        return Path(path)
 
     def load_export(self, model: nn.Module, path: Path) -> nn.Module | None:
-        """The exported stock folder itself (`sparsetune eval run=DIR`); the base only supplies the dtype."""
-        path = Path(path)
-        if not (path / "pat.json").exists() or not (path / "config.json").exists():
-            return None
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(path, dtype=next(model.parameters()).dtype).eval()
+        return load_pruned_export(model, path)

@@ -9,7 +9,6 @@ giving a smaller stock Hugging Face model.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,9 @@ from torch import nn
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method
 
-from .compare import export_figures, load_baseline, print_baseline
+from .compare import load_baseline
 from .config import PATConfig, check_config, kept_channels_for, resolve_rank
+from .export import load_pruned_export, write_pruned_export
 from .hsm import HSM, ResidualWrite, wrap
 from .importance import hidden_importance, top_channels
 from .mask import SharedMask
@@ -243,38 +243,14 @@ class PAT(Method):
 
     def export(self, model: nn.Module, path: Path, tokenizer=None) -> Path:
         """`path` = a stock HF folder (config.json with hidden_size = d', safetensors) + pat.json."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         pruned = self.pruned_model(model)
-        pruned.save_pretrained(path)
-        tok = tokenizer if tokenizer is not None else self.tokenizer
-        if tok is not None:
-            tok.save_pretrained(path)
-        info = {
-            "method": "pat",
-            "hidden_size": self.hidden,
-            "kept_hidden": self.n_keep,
-            "keep_index": self.keep_index().tolist(),
-            "params_before": self.params_before,
-            "params_after": sum(p.numel() for p in pruned.parameters()),
-            "tied_embeddings": bool(getattr(pruned.config, "tie_word_embeddings", False)),
-            "embed_hsm": self.embed_hsm,
-        }
-        (path / "pat.json").write_text(json.dumps(info, indent=1))
-        self.params_after = info["params_after"]
+        info = {"method": "pat", "hidden_size": self.hidden, "kept_hidden": self.n_keep,
+                "keep_index": self.keep_index().tolist(), "embed_hsm": self.embed_hsm}
         # summary.json figures (metrics() is merged into it after export; per-step logs never see these)
-        self.exported = {**export_figures(path), "params_ratio": round(self.params_after / self.params_before, 4)}
-        if self.baseline is not None:
-            self.exported["baseline"] = self.baseline
-            print_baseline(self.baseline)
-        return path
+        self.exported = write_pruned_export(pruned, path, tokenizer if tokenizer is not None else self.tokenizer,
+                                            info, self.params_before, self.baseline)
+        self.params_after = sum(p.numel() for p in pruned.parameters())
+        return Path(path)
 
     def load_export(self, model: nn.Module, path: Path) -> nn.Module | None:
-        """The exported pruned model itself (a stock HF folder); the base only supplies the dtype."""
-        path = Path(path)
-        if not (path / "pat.json").exists() or not (path / "config.json").exists():
-            return None
-        from transformers import AutoModelForCausalLM
-
-        dtype = next(model.parameters()).dtype
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+        return load_pruned_export(model, path)
