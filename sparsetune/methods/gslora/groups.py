@@ -74,6 +74,7 @@ def proximal_step(groups: list[Group], threshold: float, optimizer: torch.optim.
     return zeroed
 
 
+@torch.no_grad()
 def surviving(groups: list[Group], tol: float = 0.0) -> dict[str, float]:
     """{group name: norm} of the groups whose norm is above `tol` (exactly non-zero by default)."""
     norms = {g.name: float(g.norm()) for g in groups}

@@ -89,9 +89,11 @@ class GSLoRA(Method):
         """Merge the adapter into the weights explicitly; report which groups survived."""
         report: dict[str, Any] = {}
         if self.wrapped:
-            alive = surviving(self.groups)
+            with torch.no_grad():
+                norms = {g.name: float(g.norm()) for g in self.groups}
+            alive = sorted(n for n, v in norms.items() if v > 0)
             report = {"groups_total": len(self.groups), "groups_surviving": len(alive),
-                      "surviving_groups": sorted(alive), "group_norms": {g.name: float(g.norm()) for g in self.groups}}
+                      "surviving_groups": alive, "group_norms": norms}
             merge(model, self.wrapped)
             self.wrapped, self.groups = {}, []
         return report

@@ -111,7 +111,8 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
         for t, forgotten in enumerate(tasks, start=1):
             earlier = list(gone)
             retained = [c for c in all_classes if c not in forgotten and c not in earlier]
-            dataset = ForgetPairs(train_pool.with_classes(retained), train_pool.with_classes(forgotten))
+            pushed = forgotten + (earlier if fcfg.revisit_earlier else [])
+            dataset = ForgetPairs(train_pool.with_classes(retained), train_pool.with_classes(pushed))
             start = time.perf_counter()
             method.start_task(model, train_pool.with_classes(retained + forgotten), device)
             model.to(device)
@@ -176,11 +177,14 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
         logger.summary({k: v for k, v in summary.items() if k not in ("tasks", "base")})
     finally:
         logger.close()
+    from rich.console import Console
+
     from sparsetune.eval.report import print_table
 
     cols = ("classes", "acc_r", "acc_f", "acc_o", "h_mean", "acc_f_pre", "acc_r_base", "trainable_share",
             "groups_surviving", "steps", "wall_time_s")
     print_table(f"continual forgetting: {mcfg.name} on {cfg.model.name} (test split)",
-                {("base" if r["task"] == 0 else f"task {r['task']}"): {c: r.get(c) for c in cols} for r in rows})
+                {("base" if r["task"] == 0 else f"task {r['task']}"): {c: r.get(c) for c in cols} for r in rows},
+                console=Console(width=max(160, Console().width)))
     console.print(f"[bold]run folder:[/bold] {run.path}")
     return summary
