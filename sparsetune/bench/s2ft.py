@@ -13,6 +13,7 @@ from sparsetune.bench.runner import Benchmark, Setting, Variant
 STEP = "sparsetune.bench.training_step:measure_train_step"
 RANK = 16  # LoRA rank; S²FT gets exactly LoRA-r16's parameter count on the same modules (4 with --quick)
 LORA_TARGETS = "[q,k,v,up,down]"
+TOP_FRACTION = 0.34  # s2ft_top: trained units only in the top third of the blocks
 
 
 def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
@@ -32,11 +33,13 @@ def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
         name="s2ft",
         variants=[Variant("full", STEP, ["method=full", *common]),
                   Variant("lora", STEP, [*lora, *common]),
-                  Variant("s2ft", STEP, [*s2ft, *common])],
+                  Variant("s2ft", STEP, [*s2ft, *common]),
+                  # the same budget in the top third of the blocks: backward stops below them (not the paper)
+                  Variant("s2ft_top", STEP, [*s2ft, f"method.top_fraction={TOP_FRACTION}", *common])],
         settings=settings,
         baseline="full",
         ratio_metrics=["step_time_s", "peak_memory_mb"],
-        extra_ratios=[("s2ft", "lora")],
+        extra_ratios=[("s2ft", "lora"), ("s2ft_top", "lora")],
         extra_blocks=[(serving, [Variant("lora", "sparsetune.bench.s2ft:measure_lora_serving", [*lora, *common]),
                                  Variant("s2ft", "sparsetune.bench.s2ft:measure_s2ft_serving", [*s2ft, *common])],
                        "lora", ["switch_time_s", "mixed_batch_latency_s"])],

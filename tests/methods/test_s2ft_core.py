@@ -101,6 +101,30 @@ def test_random_selection_is_seeded_and_allocations_count_right():
     assert Selection.from_dict(json.loads(json.dumps(a.to_dict()))).to_dict() == a.to_dict()
 
 
+@pytest.mark.parametrize("allocation", ["global", "per_layer"])
+def test_top_layers_hold_every_unit_and_lower_blocks_build_no_graph(allocation):
+    geo = Geometry.llama(layers=6, hidden=64, heads=8, kv_heads=2, intermediate=40)
+    top = select(geo, {"o": 13, "d": 31}, allocation, seed=0, first_layer=4)
+    assert top.counts()["o"] == 13 and top.counts()["d"] == 31 and set(top.layers()) <= {4, 5}
+    with pytest.raises(ConfigError, match="top 2 blocks"):
+        select(geo, {"o": 17}, allocation, first_layer=4)
+
+    model = tiny("llama")  # 2 blocks: top_fraction 0.5 trains block 1 only
+    method = s2ft(**ALL_KINDS, top_fraction=0.5)
+    method.apply(model, get_arch(model))
+    assert method.selection.layers() == [1]
+    block0 = model.model.layers[0]
+    seen = []
+    hook = block0.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    x = ids()
+    model(input_ids=x, labels=x).loss.backward()
+    hook.remove()
+    assert not seen[0].requires_grad  # nothing below the lowest trained block is kept for backward
+    assert all(m.delta.grad is not None for m in method.slice_modules(model).values())
+    with pytest.raises(ConfigError, match="top_fraction"):
+        s2ft(top_fraction=0.0).apply(tiny("llama"), get_arch(tiny("llama")))
+
+
 def test_gqa_v_rows_are_whole_groups_and_o_columns_whole_heads():
     model = tiny("qwen2")  # 4 heads / 2 kv-groups, head_dim 24 != 64/4
     method = s2ft(o_ratio=0.375, v_ratio=0.5, d_ratio=0.0, u_ratio=0.0, permute=False)

@@ -31,6 +31,9 @@ class S2FTConfig(MethodConfig):
     selection: str = "random"  # random | weight | activation | gradient
     selection_order: str = "largest"  # score-based selection keeps the largest or the smallest scores
     allocation: str = "global"  # global: over (layer x unit) like the paper | per_layer: equal counts
+    # only the top fraction of blocks hold trained units (1.0 = all blocks, the paper); autograd then
+    # builds no graph below the lowest of them, so backward and saved activations shrink with it
+    top_fraction: float = 1.0
     seed: int = 0
     calibration_batches: int = 4  # batches for activation/gradient scores
     # co-permute so trained units form one contiguous slice; null = auto (only when v/u rows are trained)
@@ -56,5 +59,7 @@ def check_config(cfg) -> None:
         raise ConfigError(f"method.match_lora_rank: {cfg.match_lora_rank} must be a positive integer")
     if all(float(getattr(cfg, k)) == 0.0 for k in ("o_ratio", "d_ratio", "v_ratio", "u_ratio")):
         raise ConfigError("method: o_ratio, d_ratio, v_ratio and u_ratio are all 0; nothing would be trained")
+    if not 0.0 < float(cfg.top_fraction) <= 1.0:
+        raise ConfigError(f"method.top_fraction: {cfg.top_fraction} must be in (0, 1]")
     if cfg.calibration_batches < 1:
         raise ConfigError("method.calibration_batches: must be at least 1")

@@ -129,7 +129,8 @@ class S2FT(Method):
                 raise ConfigError(f"method.selection={self.cfg.selection} needs calibration batches: "
                                   "call calibrate(model, batches) before apply()")
             scores = self.scores
-        return select(geo, counts, self.cfg.allocation, int(self.cfg.seed), scores, self.cfg.selection_order)
+        first = geo.num_layers - max(1, round(float(self.cfg.top_fraction) * geo.num_layers))
+        return select(geo, counts, self.cfg.allocation, int(self.cfg.seed), scores, self.cfg.selection_order, first)
 
     # ------------------------------------------------------------------ apply
     def apply(self, model: nn.Module, arch) -> nn.Module:

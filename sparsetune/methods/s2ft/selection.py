@@ -292,18 +292,20 @@ def _per_layer_counts(total: int, layers: int, units: int, gen: torch.Generator)
 
 
 def select(geo: Geometry, counts: dict[str, int], allocation: str = "global", seed: int = 0,
-           scores: dict[str, torch.Tensor] | None = None, order: str = "largest") -> Selection:
-    """Pick `counts[kind]` units of each kind: uniformly at random, or by the top (or bottom) scores."""
+           scores: dict[str, torch.Tensor] | None = None, order: str = "largest", first_layer: int = 0) -> Selection:
+    """Pick `counts[kind]` units of each kind among blocks `first_layer`.. (the top ones): uniformly at
+    random, or by the top (or bottom) scores."""
     sel = Selection()
     for kind in KINDS:
         n = int(counts.get(kind, 0))
         if n <= 0:
             continue
-        layers, units = geo.num_layers, geo.units(kind)
+        layers, units = geo.num_layers - first_layer, geo.units(kind)
         if n > layers * units:
-            raise ConfigError(f"method: asked for {n} '{kind}' units but the model has {layers * units}")
+            where = f"the top {layers} blocks have" if first_layer else "the model has"
+            raise ConfigError(f"method: asked for {n} '{kind}' units but {where} {layers * units}")
         gen = _generator(seed, kind)
-        score = None if scores is None or kind not in scores else scores[kind].float()
+        score = None if scores is None or kind not in scores else scores[kind].float()[first_layer:]
         if score is not None and order == "smallest":
             score = -score
         chosen: dict[int, list[int]] = {}
@@ -323,5 +325,5 @@ def select(geo: Geometry, counts: dict[str, int], allocation: str = "global", se
                 else:
                     ids = torch.argsort(score[layer], descending=True, stable=True)[:k]
                 chosen[layer] = ids.tolist()
-        sel.units[kind] = {layer: sorted(ids) for layer, ids in sorted(chosen.items())}
+        sel.units[kind] = {first_layer + layer: sorted(ids) for layer, ids in sorted(chosen.items())}
     return sel
