@@ -46,6 +46,19 @@ def test_forget_hinge_matches_hand_computation():
     assert losses.default_bnd(10, 2.0) == pytest.approx(math.log(10) + 2.0)
 
 
+def test_complement_forgetting_loss_matches_hand_computation():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([0, 2])
+    p0 = math.exp(2) / (math.exp(2) + 2)
+    ce1 = math.log(math.e + 2)  # sample 1 is past bnd = 1.5: no term
+    assert ce1 > 1.5
+    loss = losses.forget_complement(logits, labels, 1.5)
+    assert float(loss) == pytest.approx(-math.log(1 - p0) / 2, abs=1e-6)
+    loss.backward()
+    assert float(logits.grad[0, 0]) == pytest.approx(p0 / 2, abs=1e-6)  # grows with confidence
+    assert torch.equal(logits.grad[1], torch.zeros(3))
+
+
 def test_prototype_terms_match_hand_computation():
     feats = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     protos = torch.tensor([[0.0, 0.0], [0.0, 2.0]])

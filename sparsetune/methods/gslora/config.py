@@ -22,6 +22,8 @@ class GSLoRAConfig(MethodConfig):
     beta: float = 0.5
     bnd: Optional[float] = None  # None: ln(num_labels) + bnd_margin (plain-logit CE; see docs)
     bnd_margin: float = 2.0
+    # hinge: the paper's ReLU(bnd - CE) | complement: -log(1 - p_y) while CE < bnd (non-saturating)
+    forget_loss: str = "hinge"
     # group sparsity: group_alpha * sum_g ||g||_2, zero for the first sparsity_warmup of each task
     group_alpha: float = 1.0e-3
     sparsity_warmup: float = 0.3  # fraction of each task's steps

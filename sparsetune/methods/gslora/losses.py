@@ -26,6 +26,20 @@ def forget_hinge(logits: torch.Tensor, labels: torch.Tensor, bnd: float) -> torc
     return F.relu(bnd - ce).mean()
 
 
+def forget_complement(logits: torch.Tensor, labels: torch.Tensor, bnd: float) -> torch.Tensor:
+    """mean_i [CE_i < bnd] * -log(1 - p_y,i): same stopping point as the hinge, but its gradient
+    (p_y on the true logit) does not vanish on confidently classified samples, where the CE hinge's
+    (1 - p_y) does and forgetting stalls."""
+    logits = logits.float()
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    others = logits.scatter(1, labels[:, None], float("-inf"))
+    complement = torch.logsumexp(logits, dim=-1) - torch.logsumexp(others, dim=-1)
+    return ((ce < bnd).float() * complement).mean()
+
+
+FORGET_LOSSES = {"hinge": forget_hinge, "complement": forget_complement}
+
+
 def sparsity_weight(step: int, total_steps: int, alpha: float, warmup: float) -> float:
     """alpha after the warm-up share of the task's steps, 0 before (the paper's alpha warm-up)."""
     return alpha if step >= warmup * total_steps else 0.0

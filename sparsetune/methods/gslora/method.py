@@ -43,6 +43,9 @@ class GSLoRA(Method):
             raise ConfigError(f"method.proto_on: unknown '{cfg.proto_on}'; available: logits, embeddings")
         if cfg.groups not in ("block", "module", "matrix"):
             raise ConfigError(f"method.groups: unknown grouping '{cfg.groups}'; available: block, module, matrix")
+        if cfg.forget_loss not in losses.FORGET_LOSSES:
+            raise ConfigError(f"method.forget_loss: unknown '{cfg.forget_loss}'; available: "
+                              f"{', '.join(losses.FORGET_LOSSES)}")
         if cfg.r < 1:
             raise ConfigError(f"method.r must be at least 1, got {cfg.r}")
         self.arch = None
@@ -109,7 +112,8 @@ class GSLoRA(Method):
         if "forget_pixel_values" in batch and (cfg.beta or (use_protos and cfg.proto_forget_weight)):
             out_f = model(pixel_values=batch["forget_pixel_values"])
             if cfg.beta:
-                terms["forget"] = cfg.beta * losses.forget_hinge(out_f.logits, batch["forget_labels"], self.bnd)
+                forget = losses.FORGET_LOSSES[cfg.forget_loss]
+                terms["forget"] = cfg.beta * forget(out_f.logits, batch["forget_labels"], self.bnd)
             if use_protos and cfg.proto_forget_weight:
                 feats_f = features(out_f, self.capture, cfg.proto_on)
                 terms["proto_forget"] = cfg.proto_forget_weight * losses.prototype_push(
