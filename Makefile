@@ -31,11 +31,13 @@ test-slow:  ## end-to-end runs on SmolLM2-135M and the cached ViT base
 lint:
 	$(VENV)/bin/ruff check sparsetune tests scripts
 
-bench:  ## side-by-side efficiency comparisons (one process per variant)
+bench:  ## side-by-side efficiency comparisons, one process per variant (~30 min on 2 CPU cores)
 	mkdir -p results
+	$(SPARSETUNE) bench s2ft --out results/bench-s2ft.json
+	$(SPARSETUNE) bench pat --out results/bench-pat.json
 	$(SPARSETUNE) bench lora --out results/bench-lora.json
 
-reproduce:  ## regenerate every table from scratch
+reproduce:  ## regenerate every figure in README.md and docs/ (hours on a CPU; resumable)
 	$(PY) scripts/reproduce.py
 
 clean:
