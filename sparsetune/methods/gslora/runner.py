@@ -41,8 +41,12 @@ def per_class(model, dataset, cfg, splits, device) -> list[float | None]:
 class Selector:
     """The engine's periodic `evaluate` hook: validation H-mean, keeping the best trainable state."""
 
-    def __init__(self, method, val, before, forgotten, earlier, retained, cfg, splits, device):
+    def __init__(self, method, val, before, forgotten, earlier, retained, cfg, splits, device,
+                 state=None, min_step: int = 0):
         self.method, self.val, self.before = method, val, before
+        # states before the group-sparsity warm-up ends are not candidates: picking one would
+        # undo the sparsity phase (its H-mean is often a little higher)
+        self.state, self.min_step = state, min_step
         self.sets = (forgotten, earlier, retained)
         self.cfg, self.splits, self.device = cfg, splits, device
         self.best_score, self.best_state, self.best_metrics = float("-inf"), None, {}
@@ -50,7 +54,8 @@ class Selector:
     def __call__(self, model) -> dict[str, dict[str, float]]:
         m = task_metrics(per_class(model, self.val, self.cfg, self.splits, self.device), self.before, *self.sets)
         score = m["h_mean"] if m["h_mean"] == m["h_mean"] else m["acc_r"]
-        if score > self.best_score:
+        eligible = self.state is None or self.state.step >= self.min_step
+        if eligible and score > self.best_score:
             self.best_score, self.best_metrics = score, m
             self.best_state = {k: v.detach().clone() for k, v in self.method.trainable_state_dict(model).items()}
         return {"val": m}
@@ -122,7 +127,9 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
             method.optimizer = optimizer
             state = LoopState()
             stream = BatchStream(dataset, collate_pairs, tcfg.batch_size, cfg.seed + t, state)
-            selector = (Selector(method, val_pool, val_before, forgotten, earlier, retained, cfg, splits, device)
+            sparse = mcfg.train == "lora" and mcfg.group_alpha > 0
+            selector = (Selector(method, val_pool, val_before, forgotten, earlier, retained, cfg, splits, device,
+                                 state, int(mcfg.sparsity_warmup * steps) if sparse else 0)
                         if val_pool is not None else None)
             loop = TrainLoop(model=model, method=method, optimizer=optimizer,
                              scheduler=build_scheduler(optimizer, tcfg, steps), stream=stream,
