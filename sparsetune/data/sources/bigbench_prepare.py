@@ -1,7 +1,7 @@
 """Fetch BIG-bench task files into the data cache (used by scripts/prepare_data.py and on first use).
 
-BIG-bench 1.0.0 is on PyPI only as a 358 MB sdist. We `pip download` it into a temporary folder,
-stream through the archive once, keep only `bigbench/benchmark_tasks/<task>/task.json` (plus the
+BIG-bench 1.0.0 is on PyPI only as a 358 MB sdist. We fetch it from the package index's simple API
+(sha256-checked; `pip download` as a fallback) into a temporary folder, stream through the archive once, keep only `bigbench/benchmark_tasks/<task>/task.json` (plus the
 chosen subtask files) and delete the sdist. Text tasks are cached as one `<task>.json` (a subtask
 task keeps its subtasks' task.json objects in a `subtasks` list); folder tasks (cifar10, read by the
 vision source) keep bigbench's own `<task>/<subtask>/task.json` layout. Present tasks are skipped.
@@ -46,8 +46,48 @@ def is_prepared(task: str, cache: Path) -> bool:
     return (cache / f"{task}.json").is_file()
 
 
-def download_sdist(dest: Path, quiet: bool = False) -> Path:
-    """`pip download` the bigbench sdist into `dest` (pip shows its own progress bar on a terminal)."""
+SDIST = f"bigbench-{BIGBENCH_VERSION}.tar.gz"
+
+
+def _index_url() -> str:
+    return os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+
+
+def fetch_sdist(dest: Path, quiet: bool = False) -> Path:
+    """Download the sdist straight from the index's JSON simple API (PEP 691) and check its sha256.
+
+    `pip download` cannot be used on its own: pip >= 25 builds the sdist's metadata even with
+    --no-deps and rejects its `bleurt @ file://...` requirement.
+    """
+    import hashlib
+    import urllib.request
+
+    req = urllib.request.Request(f"{_index_url()}/bigbench/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        files = json.load(resp)["files"]
+    entry = next((f for f in files if f["filename"] == SDIST), None)
+    if entry is None:
+        raise DataError(f"{SDIST} is not listed on {_index_url()}")
+    target, digest = dest / SDIST, hashlib.sha256()
+    with urllib.request.urlopen(entry["url"], timeout=60) as resp, open(target, "wb") as out:
+        total = int(entry.get("size") or resp.headers.get("Content-Length") or 0)
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+        with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                      disable=quiet, transient=True) as bar:
+            job = bar.add_task(f"downloading {SDIST}", total=total or None)
+            while chunk := resp.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.advance(job, len(chunk))
+    want = entry.get("hashes", {}).get("sha256")
+    if want and digest.hexdigest() != want:
+        raise DataError(f"{SDIST}: sha256 mismatch (got {digest.hexdigest()}, index says {want})")
+    return target
+
+
+def pip_download_sdist(dest: Path, quiet: bool = False) -> Path:
+    """`pip download` the sdist (works with pip < 25, and with indexes configured only for pip)."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
            f"bigbench=={BIGBENCH_VERSION}", "-d", str(dest), "--disable-pip-version-check"]
     if quiet:
@@ -63,6 +103,18 @@ def download_sdist(dest: Path, quiet: bool = False) -> Path:
         reason = lines[-1] if lines else f"pip exited with status {proc.returncode}"
         raise DataError(f"could not download bigbench {BIGBENCH_VERSION} from PyPI: {reason}")
     return found[0]
+
+
+def download_sdist(dest: Path, quiet: bool = False) -> Path:
+    """The sdist in `dest`: from the index directly, else through pip."""
+    try:
+        return fetch_sdist(dest, quiet)
+    except (OSError, ValueError, KeyError, DataError) as exc:
+        if not quiet:
+            print(f"direct download failed ({exc}); trying pip download", file=sys.stderr)
+        for partial in dest.glob("*.tar.gz"):
+            partial.unlink()
+        return pip_download_sdist(dest, quiet)
 
 
 class _CountingReader:
