@@ -95,16 +95,11 @@ def _decode(model, ids, mask, new_tokens: int, device) -> tuple[float, float]:
 
 
 def measure_inference(cfg, settings: dict[str, Any]) -> dict[str, Any]:
+    from sparsetune.bench.worker import worker_setup
     from sparsetune.eval.efficiency import count_parameters, latency, peak_memory_mb, reset_peak_memory
     from sparsetune.models import get_arch, load_model
-    from sparsetune.train.job import quiet_libraries, resolve_device, seed_everything
 
-    quiet_libraries()
-    threads = settings.get("threads") or cfg.trainer.threads
-    if threads:
-        torch.set_num_threads(threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.trainer.device)
+    device = worker_setup(cfg, settings)
     model, _ = load_model(cfg.model)
     hidden_before = model.config.get_text_config().hidden_size
     if cfg.method.name == "pat":

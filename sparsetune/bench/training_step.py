@@ -9,20 +9,15 @@ import torch
 
 
 def measure_train_step(cfg, settings: dict[str, Any]) -> dict[str, Any]:
+    from sparsetune.bench.worker import worker_setup
     from sparsetune.eval.efficiency import StepTimer, count_parameters, peak_memory_mb, reset_peak_memory
     from sparsetune.methods import build_method
     from sparsetune.models import get_arch, load_model
-    from sparsetune.train.job import quiet_libraries, resolve_device, seed_everything
     from sparsetune.train.lean_mlp import make_mlps_lean
     from sparsetune.train.losses import causal_lm_loss
     from sparsetune.train.optim import build_optimizer
 
-    quiet_libraries()
-    threads = settings.get("threads") or cfg.trainer.threads
-    if threads:
-        torch.set_num_threads(threads)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.trainer.device)
+    device = worker_setup(cfg, settings)
     model, _ = load_model(cfg.model)
     method = build_method(cfg.method)
     model = method.apply(model, get_arch(model)).to(device)

@@ -8,6 +8,20 @@ import json
 import sys
 
 
+def worker_setup(cfg, settings: dict) -> str:
+    """Quiet libraries, thread count, seeds; returns the device every measurement runs on."""
+    import torch
+
+    from sparsetune.train.job import quiet_libraries, resolve_device, seed_everything
+
+    quiet_libraries()
+    threads = settings.get("threads") or cfg.trainer.threads
+    if threads:
+        torch.set_num_threads(threads)
+    seed_everything(cfg.seed)
+    return resolve_device(cfg.trainer.device)
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     from sparsetune.config import compose
