@@ -46,7 +46,8 @@ STEPS = [
     Step("pat_prune_then_lora", ["train", "recipe=pat_baseline_llama"]),
     Step("bench_pat", ["bench", "pat", "--out", "results/bench-pat.json"], output="results/bench-pat.json"),
     Step("forget_3_7", ["forget", "--classes", "3,7"]),
-    Step("forget_sequence", ["forget", "forget.sequence=random:4x2"]),
+    *[Step(f"forget_sequence_{m}", ["forget", "forget.sequence=random:4x2", f"method={m}"])
+      for m in ("gslora", "gslora_pp", "gslora_nogs", "gslora_full", "gslora_retrain")],
 ]
 
 
