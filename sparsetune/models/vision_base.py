@@ -10,6 +10,7 @@ from rich.console import Console
 from sparsetune.paths import cache_dir
 
 BUILD_RECIPE = "vit_fmnist"
+BUILD_OVERRIDES: list[str] = []  # appended to the build's overrides (tests shorten the run)
 
 
 def vision_base_folder(cfg) -> Path:
@@ -24,6 +25,6 @@ def vision_base_folder(cfg) -> Path:
     from sparsetune.train.job import run_job
 
     overrides = [f"recipe={BUILD_RECIPE}", f"cache_as={cfg.name_or_path}", "logger=quiet",
-                 f"run_dir={cache_dir('models', '_builds')}"]
+                 f"run_dir={cache_dir('models', '_builds')}", *BUILD_OVERRIDES]
     run_job(compose(overrides), overrides)
     return folder

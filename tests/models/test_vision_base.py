@@ -1,0 +1,27 @@
+"""The project's ViT base is trained and cached on first use when it is not in the cache."""
+
+from pathlib import Path
+
+import pytest
+
+from sparsetune.config import compose
+from sparsetune.models import load_model, vision_base
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian dataset-fashion-mnist not installed")
+def test_built_on_first_use_then_loaded_from_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSETUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(vision_base, "BUILD_OVERRIDES", [
+        "trainer.max_steps=2", "trainer.batch_size=16", "trainer.warmup_steps=0", "trainer.save_every=0",
+        "data.train_size=64", "data.val_size=16", "eval=none"])
+    cfg = compose(["model=vit_fmnist"])
+    model, tokenizer = load_model(cfg.model)
+    folder = tmp_path / "models" / "vit_fmnist"
+    assert (folder / "config.json").is_file() and tokenizer is None
+    assert model.config.num_labels == 10 and type(model).__name__ == "ViTForImageClassification"
+    stamp = (folder / "config.json").stat().st_mtime_ns
+    monkeypatch.setattr(vision_base, "BUILD_OVERRIDES", ["trainer.max_steps=nope"])  # a rebuild would fail
+    load_model(cfg.model)
+    assert (folder / "config.json").stat().st_mtime_ns == stamp
