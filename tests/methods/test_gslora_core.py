@@ -104,13 +104,13 @@ def test_method_extra_loss_adds_each_term_with_its_weight():
     assert set(terms) == {"forget", "sparsity"}
     bnd = math.log(10) + 2.0
     want_f = 0.5 * losses.forget_hinge(model(pixel_values=xf).logits, yf, bnd)
-    assert float(terms["forget"]) == pytest.approx(float(want_f), rel=1e-6)
+    assert float(terms["forget"].detach()) == pytest.approx(float(want_f.detach()), rel=1e-6)
     by_block = {}
     for name, w in method.wrapped.items():
         block = method.targets[name][0]
-        by_block[block] = by_block.get(block, 0.0) + float((w.lora_A ** 2).sum() + (w.lora_B ** 2).sum())
+        by_block[block] = by_block.get(block, 0.0) + float(((w.lora_A ** 2).sum() + (w.lora_B ** 2).sum()).detach())
     assert sorted(by_block) == [0, 1]  # one group per block
-    assert float(terms["sparsity"]) == pytest.approx(0.01 * sum(math.sqrt(v) for v in by_block.values()), rel=1e-5)
+    assert float(terms["sparsity"].detach()) == pytest.approx(0.01 * sum(math.sqrt(v) for v in by_block.values()), rel=1e-5)
     method.on_step(0, 10)
     method.cfg.sparsity_warmup = 0.5
     method.on_step(4, 10)  # inside the warm-up: alpha = 0, no sparsity term
