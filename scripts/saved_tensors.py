@@ -4,7 +4,8 @@
     python scripts/saved_tensors.py method=full trainer.lean_mlp=false
 
 Synthetic batch of 4 x 256 tokens, every position labelled (as `sparsetune bench s2ft`); prints the
-total and the forward / backward wall time of the last of three steps. Used for docs/benchmarks.md.
+total (distinct storages, the model's own weights excluded) and the forward / backward wall time
+of the last of three steps. Used for docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -30,15 +31,17 @@ def main(overrides: list[str]) -> None:
     vocab = model.config.get_text_config().vocab_size
     ids = torch.randint(0, vocab, (4, 256), generator=torch.Generator().manual_seed(0))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
-    saved = 0
+    storages: dict[int, int] = {}  # a tensor saved by several nodes (or views of it) counts once
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}  # exist anyway: not counted
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        saved += t.numel() * t.element_size()
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
         return t
 
     for _ in range(3):
-        saved = 0
+        storages.clear()
         t0 = time.perf_counter()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             loss, n, _ = causal_lm_loss(model, batch)
@@ -46,6 +49,7 @@ def main(overrides: list[str]) -> None:
         (loss / n).backward()
         t2 = time.perf_counter()
         model.zero_grad(set_to_none=True)
+    saved = sum(storages.values())
     print(f"{' '.join(overrides) or 'defaults'}: saved for backward {saved / 2**20:,.0f} MB; "
           f"forward {t1 - t0:.2f} s, backward {t2 - t1:.2f} s")
 
