@@ -15,17 +15,19 @@ import time
 
 import torch
 
+from sparsetune.methods.base import MethodContext
+
 
 def main(overrides: list[str]) -> None:
-    from sparsetune.config import compose
+    from sparsetune.engine.lean_mlp import make_mlps_lean
+    from sparsetune.engine.losses import causal_lm_loss
+    from sparsetune.jobs.config import compose_job as compose
     from sparsetune.methods import build_method
-    from sparsetune.models import get_arch, load_model
-    from sparsetune.train.lean_mlp import make_mlps_lean
-    from sparsetune.train.losses import causal_lm_loss
+    from sparsetune.models import load_model
 
     cfg = compose([*overrides, "logger=quiet"])
     model, _ = load_model(cfg.model)
-    model = build_method(cfg.method).apply(model, get_arch(model)).train()
+    model = build_method(cfg.method).apply(model, MethodContext.of(model)).train()
     if cfg.trainer.lean_mlp:
         make_mlps_lean(model)
     vocab = model.config.get_text_config().vocab_size

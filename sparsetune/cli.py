@@ -31,9 +31,9 @@ def fail(message: str) -> None:
 
 
 def _compose(overrides: list[str]):
-    from sparsetune.config import compose
+    from sparsetune.jobs.config import compose_job
 
-    return compose(overrides)
+    return compose_job(overrides)
 
 
 def _resolve(overrides: list[str] | None, extra: list[str] | None = None):
@@ -41,10 +41,11 @@ def _resolve(overrides: list[str] | None, extra: list[str] | None = None):
     overrides = list(overrides or []) + list(extra or [])
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
     if resume:
-        from sparsetune.train.run_folder import RunFolder
+        from sparsetune.engine.run_folder import RunFolder
+        from sparsetune.jobs.config import load_run_config
 
         run = RunFolder.open(resume)
-        cfg = run.load_config()
+        cfg = load_run_config(run)
         cfg.resume = str(run.path)
         return cfg, overrides
     return _compose(overrides), overrides
@@ -61,15 +62,7 @@ def _run_training(overrides, show_cfg: bool, job: str, extra: list[str] | None =
     if show_cfg:
         _print_cfg(cfg)
         return
-    from sparsetune.methods import method_class
-
-    jobs = method_class(cfg.method.name).jobs
-    if job not in jobs:
-        from sparsetune.methods import REGISTRY
-
-        serving = sorted(n for n in REGISTRY if job in method_class(n).jobs)
-        fail(f"method '{cfg.method.name}' does not support `{job}`; methods that do: {', '.join(serving) or 'none yet'}")
-    from sparsetune.train.job import run_job
+    from sparsetune.jobs import run_job
 
     run_job(cfg, overrides, job)
 
@@ -115,14 +108,15 @@ def evaluate(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG) -
     """Evaluate a finished run (`run=DIR`) or a recipe's untuned model; prints per-task accuracy."""
     overrides = list(overrides or [])
     run = next((o.split("=", 1)[1] for o in overrides if o.startswith("run=")), None)
-    from sparsetune.eval.jobs import evaluate_recipe, evaluate_run
+    from sparsetune.jobs.evaluate import evaluate_recipe, evaluate_run
 
     if run:
         rest = [o for o in overrides if not o.startswith("run=")]
         if cfg:
-            from sparsetune.train.run_folder import RunFolder
+            from sparsetune.engine.run_folder import RunFolder
+            from sparsetune.jobs.config import load_run_config
 
-            _print_cfg(RunFolder.open(run).load_config())
+            _print_cfg(load_run_config(RunFolder.open(run)))
             return
         evaluate_run(run, rest)
     else:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from sparsetune.config import compose
-from sparsetune.logging import JsonlLogger, build_logger
+from sparsetune.engine.logging import JsonlLogger, build_logger
+from sparsetune.jobs.config import compose_job as compose
 
 
 def test_jsonl_resume_drops_records_after_checkpoint(tmp_path):

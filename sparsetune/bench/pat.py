@@ -96,7 +96,7 @@ def _decode(model, ids, mask, new_tokens: int, device) -> tuple[float, float]:
 
 def measure_inference(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     from sparsetune.bench.worker import worker_setup
-    from sparsetune.eval.efficiency import count_parameters, latency, peak_memory_mb, reset_peak_memory
+    from sparsetune.engine.measure import count_parameters, latency, peak_memory_mb, reset_peak_memory
     from sparsetune.models import get_arch, load_model
 
     device = worker_setup(cfg, settings)

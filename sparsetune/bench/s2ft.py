@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from sparsetune.bench.runner import Benchmark, Setting, Variant
+from sparsetune.methods.base import MethodContext
 
 STEP = "sparsetune.bench.training_step:measure_train_step"
 RANK = 16  # LoRA rank; S²FT gets exactly LoRA-r16's parameter count on the same modules (4 with --quick)
@@ -61,11 +62,11 @@ def _inputs(model, settings: dict[str, Any]) -> torch.Tensor:
 def measure_s2ft_serving(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     """Switch time between two S²FT adapters (in place, slices only) and a batch whose rows use
     different adapters (MixedAdapterModel), on a stock base."""
-    from sparsetune.eval.efficiency import latency
+    from sparsetune.engine.measure import latency
+    from sparsetune.engine.runtime import quiet_libraries, resolve_device
     from sparsetune.methods import build_method
     from sparsetune.methods.s2ft import MixedAdapterModel, switch
-    from sparsetune.models import get_arch, load_model
-    from sparsetune.train.job import quiet_libraries, resolve_device
+    from sparsetune.models import load_model
 
     quiet_libraries()
     device = resolve_device(cfg.trainer.device)
@@ -73,7 +74,7 @@ def measure_s2ft_serving(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     base = base.to(device)
     trained = build_method(cfg.method)
     clone = copy.deepcopy(base)
-    wrapped = trained.apply(clone, get_arch(clone))
+    wrapped = trained.apply(clone, MethodContext.of(clone))
     adapters = []
     for seed in (1, 2):
         _randomise([m.delta for m in trained.slice_modules(wrapped).values()], 1e-3, seed)
@@ -105,10 +106,10 @@ def measure_lora_serving(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     """PEFT LoRA: switching = unmerge A + merge B; mixed batch = forward(adapter_names=[...])."""
     from peft import LoraConfig, get_peft_model
 
-    from sparsetune.eval.efficiency import latency
+    from sparsetune.engine.measure import latency
+    from sparsetune.engine.runtime import quiet_libraries, resolve_device
     from sparsetune.methods.lora import resolve_targets
     from sparsetune.models import get_arch, load_model
-    from sparsetune.train.job import quiet_libraries, resolve_device
 
     quiet_libraries()
     device = resolve_device(cfg.trainer.device)

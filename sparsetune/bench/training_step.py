@@ -7,20 +7,22 @@ from typing import Any
 
 import torch
 
+from sparsetune.methods.base import MethodContext
+
 
 def measure_train_step(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     from sparsetune.bench.worker import worker_setup
-    from sparsetune.eval.efficiency import StepTimer, count_parameters, peak_memory_mb, reset_peak_memory
+    from sparsetune.engine.lean_mlp import make_mlps_lean
+    from sparsetune.engine.losses import causal_lm_loss
+    from sparsetune.engine.measure import StepTimer, count_parameters, peak_memory_mb, reset_peak_memory
+    from sparsetune.engine.optim import build_optimizer
     from sparsetune.methods import build_method
-    from sparsetune.models import get_arch, load_model
-    from sparsetune.train.lean_mlp import make_mlps_lean
-    from sparsetune.train.losses import causal_lm_loss
-    from sparsetune.train.optim import build_optimizer
+    from sparsetune.models import load_model
 
     device = worker_setup(cfg, settings)
     model, _ = load_model(cfg.model)
     method = build_method(cfg.method)
-    model = method.apply(model, get_arch(model)).to(device)
+    model = method.apply(model, MethodContext.of(model)).to(device)
     if cfg.trainer.lean_mlp:
         make_mlps_lean(model)
     model.train()

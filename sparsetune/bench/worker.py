@@ -12,7 +12,7 @@ def worker_setup(cfg, settings: dict) -> str:
     """Quiet libraries, thread count, seeds; returns the device every measurement runs on."""
     import torch
 
-    from sparsetune.train.job import quiet_libraries, resolve_device, seed_everything
+    from sparsetune.engine.runtime import quiet_libraries, resolve_device, seed_everything
 
     quiet_libraries()
     threads = settings.get("threads") or cfg.trainer.threads
@@ -24,7 +24,7 @@ def worker_setup(cfg, settings: dict) -> str:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    from sparsetune.config import compose
+    from sparsetune.jobs.config import compose_job as compose
 
     cfg = compose(spec["overrides"])
     module, fn = spec["measure"].split(":")

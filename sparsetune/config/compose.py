@@ -6,10 +6,12 @@ key and, for unknown group options, lists the valid ones.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
+from sparsetune.config.schema import MethodConfig
 from sparsetune.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -55,7 +57,12 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (RECIPES_DIR / group).glob("*.yaml"))
 
 
-def compose(overrides: list[str] | None = None):
+# name -> the method's config dataclass; the jobs layer passes the registry's lookup (config sits
+# below methods and never imports them)
+MethodSchemas = Callable[[str], type]
+
+
+def compose(overrides: list[str] | None = None, method_schema: MethodSchemas | None = None):
     """Compose `config.yaml` with the given Hydra overrides; returns a validated, typed DictConfig."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -71,22 +78,28 @@ def compose(overrides: list[str] | None = None):
         root = _root_cause(exc)
         key = getattr(root, "full_key", None)
         if key and "not in struct" in str(root):
-            raise ConfigError(_unknown_key(key, _method_name(overrides))) from None
+            raise ConfigError(_unknown_key(key, _method_name(overrides), method_schema=method_schema)) from None
         raise ConfigError(_one_line(root) or _one_line(exc)) from None
     recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), None)
-    return validate(cfg, recipe=recipe)
+    return validate(cfg, recipe=recipe, method_schema=method_schema)
 
 
 def _method_name(overrides: list[str]) -> str | None:
     return next((o.split("=", 1)[1] for o in overrides if o.startswith("method=")), None)
 
 
-def _unknown_key(full_key: str, method: str | None = None, schema=None, parent: str | None = None) -> str:
+def _schema_of(method: str | None, method_schema: MethodSchemas | None):
+    if method_schema is None or method is None:
+        return MethodConfig
+    return method_schema(method)
+
+
+def _unknown_key(full_key: str, method: str | None = None, schema=None, parent: str | None = None,
+                 method_schema: MethodSchemas | None = None) -> str:
     """'unknown key model.hidden_sise; valid keys in model: …' from the dataclass schemas."""
     import dataclasses
 
     from sparsetune.config.schema import Config
-    from sparsetune.methods import REGISTRY, method_class
 
     if parent:
         full_key = f"{parent}.{full_key}"
@@ -98,7 +111,10 @@ def _unknown_key(full_key: str, method: str | None = None, schema=None, parent: 
         parts_walk = parts[:-1]
     for part in parts_walk:
         if part == "method" and node is Config:
-            node = method_class(method).config_class if method in REGISTRY else None
+            try:
+                node = _schema_of(method, method_schema)
+            except ConfigError:
+                node = None
         else:
             fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
             default = fields[part].default_factory() if part in fields and callable(fields[part].default_factory) else None
@@ -112,13 +128,12 @@ def _unknown_key(full_key: str, method: str | None = None, schema=None, parent: 
     return msg
 
 
-def validate(cfg, recipe: str | None = None):
+def validate(cfg, recipe: str | None = None, method_schema: MethodSchemas | None = None):
     """Merge the composed tree onto the schemas; reject unknown keys and wrong types."""
     from omegaconf import OmegaConf
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     from sparsetune.config.schema import Config
-    from sparsetune.methods import method_class
 
     raw = OmegaConf.to_container(cfg, resolve=False)
     method_raw = raw.pop("method", None) or {"name": "full"}
@@ -128,12 +143,15 @@ def validate(cfg, recipe: str | None = None):
     try:
         typed = OmegaConf.merge(OmegaConf.structured(Config), raw)
         section = "method."
-        method_schema = method_class(method_raw.get("name", "full")).config_class
-        typed.method = OmegaConf.merge(OmegaConf.structured(method_schema), method_raw)
+        if method_schema is None:  # no registry at hand (config-only callers): method keys kept as given
+            typed.method = OmegaConf.create(method_raw)
+        else:
+            schema = method_schema(method_raw.get("name", "full"))
+            typed.method = OmegaConf.merge(OmegaConf.structured(schema), method_raw)
     except (ConfigAttributeError, ConfigKeyError) as exc:
         key = getattr(exc, "full_key", "") or ""
         if section:
-            raise ConfigError(_unknown_key(key, schema=method_schema, parent="method")) from None
+            raise ConfigError(_unknown_key(key, schema=schema, parent="method")) from None
         raise ConfigError(_unknown_key(key)) from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)

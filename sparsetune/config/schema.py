@@ -11,6 +11,13 @@ from typing import Any, Optional
 
 
 @dataclass
+class MethodConfig:
+    """Fields every method shares; each method subclasses this with its own knobs."""
+
+    name: str = "full"
+
+
+@dataclass
 class ModelConfig:
     name: str = "smollm2_135m"
     # Hub id, local folder, or a package-shipped source (see `source`).

@@ -1,11 +1,16 @@
-"""The Method interface: the trainer, evaluator and benchmarks only talk to this and to `arch`."""
+"""The Method interface: the trainer, evaluator and benchmarks only talk to this and to `arch`.
+
+A method never imports the engine: the engine calls it, and hands it what it knows in a MethodContext.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from sparsetune.config.schema import MethodConfig
 
 if TYPE_CHECKING:
     import torch
@@ -14,10 +19,41 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class MethodConfig:
-    """Fields every method shares; each method subclasses this with its own knobs."""
+class MethodContext:
+    """What the engine knows and a method may use; handed to `apply` (methods never reach for it).
 
-    name: str = "full"
+    `optimizer` is filled in once the engine has built one (GS-LoRA's proximal step reads its lr).
+    """
+
+    arch: Arch
+    tokenizer: Any = None
+    # n -> the first n training batches, for selection or initialisation that needs data
+    calibration_batches: Callable[[int], list[dict]] | None = None
+    device: str = "cpu"
+    precision: str = "fp32"
+    run_dir: Path | None = None
+    optimizer: Any = None
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, **kwargs: Any) -> MethodContext:
+        """A context for `model` outside any job (tests, notebooks): arch only, unless given."""
+        from sparsetune.models.arch import get_arch
+
+        return cls(arch=get_arch(model), **kwargs)
+
+
+@dataclass
+class ForgetTask:
+    """One task of a `forget` sequence, as the forget job hands it to a forgetting method."""
+
+    index: int  # 1-based
+    forgotten: list[int]
+    earlier: list[int]  # forgotten by earlier tasks
+    retained: list[int]
+    # batches ({"pixel_values", "labels"}) of the task's training images (retained + forgotten classes),
+    # from the model entering the task: what prototypes are computed from
+    batches: Callable[[], Iterable[dict]] = field(default=lambda: iter(()))
+    total_steps: int = 0
 
 
 class Method:
@@ -29,14 +65,11 @@ class Method:
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg
-        # set by the engine before apply(): n -> the first n training batches, for methods whose
-        # selection or initialisation needs data (gradient/activation scores, prototypes)
-        self.calibration_batches: Callable[[int], list[dict]] | None = None
-        # set by the engine: exports that are whole models ship their tokenizer too
-        self.tokenizer: Any = None
+        self.ctx: MethodContext | None = None  # the engine's context, kept by apply()
 
-    def apply(self, model: torch.nn.Module, arch: Arch) -> torch.nn.Module:
+    def apply(self, model: torch.nn.Module, ctx: MethodContext) -> torch.nn.Module:
         """Wrap or replace modules in place and freeze what is frozen; returns the model to train."""
+        self.ctx = ctx
         return model
 
     def parameter_groups(self, model: torch.nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
@@ -54,6 +87,14 @@ class Method:
     def metrics(self) -> dict[str, float]:
         """Method-specific figures for metrics.jsonl / summary.json."""
         return {}
+
+    def tables(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Extra tables for the job to print at the end ({title: {row: {column: value}}})."""
+        return {}
+
+    def notices(self) -> list[str]:
+        """Warnings for the user (the job prints them; methods never print)."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         """Everything beyond model parameters needed to resume exactly (indices, masks, codebooks)."""
@@ -81,3 +122,20 @@ class Method:
     def prepare_for_eval(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model to evaluate (e.g. merged); must not change training state irreversibly."""
         return model
+
+
+class ForgettingMethod(Method):
+    """A method the `forget` job drives: one training loop per task between these two hooks."""
+
+    jobs = ("forget",)
+
+    def start_task(self, model: torch.nn.Module, task: ForgetTask) -> None:
+        """Fresh trainable state for the task (e.g. a new adapter), before its optimiser is built."""
+
+    def end_task(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Make the task permanent (e.g. merge the adapter); returns figures for the task's row."""
+        return {}
+
+    def selection_start(self, total_steps: int) -> int:
+        """First step whose state may be selected on validation (e.g. after a sparsity warm-up)."""
+        return 0

@@ -8,7 +8,8 @@ from sparsetune.methods.base import Method, MethodConfig
 class FullFineTune(Method):
     config_class = MethodConfig
 
-    def apply(self, model, arch):
+    def apply(self, model, ctx):
+        self.ctx = ctx
         for p in model.parameters():
             p.requires_grad_(True)
         return model

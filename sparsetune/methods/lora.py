@@ -41,9 +41,10 @@ class LoRA(Method):
     config_class = LoRAConfig
     use_dora = False
 
-    def apply(self, model, arch):
+    def apply(self, model, ctx):
         from peft import LoraConfig, get_peft_model
 
+        self.ctx, arch = ctx, ctx.arch
         suffixes = resolve_targets(arch, list(self.cfg.target_modules))
         block_prefix = arch.name_of(arch.blocks[0].module).rsplit(".", 1)[0]
         pattern = rf"{block_prefix.replace('.', '[.]')}[.]\d+[.]({'|'.join(s.replace('.', '[.]') for s in suffixes)})"

@@ -94,6 +94,11 @@ def gguf_cache(cfg) -> Path:
     return target
 
 
+def vision_base_folder(cfg) -> Path:
+    """Where the project's own ViT base named `cfg.name_or_path` is cached (jobs build it when absent)."""
+    return cache_dir("models") / cfg.name_or_path
+
+
 def load_model(cfg):
     """(model, tokenizer) for a ModelConfig; tokenizer is None for vision models."""
     if cfg.source == "config":
@@ -112,7 +117,9 @@ def load_model(cfg):
     if cfg.source == "hub":
         return _from_folder_or_hub(cfg, cfg.name_or_path)
     if cfg.source == "vision_base":
-        from sparsetune.models.vision_base import vision_base_folder
-
-        return _from_folder_or_hub(cfg, str(vision_base_folder(cfg)))
+        folder = vision_base_folder(cfg)
+        if not (folder / "config.json").exists():
+            raise UserError(f"vision base '{cfg.name_or_path}' is not cached at {folder}; build it with "
+                            f"`sparsetune train recipe=vit_fmnist cache_as={cfg.name_or_path}`")
+        return _from_folder_or_hub(cfg, str(folder))
     raise ConfigError(f"model.source: unknown source '{cfg.source}'; available: hub, gguf_package, config, vision_base")

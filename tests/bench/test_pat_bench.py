@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sparsetune.bench import benchmark_module, run_benchmark
-from sparsetune.config import compose
+from sparsetune.jobs.config import compose_job as compose
 
 QUICK = {"batch": 2, "seq": 16, "new_tokens": 4, "warmup": 0, "iters": 1, "gen_iters": 1}
 

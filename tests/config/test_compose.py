@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from sparsetune.config import compose, list_recipes
+from sparsetune.config import list_recipes
 from sparsetune.errors import ConfigError
+from sparsetune.jobs.config import compose_job as compose
 
 
 def test_default_and_recipe_compose():

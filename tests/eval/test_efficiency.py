@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from sparsetune.eval.efficiency import (
+from sparsetune.engine.measure import (
     StepTimer,
     count_parameters,
     current_rss_mb,

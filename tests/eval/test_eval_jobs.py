@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sparsetune.config import compose
-from sparsetune.eval.jobs import evaluate_run
-from sparsetune.train.job import run_job
+from sparsetune.jobs import run_job
+from sparsetune.jobs.config import compose_job as compose
+from sparsetune.jobs.evaluate import evaluate_run
 
 
 def test_eval_run_matches_training_eval(tmp_path):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsetune.config import compose
-from sparsetune.eval.efficiency import count_parameters
+from sparsetune.engine.measure import count_parameters
+from sparsetune.jobs.config import compose_job as compose
 from sparsetune.methods import build_method
+from sparsetune.methods.base import MethodContext
 from sparsetune.models import get_arch, load_model
 
 
@@ -16,7 +17,7 @@ def build(model: str, method: str, *extra: str):
     base, _ = load_model(cfg.model)
     arch = get_arch(base)
     m = build_method(cfg.method)
-    return cfg, m, m.apply(base, arch), arch
+    return cfg, m, m.apply(base, MethodContext(arch=arch)), arch
 
 
 @pytest.mark.parametrize("model", ["tiny_llama", "tiny_qwen2", "tiny_gemma"])

@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from sparsetune.config import compose
+from sparsetune.data.forgetting import ForgetPairs, available, collate_pairs, task_sequence
 from sparsetune.errors import ConfigError
+from sparsetune.eval.forgetting import h_mean, task_metrics
+from sparsetune.jobs.config import compose_job as compose
 from sparsetune.methods import build_method
+from sparsetune.methods.base import MethodContext
 from sparsetune.methods.gslora import losses
-from sparsetune.methods.gslora.data import ForgetPairs, available, collate_pairs
 from sparsetune.methods.gslora.groups import Group, build_groups, group_lasso, proximal_step, surviving
 from sparsetune.methods.gslora.lora import LoRALinear, attach, merge, target_linears
-from sparsetune.methods.gslora.metrics import h_mean, task_metrics
-from sparsetune.methods.gslora.sequence import task_sequence
 from sparsetune.models import get_arch, load_model
 
 torch.set_num_threads(1)
@@ -91,7 +91,7 @@ def test_method_extra_loss_adds_each_term_with_its_weight():
     cfg, model = tiny("tiny_vit")
     cfg.method.beta, cfg.method.group_alpha, cfg.method.sparsity_warmup = 0.5, 0.01, 0.0
     method = build_method(cfg.method)
-    method.apply(model, get_arch(model))
+    method.apply(model, MethodContext.of(model))
     method.start_task(model)
     for w in method.wrapped.values():
         nn.init.normal_(w.lora_B, std=0.1)

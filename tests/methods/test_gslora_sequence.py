@@ -11,11 +11,11 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForImageClassification
 
-from sparsetune.config import compose
 from sparsetune.data import load_splits
 from sparsetune.errors import ConfigError
-from sparsetune.methods.gslora.runner import per_class
-from sparsetune.train.job import run_job
+from sparsetune.jobs import run_job
+from sparsetune.jobs.config import compose_job as compose
+from sparsetune.jobs.forget import per_class
 
 torch.set_num_threads(1)
 

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from sparsetune.errors import ConfigError, UnsupportedModelError
+from sparsetune.methods.base import MethodContext
 from sparsetune.methods.pat import PAT, PATConfig, SharedMask, beta_at, tau_at
 from sparsetune.methods.pat.config import kept_count
 from sparsetune.methods.pat.merge import config_accepts
@@ -26,7 +27,7 @@ def tiny(name: str, **overrides):
 def with_pat(name: str, **cfg):
     model = tiny(name)
     pat = PAT(PATConfig(**{"rank": 8, "lora_r": 4, **cfg}))
-    return pat, pat.apply(model, get_arch(model))
+    return pat, pat.apply(model, MethodContext.of(model))
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -106,11 +107,11 @@ def test_sandwich_norm_models_are_rejected():
                                   "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
                                   "vocab_size": 300})
     with pytest.raises(UnsupportedModelError, match="supported: llama, mistral, qwen2, qwen3, gemma"):
-        PAT(PATConfig(rank=4)).apply(model, get_arch(model))
+        PAT(PATConfig(rank=4)).apply(model, MethodContext.of(model))
 
 
 def test_recipe_composes():
-    from sparsetune.config import compose
+    from sparsetune.jobs.config import compose_job as compose
 
     cfg = compose(["model=tiny_llama", "method=pat", "method.prune_ratio=0.5"])
     assert cfg.method.name == "pat" and cfg.method.prune_ratio == 0.5 and cfg.method.rank == "auto"
@@ -173,7 +174,7 @@ def test_state_round_trip_restores_the_hard_selection():
     other = PAT(PATConfig(rank=8, lora_r=4))
     other.load_state_dict(state)  # before apply(), as the engine does on resume
     model2 = tiny("tiny_llama")
-    other.apply(model2, get_arch(model2))
+    other.apply(model2, MethodContext.of(model2))
     assert other.mask.hard and other.keep_index().tolist() == state["keep"]
     assert other.metrics()["pat_tau"] == 100.0
 
@@ -184,7 +185,7 @@ def test_frozen_mask_keeps_magnitude_top_n_and_fades_the_rest():
     model = tiny("tiny_qwen2")
     expect = top_channels(hidden_importance(model, get_arch(model)), 48)
     pat = PAT(PATConfig(rank=8, lora_r=4, freeze_mask=True))
-    model = pat.apply(model, get_arch(model))
+    model = pat.apply(model, MethodContext.of(model))
     assert not pat.mask.m.requires_grad and torch.equal(pat.keep_index(), expect)
     pat.on_step(2, 12)  # t0 = 4
     gate = pat.mask.gate()

@@ -13,11 +13,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sparsetune.config import compose
 from sparsetune.errors import ConfigError
+from sparsetune.jobs import run_job
+from sparsetune.jobs.assemble import setup
+from sparsetune.jobs.config import compose_job as compose
+from sparsetune.jobs.train import train
+from sparsetune.methods.base import MethodContext
 from sparsetune.methods.pat import hidden_importance, top_channels
 from sparsetune.models import get_arch, load_model
-from sparsetune.train.job import run_job, setup, train
 
 torch.set_num_threads(1)
 
@@ -98,7 +101,7 @@ def test_prune_then_lora_keeps_n_top_channels_and_exports_the_trained_model(tmp_
     method = job.method
     # 64 * 0.7 = 44.8 -> 45 channels, rounded to the 4 heads transformers requires of Llama: 44 (as PAT would)
     assert summary["kept_hidden"] == 44 and method.keep.numel() == 44
-    batches = job.method.calibration_batches(2) if importance == "activation" else None
+    batches = job.ctx.calibration_batches(2) if importance == "activation" else None
     expect = top_channels(hidden_importance(dense, get_arch(dense), batches, importance), 44)
     assert torch.equal(method.keep, expect)
     # one hidden channel owns 1669 weights in tiny_llama: embedding column (512, tied head) + final norm +
@@ -125,13 +128,13 @@ def test_prune_then_lora_resume_rebuilds_the_same_channels():
     method = PruneLoRA(PruneLoRAConfig(prune_ratio=0.375, lora_r=4))
     method.load_state_dict({"keep": sorted(keep), "n_keep": 40})  # before apply(), as the engine resumes
     model, _ = load_model(cfg.model)
-    method.apply(model, get_arch(model))
+    method.apply(model, MethodContext.of(model))
     assert method.keep.tolist() == sorted(keep) and method.state_dict()["keep"] == sorted(keep)
     other = PruneLoRA(PruneLoRAConfig(prune_ratio=0.25, lora_r=4))
     other.load_state_dict({"keep": sorted(keep), "n_keep": 40})
     model, _ = load_model(cfg.model)
     with pytest.raises(ConfigError, match="checkpoint keeps 40 hidden channels"):
-        other.apply(model, get_arch(model))
+        other.apply(model, MethodContext.of(model))
 
 
 def test_pat_recipes_compose_with_the_same_kept_count():

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from sparsetune.methods.base import MethodContext
 from sparsetune.methods.pat import PAT, PATConfig, hidden_importance, prune_hidden, top_channels
 from sparsetune.models.arch import get_arch
 from sparsetune.models.tiny import build_tiny, byte_tokenizer
@@ -28,7 +29,7 @@ def trained_pat(name: str, steps: int = 3, model_overrides=None, **cfg):
     torch.manual_seed(0)
     model = tiny(name, **(model_overrides or {}))
     pat = PAT(PATConfig(**{"rank": 8, "lora_r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, **cfg}))
-    model = pat.apply(model, get_arch(model))
+    model = pat.apply(model, MethodContext.of(model))
     opt = torch.optim.AdamW(pat.parameter_groups(model, 2e-2, 0.0))
     ids = torch.randint(0, 256, (2, 10))
     for step in range(steps):
@@ -198,7 +199,7 @@ def test_smollm2_pruned_export_equals_masked_model(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
     from transformers.models.llama import modeling_llama
 
-    from sparsetune.config import compose
+    from sparsetune.jobs.config import compose_job as compose
     from sparsetune.methods import build_method
     from sparsetune.models import load_model
 
@@ -207,7 +208,7 @@ def test_smollm2_pruned_export_equals_masked_model(tmp_path, monkeypatch):
     model, tok = load_model(cfg.model)
     model = model.float()
     pat = build_method(cfg.method)
-    model = pat.apply(model, get_arch(model))
+    model = pat.apply(model, MethodContext.of(model))
     batch = tok(["The capital of France is Paris. The capital of Italy is", "def add(a, b):\n    return"],
                 return_tensors="pt", padding=True)
     opt = torch.optim.AdamW(pat.parameter_groups(model, 1e-3, 0.0))

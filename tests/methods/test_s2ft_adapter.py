@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from sparsetune.errors import UserError
+from sparsetune.methods.base import MethodContext
 from sparsetune.methods.s2ft import S2FT, MixedAdapterModel, S2FTAdapter, S2FTConfig, switch
-from sparsetune.models.arch import get_arch
 from sparsetune.models.tiny import build_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ def trained(name: str, seed: int, **ratios):
     """A model with S²FT applied and random (as if trained) deltas; returns (model, method)."""
     model = tiny(name)
     method = S2FT(S2FTConfig(seed=seed, **(ratios or {"o_ratio": 0.5, "d_ratio": 0.2})))
-    method.apply(model, get_arch(model))
+    method.apply(model, MethodContext.of(model))
     gen = torch.Generator().manual_seed(100 + seed)
     with torch.no_grad():
         for m in method.slice_modules(model).values():
@@ -198,7 +198,7 @@ def test_fingerprint_refuses_other_base_and_permuted_model(tmp_path):
 
 def _permuted_llama():
     model = tiny("llama")
-    S2FT(S2FTConfig(**ALL)).apply(model, get_arch(model))
+    S2FT(S2FTConfig(**ALL)).apply(model, MethodContext.of(model))
     for n, m in list(model.named_modules()):
         if type(m).__name__ == "S2FTLinear":
             parent, _, child = n.rpartition(".")

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from sparsetune.errors import ConfigError
+from sparsetune.methods.base import MethodContext
 from sparsetune.methods.s2ft import S2FT, S2FTConfig, S2FTLinear, SliceLinearFunction
 from sparsetune.methods.s2ft.permute import permute_model, plan, plan_channels, plan_heads
 from sparsetune.methods.s2ft.selection import (
@@ -78,7 +79,7 @@ def test_llama2_7b_budget_matches_paper():
 def test_lora_match_on_tiny_model_counts_trainable_params():
     model = tiny("qwen2")
     method = s2ft(o_ratio=0.2, d_ratio=0.1, match_lora_rank=2, match_lora_modules=["q_proj", "v", "down"])
-    method.apply(model, get_arch(model))
+    method.apply(model, MethodContext.of(model))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     target = 2 * 2 * ((64 + 96) + (64 + 48) + (96 + 64))  # r * layers * (in + out) per module
     assert abs(trainable - target) <= 64 // 2 + 1  # within half a down channel (hidden params)
@@ -111,7 +112,7 @@ def test_top_layers_hold_every_unit_and_lower_blocks_build_no_graph(allocation):
 
     model = tiny("llama")  # 2 blocks: top_fraction 0.5 trains block 1 only
     method = s2ft(**ALL_KINDS, top_fraction=0.5)
-    method.apply(model, get_arch(model))
+    method.apply(model, MethodContext.of(model))
     assert method.selection.layers() == [1]
     block0 = model.model.layers[0]
     seen = []
@@ -122,13 +123,13 @@ def test_top_layers_hold_every_unit_and_lower_blocks_build_no_graph(allocation):
     assert not seen[0].requires_grad  # nothing below the lowest trained block is kept for backward
     assert all(m.delta.grad is not None for m in method.slice_modules(model).values())
     with pytest.raises(ConfigError, match="top_fraction"):
-        s2ft(top_fraction=0.0).apply(tiny("llama"), get_arch(tiny("llama")))
+        s2ft(top_fraction=0.0).apply(tiny("llama"), MethodContext.of(tiny("llama")))
 
 
 def test_gqa_v_rows_are_whole_groups_and_o_columns_whole_heads():
     model = tiny("qwen2")  # 4 heads / 2 kv-groups, head_dim 24 != 64/4
     method = s2ft(o_ratio=0.375, v_ratio=0.5, d_ratio=0.0, u_ratio=0.0, permute=False)
-    method.apply(model, get_arch(model))
+    method.apply(model, MethodContext.of(model))
     mods = method.slice_modules(model)
     for name, m in mods.items():
         layer, kind = method.modules[name]
@@ -146,7 +147,7 @@ def test_weight_selection_picks_largest_norms():
     model = tiny("llama")
     arch = get_arch(model)
     method = s2ft(o_ratio=0.25, d_ratio=0.0, selection="weight", allocation="per_layer")
-    method.apply(model, arch)
+    method.apply(model, MethodContext(arch=arch))
     for b in arch.blocks:
         w = b.attn.o.weight.detach()
         norms = torch.stack([w[:, h * 16:(h + 1) * 16].norm() for h in range(4)])
@@ -159,7 +160,7 @@ def test_calibrated_selection(how):
     method = s2ft(o_ratio=0.25, d_ratio=0.05, selection=how, calibration_batches=2)
     assert method.needs_calibration
     with pytest.raises(ConfigError, match="calibrat"):
-        s2ft(o_ratio=0.25, selection=how).apply(tiny("llama"), get_arch(tiny("llama")))
+        s2ft(o_ratio=0.25, selection=how).apply(tiny("llama"), MethodContext.of(tiny("llama")))
     batches = [{"input_ids": ids(seed=s), "labels": ids(seed=s)} for s in range(3)]
     method.calibrate(model, batches)
     scores = method.scores
@@ -176,10 +177,9 @@ def test_calibrated_selection(how):
         ref = torch.stack([total[:, h * 16:(h + 1) * 16].sum().sqrt() for h in range(4)])
         torch.testing.assert_close(scores["o"][1], ref, rtol=1e-4, atol=1e-7)
     via_hook = s2ft(o_ratio=0.25, d_ratio=0.05, selection=how, calibration_batches=2)
-    via_hook.calibration_batches = lambda n: batches[:n]  # how the engine hands over data
     hooked = tiny("llama")
-    via_hook.apply(hooked, get_arch(hooked))
-    method.apply(model, get_arch(model))
+    via_hook.apply(hooked, MethodContext.of(hooked, calibration_batches=lambda n: batches[:n]))  # as the engine does
+    method.apply(model, MethodContext.of(model))
     assert via_hook.selection.to_dict() == method.selection.to_dict()
     flat = scores["o"].reshape(-1)
     top = sorted(divmod(int(i), 4) for i in torch.topk(flat, 2).indices)
@@ -237,7 +237,7 @@ def test_slice_grads_equal_dense_autograd(name, permute):
     micro-batches; the input gradient that reaches the embeddings matches too."""
     model = tiny(name)
     method = s2ft(**ALL_KINDS, permute=permute)
-    method.apply(model, get_arch(model))
+    method.apply(model, MethodContext.of(model))
     assert bool(method.permutation) == (permute is not False)
     randomize(method, model)
     dense = tiny(name)
@@ -330,7 +330,7 @@ def test_saves_only_the_slice_of_the_input():
 def test_bf16_model_keeps_fp32_slices():
     model = tiny("llama", dtype=torch.bfloat16)
     method = s2ft(**ALL_KINDS)
-    method.apply(model, get_arch(model))
+    method.apply(model, MethodContext.of(model))
     x = ids()
     model(input_ids=x, labels=x).loss.backward()
     deltas = [m.delta for m in method.slice_modules(model).values()]
@@ -346,7 +346,7 @@ def test_bf16_model_keeps_fp32_slices():
 def test_autocast_bf16_on_fp32_model():
     model = tiny("qwen2")
     method = s2ft(**ALL_KINDS)
-    method.apply(model, get_arch(model))
+    method.apply(model, MethodContext.of(model))
     x = ids()
     with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
         loss = model(input_ids=x, labels=x).loss
@@ -365,7 +365,7 @@ def test_stop_at_lowest_trained_layer_cuts_graph_not_grads(checkpointing):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
         method = s2ft(stop_at_lowest_trained_layer=stop)
         method.load_state_dict({"selection": sel, "permutation": None})
-        method.apply(model, get_arch(model))
+        method.apply(model, MethodContext.of(model))
         randomize(method, model)
         x = ids()
         emb = model.get_input_embeddings()(x).detach().requires_grad_(True)
@@ -383,7 +383,7 @@ def test_stop_at_lowest_trained_layer_cuts_graph_not_grads(checkpointing):
 def test_state_dict_resume_reproduces_model(tmp_path):
     model = tiny("qwen2")
     method = s2ft(**ALL_KINDS, seed=4)
-    method.apply(model, get_arch(model))
+    method.apply(model, MethodContext.of(model))
     randomize(method, model)
     state = json.loads(json.dumps(method.state_dict()))
     weights = {k: v.clone() for k, v in method.trainable_state_dict(model).items()}
@@ -392,7 +392,7 @@ def test_state_dict_resume_reproduces_model(tmp_path):
     fresh = tiny("qwen2")
     resumed = s2ft(**ALL_KINDS, seed=99)  # a different seed must not matter once state is loaded
     resumed.load_state_dict(state)
-    resumed.apply(fresh, get_arch(fresh))
+    resumed.apply(fresh, MethodContext.of(fresh))
     missing = fresh.load_state_dict(weights, strict=False)
     assert not missing.unexpected_keys
     x = ids()
@@ -431,7 +431,7 @@ def test_smollm2_permutation_gradients_and_adapter(tmp_path):
     with torch.no_grad():
         ref = model(input_ids=x).logits
     method = s2ft(o_ratio=0.05, v_ratio=0.05, d_ratio=0.01, u_ratio=0.01)
-    method.apply(model, get_arch(model))
+    method.apply(model, MethodContext.of(model))
     assert method.permutation
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=x).logits, ref, atol=1e-4, rtol=1e-4)

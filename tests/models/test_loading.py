@@ -3,7 +3,7 @@
 
 import json
 
-from sparsetune.config import compose
+from sparsetune.jobs.config import compose_job as compose
 from sparsetune.models.loading import load_model
 
 

@@ -1,2 +1,2 @@
 """GS-LoRA / GS-LoRA++ continual forgetting (arXiv 2501.09705) and its baselines: see
-docs/methods/gslora.md. `runner.run_forget` is the `sparsetune forget` job flow."""
+docs/methods/gslora.md. The `sparsetune forget` job (sparsetune/jobs/forget.py) drives the tasks."""

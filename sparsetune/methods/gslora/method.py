@@ -1,6 +1,7 @@
-"""GS-LoRA / GS-LoRA++ and the forgetting baselines as one Method; the runner drives the tasks.
+"""GS-LoRA / GS-LoRA++ and the forgetting baselines as one ForgettingMethod; the `forget` job
+drives the tasks.
 
-Per task the runner calls `start_task` (fresh adapter or, for the baselines, what trains; prototypes),
+Per task the job calls `start_task` (fresh adapter or, for the baselines, what trains; prototypes),
 trains through the engine's TrainLoop, then `end_task` (explicit merge; surviving groups).
 """
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from sparsetune.errors import ConfigError
-from sparsetune.methods.base import Method
+from sparsetune.methods.base import ForgetTask, ForgettingMethod
 from sparsetune.methods.gslora import losses
 from sparsetune.methods.gslora.config import (
     FullForgetConfig,
@@ -25,15 +26,12 @@ from sparsetune.methods.gslora.config import (
 from sparsetune.methods.gslora.groups import build_groups, group_lasso, proximal_step, surviving
 from sparsetune.methods.gslora.lora import attach, merge, target_linears
 from sparsetune.methods.gslora.prototypes import HeadInput, class_prototypes, features
-from sparsetune.methods.gslora.runner import run_forget
 
 TRAIN_MODES = ("lora", "full", "retrain")
 
 
-class GSLoRA(Method):
+class GSLoRA(ForgettingMethod):
     config_class = GSLoRAConfig
-    jobs = ("forget",)
-    job_flow = staticmethod(run_forget)  # run_job hands the whole `forget` job to the task runner
 
     def __init__(self, cfg: GSLoRAConfig):
         super().__init__(cfg)
@@ -54,14 +52,14 @@ class GSLoRA(Method):
         self.targets: dict = {}
         self.prototypes: torch.Tensor | None = None
         self.capture: HeadInput | None = None
-        self.optimizer = None  # set by the runner: the proximal threshold reads the current lr
         self.alpha_now = 0.0
         self.zeroed: list[str] = []
         self.bnd = 0.0
 
     # --- setup ------------------------------------------------------------------------------
-    def apply(self, model: nn.Module, arch) -> nn.Module:
-        self.arch = arch
+    def apply(self, model: nn.Module, ctx) -> nn.Module:
+        self.ctx, self.arch = ctx, ctx.arch
+        arch = ctx.arch
         num_labels = int(model.config.num_labels)
         self.bnd = self.cfg.bnd if self.cfg.bnd is not None else losses.default_bnd(num_labels, self.cfg.bnd_margin)
         if self.cfg.train == "lora":
@@ -71,12 +69,25 @@ class GSLoRA(Method):
         model.requires_grad_(self.cfg.train != "lora")
         return model
 
-    def start_task(self, model: nn.Module, proto_data=None, device=None) -> None:
+    def trainer_overrides(self) -> dict[str, Any]:
+        """Per-method lr / steps per task / selection interval (LoRA and full fine-tuning differ)."""
+        cfg = self.cfg
+        out = {"lr": cfg.lr, "max_steps": cfg.steps, "eval_every": cfg.select_every or None}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def selection_start(self, total_steps: int) -> int:
+        """States before the group-sparsity warm-up ends are not candidates: picking one would undo
+        the sparsity phase (its H-mean is often a little higher)."""
+        sparse = self.cfg.train == "lora" and self.cfg.group_alpha > 0
+        return int(self.cfg.sparsity_warmup * total_steps) if sparse else 0
+
+    def start_task(self, model: nn.Module, task: ForgetTask | None = None) -> None:
         """Fresh trainable state for the next task; prototypes from the model entering the task."""
         cfg = self.cfg
         self.alpha_now, self.zeroed = 0.0, []
-        if cfg.prototypes and proto_data is not None:
-            self.prototypes = class_prototypes(model, proto_data, int(model.config.num_labels), cfg.proto_on,
+        if cfg.prototypes and task is not None:
+            device = self.ctx.device if self.ctx is not None else None
+            self.prototypes = class_prototypes(model, task.batches(), int(model.config.num_labels), cfg.proto_on,
                                                self.capture, device=device).to(device)
         if cfg.train == "retrain":
             reinitialise(model)
@@ -125,13 +136,14 @@ class GSLoRA(Method):
     def on_step(self, step: int, total_steps: int) -> None:
         self.alpha_now = losses.sparsity_weight(step, total_steps, self.cfg.group_alpha, self.cfg.sparsity_warmup)
         if self.cfg.proximal and self.groups and self.alpha_now:
-            lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else 0.0
-            self.zeroed = proximal_step(self.groups, lr * self.alpha_now, self.optimizer)
+            optimizer = self.ctx.optimizer if self.ctx is not None else None
+            lr = optimizer.param_groups[0]["lr"] if optimizer is not None else 0.0
+            self.zeroed = proximal_step(self.groups, lr * self.alpha_now, optimizer)
 
     def metrics(self) -> dict[str, float]:
         if not self.groups:
-            return {}
-        return {"gs_alpha": self.alpha_now, "groups_surviving": float(len(surviving(self.groups)))}
+            return {"bnd": self.bnd}
+        return {"bnd": self.bnd, "gs_alpha": self.alpha_now, "groups_surviving": float(len(surviving(self.groups)))}
 
     def prepare_for_eval(self, model: nn.Module) -> nn.Module:
         return model  # the unmerged adapter computes the same function; merging is end_task's job

@@ -41,17 +41,15 @@ def features(outputs, capture: HeadInput | None, on: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def class_prototypes(model: nn.Module, dataset, num_classes: int, on: str, capture: HeadInput | None,
-                     batch_size: int = 256, device=None) -> torch.Tensor:
-    """[num_classes, D] mean representation per class (rows of absent classes stay zero)."""
-    from sparsetune.data import collate_vision
-
+def class_prototypes(model: nn.Module, batches, num_classes: int, on: str, capture: HeadInput | None,
+                     device=None) -> torch.Tensor:
+    """[num_classes, D] mean representation per class over `batches` ({"pixel_values", "labels"});
+    rows of absent classes stay zero."""
     training = model.training
     model.eval()
     sums, counts = None, torch.zeros(num_classes)
     try:
-        for start in range(0, len(dataset), batch_size):
-            batch = collate_vision([dataset[i] for i in range(start, min(len(dataset), start + batch_size))])
+        for batch in batches:
             out = model(pixel_values=batch["pixel_values"].to(device))
             feats = features(out, capture, on).float().cpu()
             if sums is None:

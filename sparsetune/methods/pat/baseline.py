@@ -9,7 +9,7 @@ the smaller stock model. The export is that model with LoRA merged: a stock HF c
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +19,7 @@ from torch import nn
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method, MethodConfig
 
-from .compare import load_baseline
+from .compare import baseline_tables, load_baseline
 from .config import kept_channels_for
 from .export import load_pruned_export, write_pruned_export
 from .importance import KINDS, hidden_importance, top_channels
@@ -83,9 +83,10 @@ class PruneLoRA(Method):
         self._merged: tuple | None = None  # (parameter-version key, merged stock model)
 
     # ------------------------------------------------------------------ apply
-    def apply(self, model: nn.Module, arch) -> nn.Module:
+    def apply(self, model: nn.Module, ctx) -> nn.Module:
         from sparsetune.models.arch import get_arch
 
+        self.ctx, arch = ctx, ctx.arch
         if self.keep is not None:
             raise RuntimeError("PruneLoRA.apply was already called; build a new method for another model")
         check_supported(arch)
@@ -110,9 +111,9 @@ class PruneLoRA(Method):
     def importance(self, model: nn.Module, arch) -> torch.Tensor:
         batches = None
         if self.cfg.importance == "activation":
-            if self.calibration_batches is None:
+            if self.ctx.calibration_batches is None:
                 raise ConfigError("method.importance=activation needs calibration batches (none were given)")
-            batches = self.calibration_batches(int(self.cfg.calibration_batches))
+            batches = self.ctx.calibration_batches(int(self.cfg.calibration_batches))
         return hidden_importance(model, arch, batches, self.cfg.importance)
 
     def _apply_base(self, model: nn.Module, arch) -> nn.Module:
@@ -125,7 +126,7 @@ class PruneLoRA(Method):
         dora = cfg.base == "dora"
         lcfg = (DoRAConfig if dora else LoRAConfig)(r=int(cfg.lora_r), alpha=float(cfg.lora_alpha),
                                                    dropout=float(cfg.lora_dropout), target_modules=list(cfg.lora_targets))
-        return (DoRA if dora else LoRA)(lcfg).apply(model, arch)
+        return (DoRA if dora else LoRA)(lcfg).apply(model, replace(self.ctx, arch=arch))
 
     # ------------------------------------------------------------------ figures / state
     def metrics(self) -> dict[str, Any]:
@@ -167,9 +168,12 @@ class PruneLoRA(Method):
         info = {"method": "prune_lora", "importance": self.cfg.importance, "hidden_size": self.hidden,
                 "kept_hidden": self.n_keep, "keep_index": self.keep.tolist()}
         self.exported = write_pruned_export(self.merged_model(model), path,
-                                            tokenizer if tokenizer is not None else self.tokenizer,
+                                            tokenizer if tokenizer is not None else self.ctx.tokenizer,
                                             info, self.params_before, self.baseline)
         return Path(path)
 
     def load_export(self, model: nn.Module, path: Path) -> nn.Module | None:
         return load_pruned_export(model, path)
+
+    def tables(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return baseline_tables(self.baseline)

@@ -50,9 +50,9 @@ def load_baseline(run_dir: str) -> dict[str, Any]:
     return {"run": str(path.resolve()), **{k: summary[k] for k in keys if k in summary}, "eval": summary["eval"]}
 
 
-def print_baseline(baseline: dict[str, Any]) -> None:
-    """The baseline's held-out results, printed just before the engine prints this run's own."""
-    from sparsetune.eval.report import print_table
-
+def baseline_tables(baseline: dict[str, Any] | None) -> dict[str, dict[str, dict[str, Any]]]:
+    """The baseline's held-out results as a table, for the job to print before this run's own."""
+    if not baseline:
+        return {}
     name = f"{baseline.get('method', '?')}, {Path(baseline['run']).name}"
-    print_table(f"baseline eval (unpruned: {name})", baseline["eval"])
+    return {f"baseline eval (unpruned: {name})": baseline["eval"]}

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import nn
 
-from .compare import export_figures, print_baseline
+from .compare import export_figures
 
 
 def write_pruned_export(pruned: nn.Module, path: Path, tokenizer, info: dict[str, Any], params_before: int,
@@ -28,7 +28,6 @@ def write_pruned_export(pruned: nn.Module, path: Path, tokenizer, info: dict[str
     exported = {**export_figures(path), "params_ratio": round(params_after / params_before, 4)}
     if baseline is not None:
         exported["baseline"] = baseline
-        print_baseline(baseline)
     return exported
 
 

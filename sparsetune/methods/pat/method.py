@@ -9,6 +9,7 @@ giving a smaller stock Hugging Face model.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch import nn
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method
 
-from .compare import load_baseline
+from .compare import baseline_tables, load_baseline
 from .config import PATConfig, check_config, kept_channels_for, resolve_rank
 from .export import load_pruned_export, write_pruned_export
 from .hsm import HSM, ResidualWrite, wrap
@@ -50,13 +51,13 @@ class PAT(Method):
         self.embed_hsm = ""
         self.params_before: int | None = None
         self.params_after: int | None = None
-        self.tokenizer = None  # set by the engine to ship the tokenizer with the export
         self._schedule = (0, 0)  # (step, total_steps)
         self._pending: dict[str, Any] | None = None
         self._pruned: tuple | None = None  # (parameter-version key, last pruned model)
         self.baseline: dict[str, Any] | None = None  # the unpruned run named by baseline_run
         self.exported: dict[str, Any] = {}  # figures known once export() ran (size on disk)
         self._untrained_warned = False
+        self._notices: list[str] = []
 
     # ------------------------------------------------------------------ sizing
     def kept_channels(self, arch) -> int:
@@ -65,7 +66,8 @@ class PAT(Method):
         return kept_channels_for(arch, cfg.prune_ratio, cfg.round_to, cfg.align_heads)
 
     # ------------------------------------------------------------------ apply
-    def apply(self, model: nn.Module, arch) -> nn.Module:
+    def apply(self, model: nn.Module, ctx) -> nn.Module:
+        self.ctx, arch = ctx, ctx.arch
         if self.mask is not None:
             raise RuntimeError("PAT.apply was already called; build a new PAT for another model")
         check_supported(arch)
@@ -108,7 +110,7 @@ class PAT(Method):
             lcfg = (DoRAConfig if dora else LoRAConfig)(r=int(cfg.lora_r), alpha=float(cfg.lora_alpha),
                                                        dropout=float(cfg.lora_dropout),
                                                        target_modules=list(cfg.lora_targets))
-            return (DoRA if dora else LoRA)(lcfg).apply(model, arch)
+            return (DoRA if dora else LoRA)(lcfg).apply(model, replace(self.ctx, arch=arch))
         for p in model.parameters():
             p.requires_grad_(cfg.base == "full")
         return model
@@ -119,9 +121,9 @@ class PAT(Method):
             return torch.tensor(self._pending["frozen_keep"], dtype=torch.long)
         batches = None
         if self.cfg.freeze_selection == "activation":
-            if self.calibration_batches is None:
+            if self.ctx.calibration_batches is None:
                 raise ConfigError("method.freeze_selection=activation needs calibration batches (none were given)")
-            batches = self.calibration_batches(int(self.cfg.calibration_batches))
+            batches = self.ctx.calibration_batches(int(self.cfg.calibration_batches))
         scores = hidden_importance(model, arch, batches, self.cfg.freeze_selection)
         return top_channels(scores, self.n_keep)
 
@@ -230,13 +232,11 @@ class PAT(Method):
     def prepare_for_eval(self, model: nn.Module) -> nn.Module:
         if self._schedule[1] == 0 and not self._untrained_warned:  # `sparsetune eval recipe=pat_...`
             self._untrained_warned = True
-            from rich.console import Console
-
-            Console(stderr=True).print(
-                f"[yellow]PAT is untrained: its mask has chosen nothing yet, so this evaluates the first "
+            self._notices.append(
+                f"PAT is untrained: its mask has chosen nothing yet, so this evaluates the first "
                 f"{self.n_keep} of {self.hidden} hidden channels, pruned without tuning. For the base model use "
                 "`sparsetune eval recipe=lora_llama`; for magnitude pruning without tuning `sparsetune eval "
-                "recipe=pat_baseline_llama`.[/yellow]")
+                "recipe=pat_baseline_llama`.")
         pruned = self.pruned_model(model)
         pruned.requires_grad_(False)
         return pruned
@@ -247,10 +247,17 @@ class PAT(Method):
         info = {"method": "pat", "hidden_size": self.hidden, "kept_hidden": self.n_keep,
                 "keep_index": self.keep_index().tolist(), "embed_hsm": self.embed_hsm}
         # summary.json figures (metrics() is merged into it after export; per-step logs never see these)
-        self.exported = write_pruned_export(pruned, path, tokenizer if tokenizer is not None else self.tokenizer,
+        self.exported = write_pruned_export(pruned, path, tokenizer if tokenizer is not None else self.ctx.tokenizer,
                                             info, self.params_before, self.baseline)
         self.params_after = sum(p.numel() for p in pruned.parameters())
         return Path(path)
 
     def load_export(self, model: nn.Module, path: Path) -> nn.Module | None:
         return load_pruned_export(model, path)
+
+    def tables(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return baseline_tables(self.baseline)
+
+    def notices(self) -> list[str]:
+        out, self._notices = self._notices, []
+        return out

@@ -123,8 +123,9 @@ class S2FT(Method):
         if self.cfg.selection == "weight":
             scores = self.scores or weight_scores(arch, [k for k in KINDS if counts[k]])
         elif self.cfg.selection in ("activation", "gradient"):
-            if self.scores is None and self.calibration_batches is not None:  # set by the engine
-                self.calibrate(arch.model, self.calibration_batches(int(self.cfg.calibration_batches)), arch)
+            batches = self.ctx.calibration_batches if self.ctx is not None else None
+            if self.scores is None and batches is not None:  # the engine's training batches
+                self.calibrate(arch.model, batches(int(self.cfg.calibration_batches)), arch)
             if self.scores is None:
                 raise ConfigError(f"method.selection={self.cfg.selection} needs calibration batches: "
                                   "call calibrate(model, batches) before apply()")
@@ -133,7 +134,8 @@ class S2FT(Method):
         return select(geo, counts, self.cfg.allocation, int(self.cfg.seed), scores, self.cfg.selection_order, first)
 
     # ------------------------------------------------------------------ apply
-    def apply(self, model: nn.Module, arch) -> nn.Module:
+    def apply(self, model: nn.Module, ctx) -> nn.Module:
+        self.ctx, arch = ctx, ctx.arch
         if self.modules:
             raise RuntimeError("S2FT.apply was already called; build a new S2FT for another model")
         self.base_model = str(getattr(model.config, "_name_or_path", "") or "")

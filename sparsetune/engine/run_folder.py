@@ -76,12 +76,11 @@ class RunFolder:
             raise UserError(f"not a sparsetune run folder (no config.yaml): {path}")
         return cls(path)
 
-    def load_config(self):
+    def load_raw_config(self):
+        """config.yaml as stored; the jobs layer validates it against the schemas."""
         from omegaconf import OmegaConf
 
-        from sparsetune.config.compose import validate
-
-        return validate(OmegaConf.load(self.config_path))
+        return OmegaConf.load(self.config_path)
 
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary_path.read_text()) if self.summary_path.exists() else {}

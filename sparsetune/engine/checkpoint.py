@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparsetune.train.run_folder import atomic_write_text
+from sparsetune.engine.run_folder import atomic_write_text
 
 
 def rng_state() -> dict[str, Any]:

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsetune.config import compose
+from sparsetune.engine.optim import lr_factor
 from sparsetune.errors import TrainingDivergedError
-from sparsetune.train.job import run_job, setup
-from sparsetune.train.optim import lr_factor
+from sparsetune.jobs import run_job
+from sparsetune.jobs.assemble import setup
+from sparsetune.jobs.config import compose_job as compose
 
 TINY = ["model=tiny_llama", "data=synthetic_arith", "logger=quiet", "trainer.batch_size=4",
         "trainer.warmup_steps=2", "trainer.lr=1e-3", "trainer.threads=1"]
@@ -64,18 +65,19 @@ def test_resume_after_crash_matches_uninterrupted(tmp_path):
 
 
 def _resume_cfg(run: Path):
-    from sparsetune.train.run_folder import RunFolder
+    from sparsetune.engine.run_folder import RunFolder
+    from sparsetune.jobs.config import load_run_config
 
-    cfg = RunFolder.open(run).load_config()
+    cfg = load_run_config(RunFolder.open(run))
     cfg.resume = str(run)
     return cfg
 
 
 def test_gradient_accumulation_matches_big_batch():
     """One step of 2 × 4 accumulated micro-batches equals one step of a batch of 8 (token-weighted)."""
-    from sparsetune.train.loop import BatchStream, LoopState, TrainLoop
-    from sparsetune.train.losses import causal_lm_loss
-    from sparsetune.train.optim import build_scheduler
+    from sparsetune.engine.loop import BatchStream, LoopState, TrainLoop
+    from sparsetune.engine.losses import causal_lm_loss
+    from sparsetune.engine.optim import build_scheduler
 
     results = []
     for bs, accum in ((8, 1), (4, 2)):
@@ -107,7 +109,7 @@ def test_lr_schedule():
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    import sparsetune.train.losses as losses_mod
+    import sparsetune.engine.losses as losses_mod
 
     calls = {"n": 0}
     real = losses_mod.causal_lm_loss

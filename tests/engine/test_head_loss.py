@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsetune.train import head_loss
-from sparsetune.train.head_loss import head_cross_entropy
+from sparsetune.engine import head_loss
+from sparsetune.engine.head_loss import head_cross_entropy
 
 
 def _case(bias: bool, head_trains: bool, seed: int = 0):

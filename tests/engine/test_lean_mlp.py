@@ -6,8 +6,8 @@ import pytest
 import torch
 import yaml
 
+from sparsetune.engine.lean_mlp import make_mlps_lean
 from sparsetune.models.tiny import build_tiny
-from sparsetune.train.lean_mlp import make_mlps_lean
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,46 +5,46 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from rich.console import Console
 
+from sparsetune.engine.progress import console
 from sparsetune.errors import UserError
+from sparsetune.jobs.common import show_method_output
 from sparsetune.methods.base import Method
-
-console = Console(stderr=True)
 
 
 def _apply_overrides(cfg, overrides: list[str]):
     """Only eval-time settings may change when re-evaluating a run (eval.*, trainer.device/threads)."""
     from omegaconf import OmegaConf
 
-    from sparsetune.config.compose import validate
+    from sparsetune.jobs.config import validate_job
 
     allowed = ("eval.", "trainer.device", "trainer.threads", "logger.")
     bad = [o for o in overrides if not o.lstrip("+").startswith(allowed)]
     if bad:
         raise UserError(f"eval run=… accepts only eval.*, logger.* and trainer.device/threads overrides, got: {' '.join(bad)}")
     merged = OmegaConf.merge(OmegaConf.to_container(cfg), OmegaConf.from_dotlist([o.lstrip("+") for o in overrides]))
-    return validate(merged)
+    return validate_job(merged)
 
 
 def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     """Rebuild the run's model from its config and final checkpoint, evaluate the held-out split,
     and record the results in its summary.json."""
+    from sparsetune.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from sparsetune.engine.run_folder import RunFolder
     from sparsetune.eval.report import print_table
     from sparsetune.eval.suite import evaluate_model
-    from sparsetune.train.checkpoint import latest_checkpoint, load_checkpoint
-    from sparsetune.train.job import setup
-    from sparsetune.train.run_folder import RunFolder
+    from sparsetune.jobs.assemble import setup
+    from sparsetune.jobs.config import load_run_config
 
     run = RunFolder.open(run_dir)
-    cfg = _apply_overrides(run.load_config(), overrides)
+    cfg = _apply_overrides(load_run_config(run), overrides)
     model, tokenizer, splits, source = _from_export(cfg, run)
     if model is None:
         path = latest_checkpoint(run.checkpoints)
         if path is None:
             raise UserError(f"run has no export or checkpoint to evaluate: {run.path}")
         ckpt = load_checkpoint(path)
-        job = setup(cfg, [], "eval", ckpt=ckpt, create_run=False)
+        job = setup(cfg, [], "eval", method_state=ckpt["method"], create_run=False)
         params = dict(job.model.named_parameters())
         with torch.no_grad():
             for name, value in ckpt["model"].items():
@@ -62,15 +62,17 @@ def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
 def _from_export(cfg, run):
     """(model, tokenizer, splits, source) built from the run's export/ when its method can load one."""
     from sparsetune.data import load_splits
+    from sparsetune.engine.runtime import quiet_libraries, resolve_device
+    from sparsetune.jobs.vision_base import ensure_vision_base
     from sparsetune.methods import build_method
     from sparsetune.models import load_model
-    from sparsetune.train.job import quiet_libraries, resolve_device
 
     method = build_method(cfg.method)
     if type(method).load_export is Method.load_export or not run.export.exists():
         return None, None, None, None
     quiet_libraries()
     splits = load_splits(cfg.data)
+    ensure_vision_base(cfg.model)
     base, tokenizer = load_model(cfg.model)
     model = method.load_export(base, run.export)
     if model is None:
@@ -80,10 +82,10 @@ def _from_export(cfg, run):
 
 def evaluate_recipe(cfg, overrides: list[str]) -> dict[str, Any]:
     """Evaluate the recipe's model with the method applied but untrained (e.g. the base model)."""
-    from sparsetune.eval.efficiency import count_parameters
+    from sparsetune.engine.measure import count_parameters
     from sparsetune.eval.report import print_table
     from sparsetune.eval.suite import evaluate_model
-    from sparsetune.train.job import setup
+    from sparsetune.jobs.assemble import setup
 
     job = setup(cfg, overrides, "eval")
     model = job.method.prepare_for_eval(job.model)
@@ -91,6 +93,7 @@ def evaluate_recipe(cfg, overrides: list[str]) -> dict[str, Any]:
     trainable, total = count_parameters(job.model)
     job.run.write_summary({"recipe": cfg.recipe, "method": cfg.method.name, "model": cfg.model.name,
                            "data": cfg.data.name, "total_params": total, "eval": results})
+    show_method_output(job.method)
     print_table("eval (held-out split)", results)
     console.print(f"[bold]run folder:[/bold] {job.run.path}")
     return results

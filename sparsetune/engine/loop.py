@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
+from sparsetune.engine.checkpoint import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from sparsetune.engine.measure import peak_memory_mb
 from sparsetune.errors import TrainingDivergedError
-from sparsetune.eval.efficiency import peak_memory_mb
-from sparsetune.train.checkpoint import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 
 @dataclass

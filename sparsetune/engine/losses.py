@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sparsetune.train.head_loss import head_cross_entropy
+from sparsetune.engine.head_loss import head_cross_entropy
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,0 +1,27 @@
+"""Jobs: assemble the engine and a method for one command (train, prune, forget, eval, bench) and
+write the run folder. The CLI calls `run_job`; nothing below this layer imports it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparsetune.errors import ConfigError
+
+JOBS = ("train", "prune", "forget")
+
+
+def run_job(cfg, overrides: list[str], job: str = "train") -> dict[str, Any]:
+    """Check that the method serves `job`, then run it."""
+    from sparsetune.methods import REGISTRY, method_class
+
+    if job not in method_class(cfg.method.name).jobs:
+        serving = sorted(n for n in REGISTRY if job in method_class(n).jobs)
+        raise ConfigError(f"method '{cfg.method.name}' does not support `{job}`; methods that do: "
+                          f"{', '.join(serving) or 'none yet'}")
+    if job == "forget":
+        from sparsetune.jobs.forget import run_forget
+
+        return run_forget(cfg, overrides, job)
+    from sparsetune.jobs.train import run_train
+
+    return run_train(cfg, overrides, job)

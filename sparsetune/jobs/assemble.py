@@ -1,0 +1,76 @@
+"""Assemble a job's live objects: data → model → method (with its context) → run folder.
+
+Everything that can fail on bad input happens before the run folder exists, so a failed start leaves
+no half-made run behind and never touches an existing one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sparsetune.engine.lean_mlp import make_mlps_lean
+from sparsetune.engine.progress import console
+from sparsetune.engine.run_folder import RunFolder
+from sparsetune.engine.runtime import quiet_libraries, resolve_device, seed_everything
+from sparsetune.methods import build_method
+from sparsetune.methods.base import MethodContext
+
+
+@dataclass
+class Job:
+    """Live objects of a run, for the commands that train and evaluate (train, prune, forget, eval)."""
+
+    cfg: Any
+    run: RunFolder | None
+    model: torch.nn.Module
+    tokenizer: Any
+    method: Any
+    ctx: MethodContext
+    splits: Any
+    device: str
+    dataset: Any = None
+    collate: Any = None
+
+
+def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | None = None,
+          create_run: bool = True) -> Job:
+    """Load data and model, apply the method, then create (or reopen, on resume) the run folder.
+
+    `method_state` (from a checkpoint) is loaded before `apply`, so a resumed method rebuilds exactly
+    the same structure (selected indices, masks) before its tensors are restored.
+    """
+    from sparsetune.data import build_train_dataset, load_splits
+    from sparsetune.jobs.vision_base import ensure_vision_base
+    from sparsetune.models import get_arch, load_model
+
+    quiet_libraries()
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.trainer.device)
+    splits = load_splits(cfg.data)
+    ensure_vision_base(cfg.model)
+    model, tokenizer = load_model(cfg.model)
+    method = build_method(cfg.method)
+    if method_state is not None:
+        method.load_state_dict(method_state)
+    dataset, collate = build_train_dataset(splits, tokenizer, cfg.data)
+    bs = cfg.trainer.batch_size
+
+    def calibration_batches(n: int) -> list[dict]:
+        return [collate([dataset[i] for i in range(b * bs, min(len(dataset), (b + 1) * bs))]) for b in range(n)]
+
+    ctx = MethodContext(arch=get_arch(model), tokenizer=tokenizer, calibration_batches=calibration_batches,
+                        device=device, precision=cfg.trainer.precision)
+    model = method.apply(model, ctx).to(device)
+    if cfg.trainer.lean_mlp:
+        make_mlps_lean(model)
+    run = None
+    if create_run:
+        run = RunFolder.open(cfg.resume) if cfg.resume else RunFolder.create(cfg, overrides, job)
+        ctx.run_dir = run.path
+        console.print(f"[bold]run folder:[/bold] {run.path}")
+    return Job(cfg, run, model, tokenizer, method, ctx, splits, device, dataset, collate)
