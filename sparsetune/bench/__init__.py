@@ -3,7 +3,10 @@ run one process per variant so peak memory and allocator state never leak betwee
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
+from pathlib import Path
 
 from sparsetune.bench.runner import run_benchmark
 
@@ -23,4 +26,19 @@ def benchmark_module(name: str):
     return importlib.import_module(BENCHMARKS[name])
 
 
-__all__ = ["BENCHMARKS", "benchmark_module", "run_benchmark"]
+def list_benchmarks() -> list[tuple[str, str]]:
+    """(name, one-line description) per benchmark, from the first sentence of its module docstring.
+
+    Read from the source without importing it, so `sparsetune bench --list` does not load torch.
+    """
+    rows = []
+    for name, module in sorted(BENCHMARKS.items()):
+        spec = importlib.util.find_spec(module)
+        doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text())) if spec and spec.origin else None
+        text = " ".join((doc or "").split())
+        text = text.split(": ", 1)[1] if text.startswith("`sparsetune bench") and ": " in text else text
+        rows.append((name, text.split(". ")[0].rstrip(".")))
+    return rows
+
+
+__all__ = ["BENCHMARKS", "benchmark_module", "list_benchmarks", "run_benchmark"]

@@ -1,12 +1,20 @@
-"""Run a benchmark's variants in separate processes and print side-by-side ratios."""
+"""Run a benchmark's variants in separate processes, in alternating rounds, and print side-by-side ratios.
+
+Variants run round-robin (A B C, A B C, …), each measurement in its own process, so slow drift of the
+machine (thermal state, other load, page cache) hits every variant alike. Each ratio is computed per
+round (variant / baseline measured in the same round); the report gives the median ratio across rounds
+and its spread (min–max), and each variant's metrics are the per-metric medians across rounds.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +22,8 @@ from typing import Any
 from rich.console import Console
 
 console = Console(stderr=True)
+
+DEFAULT_ROUNDS = 3
 
 
 @dataclass
@@ -43,11 +53,18 @@ class Benchmark:
     extra_blocks: list[tuple[Setting, list[Variant], str, list[str]]] = field(default_factory=list)
 
 
+RunVariant = Callable[[Variant, Setting, int], dict[str, Any]]
+
+
 def _run_variant(variant: Variant, setting: Setting, timeout: int) -> dict[str, Any]:
+    """One measurement of one variant in a fresh process; {"error": last line} when it fails."""
     spec = {"measure": variant.measure, "overrides": variant.overrides, "settings": setting.params}
     env = dict(os.environ, WANDB_MODE="disabled")
-    proc = subprocess.run([sys.executable, "-m", "sparsetune.bench.worker", json.dumps(spec)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "sparsetune.bench.worker", json.dumps(spec)],
+                              capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -67,6 +84,55 @@ def device_info() -> dict[str, Any]:
     return info
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def median_metrics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-metric median over the rounds that succeeded; non-numeric values from the first such round.
+
+    A variant that failed in every round keeps the first error; one that failed in some rounds lists
+    those rounds' errors under `errors` (its medians use only the rounds that succeeded).
+    """
+    ok = [r for r in rounds if "error" not in r]
+    if not ok:
+        return {"error": rounds[0]["error"] if rounds else "not run"}
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for r in ok for k in r):
+        values = [r[key] for r in ok if key in r]
+        if all(_is_number(v) for v in values):
+            med = statistics.median(values)
+            # counts (params, hidden size) stay ints when every round agrees
+            out[key] = values[0] if all(v == values[0] for v in values) else med
+        else:
+            out[key] = values[0]
+    errors = [r["error"] for r in rounds if "error" in r]
+    if errors:
+        out["errors"] = errors
+    return out
+
+
+def ratio_stats(rounds_a: list[dict[str, Any]], rounds_b: list[dict[str, Any]], metric: str
+                ) -> tuple[float, list[float], list[float | None]] | None:
+    """Ratio a/b computed round by round (same round only): (median, [min, max], per-round ratios)."""
+    per_round: list[float | None] = []
+    for a_run, b_run in zip(rounds_a, rounds_b):
+        a, b = a_run.get(metric), b_run.get(metric)
+        per_round.append(a / b if _is_number(a) and _is_number(b) and b else None)
+    valid = [r for r in per_round if r is not None]
+    if not valid:
+        return None
+    return statistics.median(valid), [min(valid), max(valid)], per_round
+
+
+def format_ratio(median: float, spread: list[float] | None) -> str:
+    """`0.66× (0.62–0.70)`; the spread is left out when it is a single value."""
+    text = f"{median:.2f}×"
+    if spread and f"{spread[0]:.2f}" != f"{spread[1]:.2f}":
+        text += f" ({spread[0]:.2f}–{spread[1]:.2f})"
+    return text
+
+
 def print_comparison(title: str, block: dict[str, dict[str, Any]]) -> None:
     """Metrics as rows, variants as columns: ratios stay readable however many metrics there are."""
     from rich.table import Table
@@ -79,33 +145,64 @@ def print_comparison(title: str, block: dict[str, dict[str, Any]]) -> None:
         table.add_column(vname, justify="right")
     metrics: list[str] = []
     for values in block.values():
-        metrics += [m for m in values if m not in metrics]
+        metrics += [m for m in values if m not in metrics and m not in ("rounds", "errors")
+                    and not m.endswith("_range")]
+
+    def cell(values: dict[str, Any], metric: str) -> str:
+        value = values.get(metric)
+        if f"{metric}_range" in values and _is_number(value):
+            return format_ratio(value, values[f"{metric}_range"])
+        return format_value(value)
+
     for metric in metrics:
-        table.add_row(metric, *(format_value(block[v].get(metric)) for v in block))
+        table.add_row(metric, *(cell(block[v], metric) for v in block))
     Console().print(table)
 
 
-def run_benchmark(name: str, quick: bool = False, out: str | None = None, overrides: list[str] | None = None,
-                  timeout: int = 1800) -> dict[str, Any]:
-    from sparsetune.bench import benchmark_module
+def run_block(setting: Setting, variants: list[Variant], baseline: str, ratio_metrics: list[str],
+              extra_ratios: list[tuple[str, str]], rounds: int, timeout: int,
+              run_variant: RunVariant | None = None) -> dict[str, dict[str, Any]]:
+    """All variants of one setting, round-robin; variants.<name> holds medians, ratios and raw rounds."""
+    run_variant = run_variant or _run_variant
+    raw: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
+    for r in range(rounds):
+        for variant in variants:
+            console.print(f"[dim]{setting.name}: round {r + 1}/{rounds}: running {variant.name}…[/dim]")
+            raw[variant.name].append(run_variant(variant, setting, timeout))
+    block = {name: median_metrics(runs) for name, runs in raw.items()}
+    for vname, ref in [(v.name, baseline) for v in variants] + list(extra_ratios):
+        if vname not in raw or ref not in raw:
+            continue
+        for metric in ratio_metrics:
+            stats = ratio_stats(raw[vname], raw[ref], metric)
+            if stats is not None and "error" not in block[vname]:
+                block[vname][f"{metric}_vs_{ref}"] = stats[0]
+                block[vname][f"{metric}_vs_{ref}_range"] = stats[1]
+    for name, runs in raw.items():
+        block[name]["rounds"] = runs
+    return block
 
+
+def run_benchmark(name: str, quick: bool = False, out: str | None = None, overrides: list[str] | None = None,
+                  timeout: int = 1800, rounds: int | None = None,
+                  run_variant: RunVariant | None = None) -> dict[str, Any]:
+    from sparsetune.bench import benchmark_module
+    from sparsetune.errors import UserError
+
+    rounds = DEFAULT_ROUNDS if rounds is None else rounds
+    if rounds < 1:
+        raise UserError(f"--rounds must be at least 1, got {rounds}")
     bench: Benchmark = benchmark_module(name).benchmark(quick=quick, overrides=list(overrides or []))
     # one block per setting: blocks.<setting>.variants.<variant>.<metric>, with the setting's parameters
-    results: dict[str, Any] = {"benchmark": name, "quick": quick, "device": device_info(), "blocks": {}}
+    results: dict[str, Any] = {"benchmark": name, "quick": quick, "rounds": rounds, "device": device_info(),
+                               "blocks": {}}
     plan = [(s, bench.variants, bench.baseline, bench.ratio_metrics, bench.extra_ratios) for s in bench.settings]
     plan += [(s, vs, base, metrics, []) for s, vs, base, metrics in bench.extra_blocks]
     for setting, variants, baseline, ratio_metrics, extra_ratios in plan:
-        block: dict[str, dict[str, Any]] = {}
-        for variant in variants:
-            console.print(f"[dim]{setting.name}: running {variant.name}…[/dim]")
-            block[variant.name] = _run_variant(variant, setting, timeout)
-        for vname, ref in [(v.name, baseline) for v in variants] + list(extra_ratios):
-            for metric in ratio_metrics:
-                a, b = block.get(vname, {}).get(metric), block.get(ref, {}).get(metric)
-                if a is not None and b:
-                    block[vname][f"{metric}_vs_{ref}"] = a / b
+        block = run_block(setting, variants, baseline, ratio_metrics, extra_ratios, rounds, timeout, run_variant)
         results["blocks"][setting.name] = {"settings": setting.params, "baseline": baseline, "variants": block}
-        print_comparison(f"{name} — {setting.name} ({', '.join(f'{k}={v}' for k, v in setting.params.items())})",
+        params = ", ".join(f"{k}={v}" for k, v in setting.params.items())
+        print_comparison(f"{name} — {setting.name} ({params}); median of {rounds} round(s), ratio (min–max)",
                          block)
     if out:
         Path(out).write_text(json.dumps(results, indent=2) + "\n")

@@ -10,13 +10,12 @@ selection uses; `train_size` then caps the remaining training pool with a seeded
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from sparsetune.data.images import RawImages, as_uint8_nchw  # noqa: F401 (re-exported)
 from sparsetune.data.types import Splits
 from sparsetune.errors import DataError
 
@@ -54,19 +53,6 @@ class ImageDataset(Dataset):
         """Only the rows whose label is (keep=True) or is not (keep=False) in `classes`."""
         hit = torch.isin(self.targets, torch.as_tensor(list(classes), dtype=torch.long))
         return self.subset(torch.nonzero(hit if keep else ~hit).flatten())
-
-
-@dataclass
-class RawImages:
-    """What a source reader returns: a train pool, an optional official test split, class names."""
-
-    train_images: torch.Tensor  # uint8 [N, C, H, W]
-    train_labels: torch.Tensor
-    class_names: list[str]
-    test_images: Optional[torch.Tensor] = None
-    test_labels: Optional[torch.Tensor] = None
-    mean: Optional[Sequence[float]] = None  # per channel in [0, 1]; None: computed from train + val
-    std: Optional[Sequence[float]] = None
 
 
 def readers() -> dict[str, Callable[[Any], RawImages]]:
@@ -157,14 +143,3 @@ def resize_uint8(images: torch.Tensor, size: Optional[int]) -> torch.Tensor:
                                                 align_corners=False, antialias=True)
         out.append(chunk.round_().clamp_(0, 255).to(torch.uint8))
     return torch.cat(out)
-
-
-def as_uint8_nchw(array: np.ndarray) -> torch.Tensor:
-    """[N, H, W] or [N, H, W, C] uint8 numpy -> contiguous uint8 tensor [N, C, H, W]."""
-    if array.ndim == 3:
-        array = array[:, None, :, :]
-    elif array.ndim == 4:
-        array = array.transpose(0, 3, 1, 2)
-    else:
-        raise ValueError(f"expected 3 or 4 dims, got shape {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.uint8))

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from sparsetune.data.vision import RawImages, as_uint8_nchw
+from sparsetune.data.images import RawImages, as_uint8_nchw
 from sparsetune.errors import DataError
 from sparsetune.paths import cache_dir
 

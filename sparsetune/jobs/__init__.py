@@ -18,6 +18,9 @@ def run_job(cfg, overrides: list[str], job: str = "train") -> dict[str, Any]:
         serving = sorted(n for n in REGISTRY if job in method_class(n).jobs)
         raise ConfigError(f"method '{cfg.method.name}' does not support `{job}`; methods that do: "
                           f"{', '.join(serving) or 'none yet'}")
+    from sparsetune.jobs.vision_base import ensure_vision_base
+
+    ensure_vision_base(cfg.model)
     if job == "forget":
         from sparsetune.jobs.forget import run_forget
 

@@ -39,11 +39,13 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
           create_run: bool = True) -> Job:
     """Load data and model, apply the method, then create (or reopen, on resume) the run folder.
 
+    A model the job layer builds itself (the ViT base) must exist already: callers run
+    `jobs.vision_base.ensure_vision_base` first.
+
     `method_state` (from a checkpoint) is loaded before `apply`, so a resumed method rebuilds exactly
     the same structure (selected indices, masks) before its tensors are restored.
     """
     from sparsetune.data import build_train_dataset, load_splits
-    from sparsetune.jobs.vision_base import ensure_vision_base
     from sparsetune.models import get_arch, load_model
 
     quiet_libraries()
@@ -52,7 +54,6 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     splits = load_splits(cfg.data)
-    ensure_vision_base(cfg.model)
     model, tokenizer = load_model(cfg.model)
     method = build_method(cfg.method)
     if method_state is not None:

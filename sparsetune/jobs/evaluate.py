@@ -35,9 +35,11 @@ def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     from sparsetune.eval.suite import evaluate_model
     from sparsetune.jobs.assemble import setup
     from sparsetune.jobs.config import load_run_config
+    from sparsetune.jobs.vision_base import ensure_vision_base
 
     run = RunFolder.open(run_dir)
     cfg = _apply_overrides(load_run_config(run), overrides)
+    ensure_vision_base(cfg.model)
     model, tokenizer, splits, source = _from_export(cfg, run)
     if model is None:
         path = latest_checkpoint(run.checkpoints)
@@ -63,7 +65,6 @@ def _from_export(cfg, run):
     """(model, tokenizer, splits, source) built from the run's export/ when its method can load one."""
     from sparsetune.data import load_splits
     from sparsetune.engine.runtime import quiet_libraries, resolve_device
-    from sparsetune.jobs.vision_base import ensure_vision_base
     from sparsetune.methods import build_method
     from sparsetune.models import load_model
 
@@ -72,7 +73,6 @@ def _from_export(cfg, run):
         return None, None, None, None
     quiet_libraries()
     splits = load_splits(cfg.data)
-    ensure_vision_base(cfg.model)
     base, tokenizer = load_model(cfg.model)
     model = method.load_export(base, run.export)
     if model is None:
@@ -86,7 +86,9 @@ def evaluate_recipe(cfg, overrides: list[str]) -> dict[str, Any]:
     from sparsetune.eval.report import print_table
     from sparsetune.eval.suite import evaluate_model
     from sparsetune.jobs.assemble import setup
+    from sparsetune.jobs.vision_base import ensure_vision_base
 
+    ensure_vision_base(cfg.model)
     job = setup(cfg, overrides, "eval")
     model = job.method.prepare_for_eval(job.model)
     results = evaluate_model(cfg, model, job.tokenizer, job.splits, "test", job.run.path)

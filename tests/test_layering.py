@@ -1,0 +1,127 @@
+"""Imports run one way: errors/paths → config → data, models → methods → engine → jobs → cli.
+
+Walks every module's imports with `ast` (top-level and function-local alike) and fails on an import
+of a higher layer or on an import cycle between modules. docs/architecture.md draws the same layers.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sparsetune"
+
+# top-level name under sparsetune/ -> layer (higher may import lower or equal, never the reverse)
+LAYERS = {
+    "errors": 0, "paths": 0,
+    "config": 1,
+    "data": 2, "models": 2,
+    "methods": 3,
+    "engine": 4, "eval": 4,
+    "jobs": 5, "bench": 5,
+    "cli": 6, "__main__": 6,
+}
+# what a method package may import from sparsetune besides its own package
+METHOD_ALLOWED = ("sparsetune.errors", "sparsetune.methods.base", "sparsetune.models.arch", "sparsetune.config.schema")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("sparsetune"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("sparsetune"):
+                found.add(target)
+                # `from sparsetune.x import y` may import the submodule sparsetune.x.y
+                found.update(f"{target}.{a.name}" for a in node.names)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges = {}
+    for name, path in modules.items():
+        edges[name] = {t for t in imports_of(path) if t in modules and t != name}
+    return edges
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    return LAYERS[parts[1]] if len(parts) > 1 else 6
+
+
+def test_every_module_has_a_layer():
+    missing = {m.split(".")[1] for m in graph() if "." in m and m.split(".")[1] not in LAYERS}
+    assert not missing, f"modules outside the layer map: {missing}"
+
+
+def test_no_upward_imports():
+    bad = [f"{src} -> {dst}" for src, dsts in graph().items() for dst in dsts
+           if layer(dst) > layer(src) and not (src == "sparsetune" or dst == "sparsetune")]
+    assert not bad, "upward imports:\n" + "\n".join(sorted(bad))
+
+
+def test_method_packages_import_only_the_method_interface():
+    bad = []
+    for src, dsts in graph().items():
+        if not src.startswith("sparsetune.methods.") or src == "sparsetune.methods.base":
+            continue
+        own = src.split(".")[:3]  # sparsetune.methods.<pkg>
+        for dst in dsts:
+            if dst.split(".")[:3] == own or dst.startswith(METHOD_ALLOWED) or dst == "sparsetune.methods":
+                continue
+            # baselines reuse the LoRA method (a sibling method, not the engine)
+            if dst == "sparsetune.methods.lora":
+                continue
+            bad.append(f"{src} -> {dst}")
+    assert not bad, "method packages reach outside the method interface:\n" + "\n".join(sorted(bad))
+
+
+def test_no_import_cycles():
+    edges = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if nxt.startswith(node + ".") or node.startswith(nxt + "."):
+                continue  # a package and its own submodules
+            if state.get(nxt) == 1:
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node)
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_checker_sees_violations(tmp_path):
+    """The walker must catch both spellings of an upward import (a test that cannot fail is a defect)."""
+    probe = PACKAGE / "methods" / "_layering_probe.py"
+    probe.write_text("def f():\n    from sparsetune.engine import loop\n\nfrom ..jobs import train\n")
+    try:
+        assert imports_of(probe) >= {"sparsetune.engine", "sparsetune.jobs", "sparsetune.jobs.train"}
+    finally:
+        probe.unlink()
