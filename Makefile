@@ -31,11 +31,12 @@ test-slow:  ## end-to-end runs on SmolLM2-135M and the cached ViT base
 lint:
 	$(VENV)/bin/ruff check sparsetune tests scripts
 
-bench:  ## side-by-side efficiency comparisons, one process per variant (~30 min on 2 CPU cores)
+BENCH_ROUNDS ?= 3
+bench:  ## side-by-side efficiency comparisons, one process per variant, BENCH_ROUNDS alternating rounds (median ratio + min–max; ~30 min per round on 2 CPU cores)
 	mkdir -p results
-	$(SPARSETUNE) bench s2ft --out results/bench-s2ft.json
-	$(SPARSETUNE) bench pat --out results/bench-pat.json
-	$(SPARSETUNE) bench lora --out results/bench-lora.json
+	$(SPARSETUNE) bench s2ft --rounds $(BENCH_ROUNDS) --out results/bench-s2ft.json
+	$(SPARSETUNE) bench pat --rounds $(BENCH_ROUNDS) --out results/bench-pat.json
+	$(SPARSETUNE) bench lora --rounds $(BENCH_ROUNDS) --out results/bench-lora.json
 
 reproduce:  ## regenerate every figure in README.md and docs/ (hours on a CPU; resumable)
 	$(PY) scripts/reproduce.py

@@ -127,17 +127,37 @@ def evaluate(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG) -
         evaluate_recipe(conf, overrides)
 
 
-@app.command(epilog="Examples:\n\n  sparsetune bench lora --quick\n\n  sparsetune bench s2ft --out bench-s2ft.json")
+@app.command(epilog="Examples:\n\n  sparsetune bench --list\n\n  sparsetune bench lora --quick\n\n"
+             "  sparsetune bench pat --rounds 5 --out bench-pat.json")
 def bench(
-    name: str = typer.Argument(..., help="Benchmark name (see `sparsetune bench --list`)."),
+    name: Optional[str] = typer.Argument(None, help="Benchmark name (see `sparsetune bench --list`).",
+                                         show_default=False),
     quick: bool = typer.Option(False, "--quick", help="Smaller model, fewer steps: a one-minute run."),
+    rounds: int = typer.Option(3, "--rounds",
+                               help="Alternating rounds (A B C, A B C, …); medians and ratio spread across them."),
+    list_: bool = typer.Option(False, "--list", help="List the benchmarks with one-line descriptions and exit."),
     out: Optional[str] = typer.Option(None, "--out", help="Write the JSON results here."),
     overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
-    """Side-by-side efficiency comparison; every variant runs in its own process; prints ratios."""
+    """Side-by-side efficiency comparison; every variant runs in its own process, in alternating rounds;
+    prints median ratios with their min–max spread."""
+    if list_:
+        from rich.console import Console
+        from rich.table import Table
+
+        from sparsetune.bench import list_benchmarks
+
+        table = Table("benchmark", "description", box=None)
+        for bname, desc in list_benchmarks():
+            table.add_row(bname, desc)
+        Console().print(table)
+        return
+    if not name:
+        fail("missing benchmark NAME; usage: sparsetune bench NAME [--quick] [--rounds N] [--out FILE] "
+             "(see `sparsetune bench --list`)")
     from sparsetune.bench import run_benchmark
 
-    run_benchmark(name, quick=quick, out=out, overrides=list(overrides or []))
+    run_benchmark(name, quick=quick, out=out, overrides=list(overrides or []), rounds=rounds)
 
 
 @app.command()

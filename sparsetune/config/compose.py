@@ -6,6 +6,8 @@ key and, for unknown group options, lists the valid ones.
 
 from __future__ import annotations
 
+import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,31 +32,115 @@ def _one_line(text: str) -> str:
     return text.split(" full_key:")[0].strip()
 
 
+SEARCHPATH_KEY = "hydra.searchpath"
+RECIPE_SUFFIXES = (".yaml", ".yml")
+
+
+def _has_path_parts(value: str) -> bool:
+    return "/" in value or "\\" in value or ".." in value
+
+
+def searchpath_override(dirs) -> str:
+    """`hydra.searchpath=['file:///abs/dir', …]`: the user's own option files (DIR/model/mine.yaml, …)."""
+    def quote(entry: str) -> str:
+        return "'" + entry.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    entries = [d if "://" in str(d) else f"file://{Path(d).expanduser().resolve()}" for d in dirs]
+    return f"{SEARCHPATH_KEY}=[{','.join(quote(str(e)) for e in entries)}]"
+
+
+def _searchpath_entries(overrides: list[str]) -> list[str]:
+    """Entries of every `hydra.searchpath=[…]` override, in order (quotes stripped)."""
+    entries: list[str] = []
+    for ov in overrides:
+        if ov.lstrip("+").split("=", 1)[0] != SEARCHPATH_KEY or "=" not in ov:
+            continue
+        body = ov.split("=", 1)[1].strip()
+        body = body[1:-1] if body.startswith("[") and body.endswith("]") else body
+        for m in re.finditer(r"'((?:[^'\\]|\\.)*)'|\"((?:[^\"\\]|\\.)*)\"|([^,\s][^,]*)", body):
+            raw = next(g for g in m.groups() if g is not None)
+            entries.append(re.sub(r"\\(.)", r"\1", raw).strip())
+    return [e for e in entries if e]
+
+
+def user_dirs(overrides: list[str]) -> list[Path]:
+    """The user's config dirs (file:// entries of `hydra.searchpath`), searched after the built-in recipes."""
+    out = []
+    for entry in _searchpath_entries(overrides):
+        if entry.startswith("file://"):
+            out.append(Path(entry[len("file://"):]))
+        elif "://" not in entry:
+            out.append(Path(entry))
+    return out
+
+
+def _exists(group: str, value: str, extra_dirs) -> bool:
+    return any((Path(d) / group / f"{value}.yaml").is_file() for d in (RECIPES_DIR, *extra_dirs))
+
+
 def _check_overrides(overrides: list[str]) -> None:
+    extra = user_dirs(overrides)
     for ov in overrides:
         key = ov.lstrip("+~").split("=", 1)[0]
         group = key.split("/")[0]
-        if "=" in ov and "." not in key and group in GROUPS and group != "recipe":
-            value = ov.split("=", 1)[1]
-            if not (RECIPES_DIR / group / f"{value}.yaml").exists():
-                raise ConfigError(f"unknown {group} '{value}'; available: {', '.join(options(group))}")
-        if key == "recipe" and "=" in ov:
-            value = ov.split("=", 1)[1]
-            if value not in ("null", "") and not (RECIPES_DIR / "recipe" / f"{value}.yaml").exists():
-                raise ConfigError(f"unknown recipe '{value}'; available: {', '.join(options('recipe'))}")
+        if "=" not in ov or "." in key or group not in GROUPS:
+            continue
+        value = ov.split("=", 1)[1]
+        if group == "recipe" and value == "null":
+            continue
+        if value == "":
+            raise ConfigError(f"{key}= needs a {group} name; available: {', '.join(options(group, extra))}")
+        if _has_path_parts(value):
+            hint = ("give a recipe file path ending in .yaml, or a name" if group == "recipe"
+                    else f"put your own files in DIR/{group}/NAME.yaml and pass --config-dir DIR")
+            raise ConfigError(f"{group} names may not contain path parts ('{value}'); {hint}")
+        if not _exists(group, value, extra):
+            raise ConfigError(f"unknown {group} '{value}'; available: {', '.join(options(group, extra))}")
+
+
+def _sanitise(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-") or "recipe"
+
+
+def _user_recipe(overrides: list[str], tmp: Path) -> tuple[list[str], str | None]:
+    """`recipe=path/to/mine.yaml` → a copy as `recipe/user__mine.yaml` in `tmp`, added to the search
+    path; returns the new overrides and the recipe's run name (the file's stem, sanitised)."""
+    index = next((i for i, o in enumerate(overrides) if o.startswith("recipe=")
+                  and o.split("=", 1)[1].lower().endswith(RECIPE_SUFFIXES)), None)
+    if index is None:
+        return overrides, None
+    path = Path(overrides[index].split("=", 1)[1]).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read recipe file ({exc})") from None
+    if "@package" not in "".join(text.lstrip().splitlines(keepends=True)[:3]):
+        text = "# @package _global_\n" + text  # recipes set top-level keys (model:, trainer:, …)
+    name = _sanitise(path.stem)
+    (tmp / "recipe").mkdir(parents=True, exist_ok=True)
+    (tmp / "recipe" / f"user__{name}.yaml").write_text(text)
+    out = list(overrides)
+    out[index] = f"recipe=user__{name}"
+    dirs = [str(d) for d in user_dirs(out)] + [str(tmp)]
+    out = [o for o in out if o.lstrip("+").split("=", 1)[0] != SEARCHPATH_KEY] + [searchpath_override(dirs)]
+    return out, name
 
 
 def _force(override: str) -> str:
     """`trainer.epochs=1` → `++trainer.epochs=1`: recipes need not spell out every schema field, and
     keys outside the schema are rejected by `validate` with a list of the valid ones."""
     key = override.split("=", 1)[0]
-    if "=" not in override or override.startswith(("+", "~")) or key in GROUPS:
+    if "=" not in override or override.startswith(("+", "~")) or key in GROUPS or key.startswith("hydra."):
         return override
     return "++" + override
 
 
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (RECIPES_DIR / group).glob("*.yaml"))
+def options(group: str, extra_dirs=()) -> list[str]:
+    """Option names of a config group: the built-in recipes' and those in the user's config dirs."""
+    names = {p.stem for d in (RECIPES_DIR, *extra_dirs) for p in (Path(d) / group).glob("*.yaml")}
+    return sorted(n for n in names if not n.startswith("user__"))
 
 
 # name -> the method's config dataclass; the jobs layer passes the registry's lookup (config sits
@@ -70,17 +156,19 @@ def compose(overrides: list[str] | None = None, method_schema: MethodSchemas | N
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides or [])
-    _check_overrides(overrides)
-    try:
-        with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
-            cfg = hydra_compose("config", overrides=[_force(o) for o in overrides])
-    except (HydraException, OmegaConfBaseException) as exc:
-        root = _root_cause(exc)
-        key = getattr(root, "full_key", None)
-        if key and "not in struct" in str(root):
-            raise ConfigError(_unknown_key(key, _method_name(overrides), method_schema=method_schema)) from None
-        raise ConfigError(_one_line(root) or _one_line(exc)) from None
-    recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), None)
+    with tempfile.TemporaryDirectory(prefix="sparsetune-recipe-") as tmp:
+        overrides, user_recipe = _user_recipe(overrides, Path(tmp))
+        _check_overrides(overrides)
+        try:
+            with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
+                cfg = hydra_compose("config", overrides=[_force(o) for o in overrides])
+        except (HydraException, OmegaConfBaseException) as exc:
+            root = _root_cause(exc)
+            key = getattr(root, "full_key", None)
+            if key and "not in struct" in str(root):
+                raise ConfigError(_unknown_key(key, _method_name(overrides), method_schema=method_schema)) from None
+            raise ConfigError(_one_line(root) or _one_line(exc)) from None
+    recipe = user_recipe or next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), None)
     return validate(cfg, recipe=recipe, method_schema=method_schema)
 
 

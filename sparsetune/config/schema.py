@@ -57,7 +57,7 @@ class DataConfig:
     val_size: int = 0  # validation examples carved from train (model selection)
     split_seed: int = 0
     max_length: int = 256
-    prompt_template: str = "alpaca"  # alpaca | plain
+    prompt_template: str = "alpaca"  # alpaca | plain | chat (the tokenizer's chat template)
     image_size: int = 28
     num_classes: Optional[int] = None
 
@@ -89,8 +89,20 @@ class TrainerConfig:
 @dataclass
 class EvalConfig:
     enabled: bool = True
-    # empty: the data set's held-out split; otherwise lm-eval task names (online) or local task names
+    # what to score. [] (default) means [heldout]: the data set's held-out split ("val" during
+    # training, "test" at the end). Any other name is an lm-eval task: one from eval.include_path
+    # (local data, works offline) or a standard one (arc_easy, boolq, ...: needs the Hub).
+    # Both in one run: tasks=[heldout,arc_easy]. `heldout` is a reserved name.
     tasks: list[str] = field(default_factory=list)
+    # a folder of the user's own lm-eval task YAMLs (lm-eval's --include_path); its tasks can be
+    # named in eval.tasks. Relative data_files in those YAMLs resolve against the current directory.
+    include_path: Optional[str] = None
+    # few-shot examples per item. None: each task's own default (0 for the held-out split);
+    # an int overrides every task. The held-out split draws its shots from the training split.
+    num_fewshot: Optional[int] = None
+    # write lm-eval's results JSON and per-sample records to <run>/eval/<split>/ (results.json,
+    # samples_<task>.jsonl)
+    log_samples: bool = False
     limit: Optional[int] = None  # examples per task
     batch_size: int = 8
     max_new_tokens: int = 16

@@ -1,6 +1,12 @@
-"""Prompt templates shared by training (loss on the answer only) and evaluation (same formatting)."""
+"""Prompt templates shared by training (loss on the answer only) and evaluation (same formatting).
+
+`chat` renders the prompt as one user turn with the tokenizer's own chat template (and the
+assistant header after it), so instruct models are fine-tuned and scored in the format they know.
+"""
 
 from __future__ import annotations
+
+from typing import Any, Optional
 
 TEMPLATES = {
     # Alpaca-style, as the LLM-Adapters data used by the S2FT and PAT papers
@@ -10,11 +16,28 @@ TEMPLATES = {
     ),
     "plain": "{prompt}\n",
 }
+CHAT = "chat"  # the tokenizer's chat template (needs the tokenizer)
+TEMPLATE_NAMES = (*TEMPLATES, CHAT)
 
 
-def format_prompt(prompt: str, template: str = "alpaca") -> str:
+def format_prompt(prompt: str, template: str = "alpaca", tokenizer: Optional[Any] = None) -> str:
+    from sparsetune.errors import ConfigError
+
+    if template == CHAT:
+        if tokenizer is None:
+            raise ConfigError("data.prompt_template=chat needs the tokenizer to format prompts")
+        if not getattr(tokenizer, "chat_template", None):
+            name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+            raise ConfigError(f"data.prompt_template=chat: tokenizer '{name}' has no chat template; "
+                              "use data.prompt_template=alpaca or plain")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        # a template that writes BOS itself (Llama-3) would double it: BOS is added at tokenisation
+        # exactly when the tokenizer adds it by default (see data.text.tokenizer_adds_bos)
+        bos = getattr(tokenizer, "bos_token", None)
+        if bos and text.startswith(bos):
+            text = text[len(bos):]
+        return text
     if template not in TEMPLATES:
-        from sparsetune.errors import ConfigError
-
-        raise ConfigError(f"unknown prompt_template '{template}'; available: {', '.join(TEMPLATES)}")
+        raise ConfigError(f"unknown prompt_template '{template}'; available: {', '.join(TEMPLATE_NAMES)}")
     return TEMPLATES[template].format(prompt=prompt)

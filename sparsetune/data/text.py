@@ -1,6 +1,7 @@
 """Tokenised prompt -> answer items for causal-LM fine-tuning, with the loss on the answer only.
 
-Each item is `format_prompt(prompt, template) + answer + eos`. Prompt and answer are tokenised
+Each item is `format_prompt(prompt, template, tokenizer) + answer + eos` (template `chat`: the
+tokenizer's chat template, see data.prompts). Prompt and answer are tokenised
 separately, so the boundary between them is exact (labels are -100 on every prompt token, including
 a BOS the tokenizer adds, and equal to input_ids on the answer and the closing eos). Too-long items
 lose tokens from the left of the prompt; the answer is kept whole unless it alone exceeds three
@@ -66,7 +67,7 @@ class TextDataset(Dataset):
         self.template = template
         bos = tokenizer.bos_token_id if (tokenizer_adds_bos(tokenizer) if add_bos is None else add_bos) else None
         eos = getattr(tokenizer, "eos_token_id", None)
-        prompts = [format_prompt(ex.prompt, template) for ex in self.examples]
+        prompts = [format_prompt(ex.prompt, template, tokenizer) for ex in self.examples]
         answers = [ex.answer for ex in self.examples]
         prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
         answer_ids = tokenizer(answers, add_special_tokens=False)["input_ids"] if answers else []

@@ -240,3 +240,21 @@ def read_image_folder(data_cfg: Any) -> RawImages:
         raise DataError(f"{root}: images differ in size; set data.image_size to resize them")
     labels = torch.tensor([c for _, c in files], dtype=torch.long)
     return RawImages(as_uint8_nchw(np.stack(arrays)), labels, classes)
+
+
+def class_names(data_cfg: Any) -> list[str]:
+    """A vision source's class names without reading its images ([] where the source has none).
+
+    `sparsetune forget --classes shirt,coat` resolves names with this before any data is loaded."""
+    source = getattr(data_cfg, "source", None)
+    if source == "fashion_mnist":
+        return list(FASHION_MNIST_CLASSES)
+    if source == "cifar10":
+        return list(CIFAR10_CLASSES)
+    if source in ("mnist5k", "digits"):
+        return [str(d) for d in range(10)]
+    if source == "image_folder":
+        root = getattr(data_cfg, "path", None)
+        if root and Path(root).is_dir():
+            return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    return []

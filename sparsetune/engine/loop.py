@@ -31,6 +31,9 @@ class LoopState:
     last_eval: dict[str, Any] = field(default_factory=dict)
 
 
+LOOP_FIELDS = frozenset(LoopState.__dataclass_fields__)
+
+
 class BatchStream:
     """Seeded shuffled micro-batches whose position (epoch, index) can be saved and restored."""
 
@@ -86,6 +89,7 @@ class TrainLoop:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
+            "total_steps": self.total_steps,
         }
         if self.extra_state:
             state.update(self.extra_state())
@@ -101,8 +105,17 @@ class TrainLoop:
                 params[name].copy_(value)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("total_steps") not in (None, self.total_steps):
+            # the run was extended (trainer.max_steps on resume): the schedule is rebuilt for the new
+            # total, so the lr from this step on is the new schedule's (not the saved one's)
+            step = self.scheduler.last_epoch
+            lrs = [base * fn(step) for base, fn in zip(self.scheduler.base_lrs, self.scheduler.lr_lambdas)]
+            for group, lr in zip(self.optimizer.param_groups, lrs):
+                group["lr"] = lr
+            self.scheduler._last_lr = lrs
         for key, value in ckpt["loop"].items():
-            setattr(self.state, key, value)
+            if key in LOOP_FIELDS:
+                setattr(self.state, key, value)
         set_rng_state(ckpt["rng"])
 
     # --- one optimiser step ------------------------------------------------------------------

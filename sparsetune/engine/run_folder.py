@@ -52,17 +52,24 @@ class RunFolder:
 
     @classmethod
     def create(cls, cfg, overrides: list[str], job: str) -> RunFolder:
-        """A new folder `<root>/<YYYYmmdd-HHMMSS>-<recipe>`; suffixed if that name is taken."""
+        """A new folder `<root>/<YYYYmmdd-HHMMSS>-<recipe>`; suffixed `-2`, `-3`, … if that name is taken
+        (also by a concurrent process: the folder is claimed by an atomic mkdir)."""
         from omegaconf import OmegaConf
 
         root = runs_root(cfg.run_dir)
+        root.mkdir(parents=True, exist_ok=True)
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.recipe or job}"
-        path = root / stem
-        n = 1
-        while path.exists():
-            n += 1
-            path = root / f"{stem}-{n}"
-        path.mkdir(parents=True)
+        # mkdir is the claim: of several processes starting in the same second exactly one gets each
+        # name, the others move on to the next suffix (never exists()-then-mkdir, which races)
+        for n in range(1, 10_000):
+            path = root / (stem if n == 1 else f"{stem}-{n}")
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise UserError(f"could not create a run folder under {root}: {stem} and 9,999 suffixes are taken")
         (path / "checkpoints").mkdir()
         run = cls(path)
         atomic_write_text(run.config_path, OmegaConf.to_yaml(cfg))

@@ -1,16 +1,19 @@
-"""lm-eval bridge: score an in-memory model on local Examples or on standard lm-eval tasks.
+"""lm-eval bridge: score an in-memory model on local Examples, on the user's own lm-eval tasks
+(eval.include_path) or on standard lm-eval tasks.
 
-Both paths wrap the live model in lm-eval's HFLM (no reload, no copy) and leave the caller's state as
-it was: lm-eval reseeds python/numpy/torch and switches the model to eval mode, which would silently
-change a training run that evaluates every N steps.
+Every path wraps the live model in lm-eval's HFLM (no reload, no copy) and leaves the caller's state
+as it was: lm-eval's evaluation switches the model to eval mode and we seed python/numpy/torch the
+way `simple_evaluate` does, which would silently change a training run that evaluates every N steps.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import random
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr
@@ -21,8 +24,12 @@ from typing import Any, Optional
 from sparsetune.data.types import Example
 from sparsetune.errors import ConfigError, UserError
 
+log = logging.getLogger(__name__)
+
 _NOISY_LOGGERS = ("lm_eval", "lm-eval", "datasets", "transformers", "accelerate", "filelock", "fsspec")
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+# lm-eval's simple_evaluate defaults (lm_eval.defaults): python 0, numpy / torch / few-shot 1234
+_RANDOM_SEED, _OTHER_SEED = 0, 1234
 
 
 @contextmanager
@@ -46,9 +53,21 @@ def preserved_state(model: Any) -> Iterator[None]:
             module.training = training
 
 
+def _terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 @contextmanager
 def quiet() -> Iterator[None]:
-    """Silence lm-eval / datasets / transformers logs and progress bars for the duration."""
+    """Silence lm-eval / datasets / transformers logs for the duration.
+
+    lm-eval's tqdm bars (building requests, scoring them) go through when stderr is a terminal, so
+    a long evaluation shows its progress; elsewhere (log files, tests) they are captured and shown
+    only if something fails.
+    """
     import datasets
 
     levels = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
@@ -56,10 +75,13 @@ def quiet() -> Iterator[None]:
         logging.getLogger(name).setLevel(logging.ERROR)
     bars_were_on = datasets.utils.logging.is_progress_bar_enabled()
     datasets.utils.logging.disable_progress_bar()
-    captured = io.StringIO()  # lm-eval's tqdm bars write to sys.stderr; shown only if something fails
+    captured = io.StringIO()
     try:
-        with redirect_stderr(captured):
+        if _terminal():
             yield
+        else:
+            with redirect_stderr(captured):
+                yield
     except BaseException:
         sys.stderr.write(captured.getvalue())
         raise
@@ -70,19 +92,12 @@ def quiet() -> Iterator[None]:
             datasets.utils.logging.enable_progress_bar()
 
 
-@contextmanager
-def lean_evaluator() -> Iterator[None]:
-    """Skip lm-eval's result decorations that cost seconds per call and print to the terminal:
-    `add_env_info` (torch's collect_env, 1-5 s) and `get_git_commit_hash` (runs git in the CWD)."""
-    import lm_eval.evaluator as ev
-
-    saved = ev.add_env_info, ev.get_git_commit_hash
-    ev.add_env_info = lambda results: None
-    ev.get_git_commit_hash = lambda: None
-    try:
-        yield
-    finally:
-        ev.add_env_info, ev.get_git_commit_hash = saved
+def _progress(line: str) -> None:
+    """One line per task before it is scored: on the terminal, else to the log."""
+    if _terminal():
+        print(line, file=sys.stderr, flush=True)
+    else:
+        log.info(line)
 
 
 def _model_device(model: Any) -> str:
@@ -92,22 +107,93 @@ def _model_device(model: Any) -> str:
         return "cpu"
 
 
+def _prepare_tasks(loaded: dict[str, Any], num_fewshot: Optional[int], limit: Optional[int]) -> None:
+    """What simple_evaluate does to the loaded tasks before scoring: num_fewshot (a task whose own
+    config says 0 stays zero-shot, as in lm-eval) and the few-shot sampler's seed."""
+    for name, task in loaded["tasks"].items():
+        if num_fewshot is not None and task.get_config("num_fewshot") != 0:
+            task.set_config(key="num_fewshot", value=int(num_fewshot))
+        elif task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=_OTHER_SEED)
+        try:
+            n = len(task.eval_docs)
+            n = min(n, int(limit)) if limit else n
+            size = f"{n} items"
+        except Exception:  # noqa: BLE001 - a size is only decoration
+            size = "? items"
+        _progress(f"lm-eval: {name} ({size}, {task.get_config('num_fewshot')}-shot)")
+
+
 def _run(model: Any, tokenizer: Any, tasks: list[str], task_manager: Any, eval_cfg: Any,
-         max_length: Optional[int]) -> dict[str, Any]:
-    """One lm-eval call on the live model, with the caller's RNG / train flags kept."""
-    from lm_eval import simple_evaluate
+         max_length: Optional[int], log_samples: bool = False) -> dict[str, Any]:
+    """One lm-eval call on the live model, with the caller's RNG / train flags kept.
+
+    This calls lm-eval's public `evaluate(lm, task_dict)` rather than `simple_evaluate`. Earlier
+    versions called simple_evaluate and monkeypatched `lm_eval.evaluator.add_env_info` and
+    `get_git_commit_hash` to no-ops, because simple_evaluate decorates its results with torch's
+    collect_env (1-5 s per call, prints to the terminal) and a `git` call in the CWD: too slow for
+    an evaluation every N training steps, and patched module state leaks if anything else uses
+    lm-eval meanwhile. Everything else simple_evaluate does for an LM object is done here through
+    public API: seeding python/numpy/torch and the few-shot sampler with its default seeds (so the
+    figures are exactly those simple_evaluate gave), loading tasks through the TaskManager, and
+    applying num_fewshot. Skipped: the results' "config" / env / git decorations, which nothing reads.
+    """
+    import numpy as np
+    import torch
+    from lm_eval import evaluate
     from lm_eval.models.huggingface import HFLM
 
     from sparsetune.data.text import tokenizer_adds_bos
 
-    with preserved_state(model), quiet(), lean_evaluator():
+    with preserved_state(model), quiet():
         # score with BOS exactly when training sequences had it (Llama-2/3 yes, SmolLM2 no)
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(eval_cfg.batch_size),
                   device=_model_device(model), max_length=max_length,
                   add_bos_token=tokenizer_adds_bos(tokenizer))
-        out = simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=eval_cfg.limit,
-                              bootstrap_iters=int(eval_cfg.bootstrap_iters), log_samples=False)
-    return out or {}
+        random.seed(_RANDOM_SEED)
+        np.random.seed(_OTHER_SEED)
+        torch.manual_seed(_OTHER_SEED)
+        loaded = task_manager.load(list(tasks))
+        _prepare_tasks(loaded, getattr(eval_cfg, "num_fewshot", None), eval_cfg.limit)
+        out = evaluate(lm=lm, task_dict=loaded, limit=eval_cfg.limit,
+                       bootstrap_iters=int(eval_cfg.bootstrap_iters), log_samples=log_samples)
+    return dict(out or {})
+
+
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "task"
+
+
+def save_outputs(out: dict[str, Any], out_dir: Path, names: Optional[dict[str, str]] = None) -> None:
+    """lm-eval's results JSON (merged into `out_dir/results.json` when several calls share the
+    folder) and its per-sample records as `out_dir/samples_<task>.jsonl`. `names` maps lm-eval task
+    names to the names reported (the generated held-out tasks)."""
+    from lm_eval.utils import handle_non_serializable
+
+    names = names or {}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    samples = out.get("samples") or {}
+    for task, records in samples.items():
+        path = out_dir / f"samples_{_file_stem(names.get(task, task))}.jsonl"
+        with path.open("w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, default=handle_non_serializable, ensure_ascii=False) + "\n")
+    summary = {k: v for k, v in out.items() if k != "samples"}
+    if names:
+        summary["task_names"] = dict(names)
+    path = out_dir / "results.json"
+    if path.exists():
+        merged = json.loads(path.read_text(encoding="utf-8"))
+        for key, value in summary.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update(value)
+            else:
+                merged[key] = value
+        summary = merged
+    path.write_text(json.dumps(summary, indent=2, default=handle_non_serializable, ensure_ascii=False),
+                    encoding="utf-8")
 
 
 def _metrics(entry: dict[str, Any]) -> dict[str, float]:
@@ -140,21 +226,29 @@ def _with_average(results: dict[str, dict[str, float]]) -> dict[str, dict[str, f
 
 
 def evaluate_text(model: Any, tokenizer: Any, examples: list[Example], eval_cfg: Any, template: str,
-                  workdir: Path, max_length: Optional[int] = None) -> dict[str, dict[str, float]]:
+                  workdir: Path, max_length: Optional[int] = None, fewshot_examples: Optional[list[Example]] = None,
+                  out_dir: Optional[Path] = None) -> dict[str, dict[str, float]]:
     """{task: {metric: value}, "average": {...}} for local Examples, scored by lm-eval.
 
     Multiple-choice tasks report acc / acc_norm, generative ones exact_match after answer extraction
     (see lm_tasks.answer_rule). `max_length` caps prompt + generation tokens (default: the model's).
+    With eval.num_fewshot > 0 the shots come from `fewshot_examples` (the training split); with
+    eval.log_samples lm-eval's results and per-sample records are written to `out_dir`.
     """
     from lm_eval.tasks import TaskManager
 
     from sparsetune.eval.lm_tasks import write_local_tasks
 
+    shots = int(getattr(eval_cfg, "num_fewshot", None) or 0)
     include, tasks = write_local_tasks(examples, template, Path(workdir), eval_cfg.scoring,
-                                       int(eval_cfg.max_new_tokens))
+                                       int(eval_cfg.max_new_tokens), tokenizer=tokenizer, num_fewshot=shots,
+                                       fewshot_examples=fewshot_examples)
     with quiet():
         manager = TaskManager(include_path=str(include), include_defaults=False)
-    out = _run(model, tokenizer, [t.lm_name for t in tasks], manager, eval_cfg, max_length)
+    log_samples = bool(getattr(eval_cfg, "log_samples", False)) and out_dir is not None
+    out = _run(model, tokenizer, [t.lm_name for t in tasks], manager, eval_cfg, max_length, log_samples)
+    if log_samples:
+        save_outputs(out, Path(out_dir), {t.lm_name: t.name for t in tasks})
     results: dict[str, dict[str, float]] = {}
     for t in tasks:
         metrics = _metrics(out["results"][t.lm_name])
@@ -179,36 +273,55 @@ def _is_network_error(exc: BaseException) -> bool:
     return False
 
 
-@lru_cache(maxsize=1)
-def _default_task_manager() -> Any:
-    """lm-eval's own task index (scanning its YAMLs takes ~20 s: build it once per process)."""
+@lru_cache(maxsize=4)
+def _task_manager(include_path: Optional[str], defaults: bool) -> Any:
+    """lm-eval's task index: its own tasks (scanning their YAMLs takes ~20 s: built once per
+    process) and/or the user's include_path."""
     from lm_eval.tasks import TaskManager
 
     with quiet():
-        return TaskManager()
+        return TaskManager(include_path=include_path, include_defaults=defaults)
+
+
+def _include_dir(include_path: Optional[str]) -> Optional[str]:
+    if not include_path:
+        return None
+    folder = Path(include_path).expanduser().resolve()
+    if not folder.is_dir():
+        raise ConfigError(f"eval.include_path='{include_path}' is not a folder (of lm-eval task YAMLs)")
+    return str(folder)
 
 
 def evaluate_lm_tasks(model: Any, tokenizer: Any, task_names: list[str], eval_cfg: Any,
-                      max_length: Optional[int] = None) -> dict[str, dict[str, float]]:
-    """Standard lm-eval tasks by name (arc_easy, boolq, ...): needs the Hugging Face Hub for the data."""
+                      max_length: Optional[int] = None, out_dir: Optional[Path] = None) -> dict[str, dict[str, float]]:
+    """lm-eval tasks by name: the user's own from eval.include_path (local data, offline is fine)
+    and/or standard ones (arc_easy, boolq, ...: need the Hugging Face Hub for the data)."""
     import difflib
 
-    hub_msg = (f"eval.tasks={list(task_names)} needs the Hugging Face Hub to download the task data, "
+    include = _include_dir(getattr(eval_cfg, "include_path", None))
+    own = _task_manager(include, False) if include else None
+    remote = [n for n in task_names if own is None or n not in own.all_tasks]
+    hub_msg = (f"eval.tasks={list(remote)} needs the Hugging Face Hub to download the task data, "
                "and the Hub is unreachable")
-    if _offline():
-        raise UserError(f"{hub_msg} (offline mode is set); use eval.tasks=[] to score the data set's held-out split")
-    manager = _default_task_manager()
+    if remote and _offline():
+        where = f"not in eval.include_path={include}; " if include else ""
+        raise UserError(f"{hub_msg} (offline mode is set; {where}"
+                        "use eval.tasks=[heldout] to score the data set's held-out split)")
+    manager = _task_manager(include, True) if remote else own
     unknown = [n for n in task_names if n not in manager.all_tasks]
     if unknown:
         hints = {n: difflib.get_close_matches(n, manager.all_tasks, n=3) for n in unknown}
         detail = "; ".join(f"'{n}'" + (f" (did you mean {', '.join(h)}?)" if h else "") for n, h in hints.items())
         raise ConfigError(f"eval.tasks: unknown lm-eval task(s) {detail}")
+    log_samples = bool(getattr(eval_cfg, "log_samples", False)) and out_dir is not None
     try:
-        out = _run(model, tokenizer, list(task_names), manager, eval_cfg, max_length)
+        out = _run(model, tokenizer, list(task_names), manager, eval_cfg, max_length, log_samples)
     except Exception as exc:  # the datasets / hub stack raises many types for "no network"
-        if _is_network_error(exc):
-            raise UserError(f"{hub_msg} ({type(exc).__name__}); use eval.tasks=[] offline") from exc
+        if remote and _is_network_error(exc):
+            raise UserError(f"{hub_msg} ({type(exc).__name__}); use eval.tasks=[heldout] offline") from exc
         raise
+    if log_samples:
+        save_outputs(out, Path(out_dir))
     results = {name: _metrics(entry) for name, entry in out.get("results", {}).items()}
     for name, counts in out.get("n-samples", {}).items():
         if name in results and counts.get("effective") is not None:

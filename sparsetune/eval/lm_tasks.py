@@ -3,6 +3,8 @@
 lm-eval then scores them exactly like its own tasks: multiple-choice items by answer log-likelihood
 (acc / acc_norm), generative items by greedy generation, a regex that extracts the answer and
 exact_match against the gold answer (the way the S2FT / PAT papers score generative answers).
+With few-shot on, each task also gets a `train` split (the data set's training items of that task)
+that lm-eval draws the shots from (`fewshot_split: train`).
 """
 
 from __future__ import annotations
@@ -124,17 +126,22 @@ def _write_jsonl(rows: list[dict[str, Any]], folder: Path, stem: str) -> Path:
 
 
 def _task_yaml(lm_name: str, data_file: Path, cache: Path, scoring: str, rule: AnswerRule | None,
-               max_new_tokens: int) -> dict[str, Any]:
+               max_new_tokens: int, shots_file: Path | None = None, num_fewshot: int = 0) -> dict[str, Any]:
+    # absolute paths: lm-eval resolves relative data_files against the current directory
+    files = {"test": str(data_file)}
+    if shots_file is not None:
+        files["train"] = str(shots_file)
     cfg: dict[str, Any] = {
         "task": lm_name,
         "dataset_path": "json",
-        # absolute paths: lm-eval resolves relative data_files against the current directory
-        "dataset_kwargs": {"data_files": {"test": str(data_file)}, "cache_dir": str(cache)},
+        "dataset_kwargs": {"data_files": files, "cache_dir": str(cache)},
         "test_split": "test",
         "doc_to_text": "query",  # a field name: used verbatim, no Jinja rendering
-        "num_fewshot": 0,
+        "num_fewshot": int(num_fewshot),
         "metadata": {"version": 1.0},
     }
+    if shots_file is not None:
+        cfg["fewshot_split"] = "train"
     if scoring == "multiple_choice":
         cfg.update({
             "output_type": "multiple_choice",
@@ -175,11 +182,26 @@ def _task_yaml(lm_name: str, data_file: Path, cache: Path, scoring: str, rule: A
     return cfg
 
 
+def _rows(items: list[Example], mode: str, template: str, tokenizer: Any) -> list[dict[str, Any]]:
+    if mode == "multiple_choice":
+        return [{"query": format_prompt(ex.prompt, template, tokenizer), "choices": list(ex.choices or []),
+                 "label": _gold_label(ex)} for ex in items]
+    return [{"query": format_prompt(ex.prompt, template, tokenizer), "answer": ex.answer.strip()} for ex in items]
+
+
 def write_local_tasks(examples: list[Example], template: str, workdir: Path, scoring: str = "auto",
-                      max_new_tokens: int = 16) -> tuple[Path, list[LocalTask]]:
-    """Write data + YAMLs for each Example.task under workdir/tasks; returns (include_path, tasks)."""
+                      max_new_tokens: int = 16, tokenizer: Any = None, num_fewshot: int = 0,
+                      fewshot_examples: list[Example] | None = None) -> tuple[Path, list[LocalTask]]:
+    """Write data + YAMLs for each Example.task under workdir/tasks; returns (include_path, tasks).
+
+    `tokenizer` is needed for template `chat`. With `num_fewshot` > 0 each task draws its shots
+    from the `fewshot_examples` (the training split) of the same task.
+    """
     if not examples:
         raise DataError("no evaluation examples")
+    shots_by_task: dict[str, list[Example]] = {}
+    for ex in (fewshot_examples or []) if num_fewshot else []:
+        shots_by_task.setdefault(ex.task, []).append(ex)
     folder = (Path(workdir) / "tasks").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.yaml"):  # a reused workdir must not index tasks of an earlier call
@@ -193,15 +215,16 @@ def write_local_tasks(examples: list[Example], template: str, workdir: Path, sco
     for task, items in by_task.items():
         lm_name = _lm_name(task, taken)
         mode = scoring_for(task, items, scoring)
-        rule = None
-        if mode == "multiple_choice":
-            rows = [{"query": format_prompt(ex.prompt, template), "choices": list(ex.choices or []),
-                     "label": _gold_label(ex)} for ex in items]
-        else:
-            rule = answer_rule([ex.answer for ex in items])
-            rows = [{"query": format_prompt(ex.prompt, template), "answer": ex.answer.strip()} for ex in items]
-        data_file = _write_jsonl(rows, folder, lm_name)
-        spec = _task_yaml(lm_name, data_file, cache, mode, rule, max_new_tokens)
+        rule = None if mode == "multiple_choice" else answer_rule([ex.answer for ex in items])
+        data_file = _write_jsonl(_rows(items, mode, template, tokenizer), folder, lm_name)
+        shots_file = None
+        if num_fewshot:
+            shots = [ex for ex in shots_by_task.get(task, []) if mode == "generate" or ex.choices]
+            if len(shots) < num_fewshot:
+                raise DataError(f"eval.num_fewshot={num_fewshot} but task '{task}' has {len(shots)} "
+                                "training item(s) to draw shots from")
+            shots_file = _write_jsonl(_rows(shots, mode, template, tokenizer), folder, f"{lm_name}-train")
+        spec = _task_yaml(lm_name, data_file, cache, mode, rule, max_new_tokens, shots_file, num_fewshot)
         (folder / f"{lm_name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
         tasks.append(LocalTask(task, lm_name, mode, len(items), rule))
     return folder, tasks

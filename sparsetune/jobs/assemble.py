@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from sparsetune.engine.grad_checkpoint import enable_gradient_checkpointing
 from sparsetune.engine.lean_mlp import make_mlps_lean
 from sparsetune.engine.progress import console
 from sparsetune.engine.run_folder import RunFolder
@@ -69,6 +70,8 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
     model = method.apply(model, ctx).to(device)
     if cfg.trainer.lean_mlp:
         make_mlps_lean(model)
+    if cfg.trainer.gradient_checkpointing:  # blocks named by the arch from before the method wrapped them
+        enable_gradient_checkpointing(model, ctx.arch)
     run = None
     if create_run:
         run = RunFolder.open(cfg.resume) if cfg.resume else RunFolder.create(cfg, overrides, job)

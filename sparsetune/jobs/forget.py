@@ -62,7 +62,7 @@ def image_batches(dataset, batch_size: int = 256):
 def task_trainer_config(cfg, method):
     """trainer.* for every task, with the method's own lr / steps / selection interval applied."""
     tcfg = OmegaConf.create(OmegaConf.to_container(cfg.trainer, resolve=True))
-    for key, value in getattr(method, "trainer_overrides", dict)().items():
+    for key, value in method.trainer_overrides().items():
         tcfg[key] = value
     return tcfg
 

@@ -139,3 +139,7 @@ class ForgettingMethod(Method):
     def selection_start(self, total_steps: int) -> int:
         """First step whose state may be selected on validation (e.g. after a sparsity warm-up)."""
         return 0
+
+    def trainer_overrides(self) -> dict[str, Any]:
+        """trainer.* values this method sets for every task (e.g. its own lr); default none."""
+        return {}

@@ -50,7 +50,7 @@ def test_measure_prunes_to_pat_shapes_and_reports_every_metric(ratio, hidden, pa
 @pytest.mark.slow
 def test_quick_benchmark_runs_each_variant_in_its_own_process(tmp_path):
     out = tmp_path / "bench.json"
-    run_benchmark("pat", quick=True, out=str(out), overrides=["trainer.threads=1"])
+    run_benchmark("pat", quick=True, out=str(out), overrides=["trainer.threads=1"], rounds=2)
     block = json.loads(out.read_text())["blocks"]["2x32"]
     variants = block["variants"]
     assert list(variants) == ["dense", "pruned_20", "pruned_25", "pruned_30"]
@@ -58,3 +58,4 @@ def test_quick_benchmark_runs_each_variant_in_its_own_process(tmp_path):
         assert "error" not in v, (name, v)
     assert variants["pruned_25"]["params_vs_dense"] == pytest.approx(variants["pruned_25"]["params"] / 106_816)
     assert variants["dense"]["prefill_tokens_per_s_vs_dense"] == 1.0
+    assert len(variants["pruned_25"]["rounds"]) == 2 and len(variants["pruned_25"]["prefill_time_s_vs_dense_range"]) == 2

@@ -12,7 +12,7 @@ from sparsetune.errors import UserError
 
 def test_quick_lora_benchmark_layout_and_ratios(tmp_path):
     out = tmp_path / "bench.json"
-    run_benchmark("lora", quick=True, out=str(out), overrides=["trainer.threads=1"])
+    run_benchmark("lora", quick=True, out=str(out), overrides=["trainer.threads=1"], rounds=1)
     data = json.loads(out.read_text())
     assert data["device"]["device"] == "cpu"
     block = data["blocks"]["4x128"]
