@@ -14,7 +14,7 @@ import typer
 from sparsetune.errors import UserError
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     rich_markup_mode="rich",
     help="Structured-sparsity fine-tuning and compression of Transformers: S²FT, PAT, GS-LoRA, EViT, SPT, "
@@ -22,12 +22,62 @@ app = typer.Typer(
 )
 
 OVERRIDES = typer.Argument(None, help="Hydra overrides, e.g. recipe=s2ft_llama trainer.max_steps=20", show_default=False)
-SHOW_CFG = typer.Option(False, "--cfg", help="Print the resolved config and exit.")
+SHOW_CFG = typer.Option(False, "--cfg", help="Print the resolved job config and exit (Hydra's `--cfg job`; "
+                        "`--cfg all` is the same).")
+CONFIG_DIR = typer.Option(None, "--config-dir", metavar="DIR", show_default=False,
+                          help="Your own option files, searched after the built-in ones: DIR/model/mine.yaml → "
+                          "model=mine, DIR/recipe/mine.yaml → recipe=mine.")
+CFG_VALUES = ("job", "all")  # `--cfg job` / `--cfg all`: both print the composed job config
+MULTIRUN = ("-m", "--multirun")
 DEFAULT_FORGET_RECIPE = "gslora_vit"  # `sparsetune forget` without recipe= (GS-LoRA on the ViT base)
 
 
 def fail(message: str) -> None:
     raise UserError(message)
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version("sparsetune")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        from sparsetune import __version__ as number
+    typer.echo(f"sparsetune {number}")
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+def _front(overrides: list[str] | None, show_cfg: bool, config_dir: str | None) -> list[str]:
+    """Overrides as KEY=VALUE only: `--cfg job`/`--cfg all` leave a bare `job`/`all` among them (dropped
+    here), any other bare word is a mistake; `--config-dir DIR` becomes a Hydra search path."""
+    out = []
+    for token in overrides or []:
+        if "=" in token or token.startswith("~"):
+            out.append(token)
+        elif show_cfg and token in CFG_VALUES:
+            continue
+        elif show_cfg and token == "hydra":
+            fail("--cfg hydra is not supported (sparsetune composes without Hydra's runtime config); use --cfg job")
+        else:
+            fail(f"'{token}' is not a KEY=VALUE override (--cfg takes an optional 'job' or 'all')")
+    if config_dir is not None:
+        from pathlib import Path
+
+        from sparsetune.config.compose import searchpath_override
+
+        folder = Path(config_dir).expanduser()
+        if not folder.is_dir():
+            fail(f"--config-dir: {config_dir} is not a folder")
+        out.append(searchpath_override([folder]))
+    return out
 
 
 def _compose(overrides: list[str]):
@@ -41,13 +91,10 @@ def _resolve(overrides: list[str] | None, extra: list[str] | None = None):
     overrides = list(overrides or []) + list(extra or [])
     resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
     if resume:
-        from sparsetune.engine.run_folder import RunFolder
-        from sparsetune.jobs.config import load_run_config
+        # the stored config plus only the overrides that cannot change the run so far (see jobs/resume.py)
+        from sparsetune.jobs.resume import resume_config
 
-        run = RunFolder.open(resume)
-        cfg = load_run_config(run)
-        cfg.resume = str(run.path)
-        return cfg, overrides
+        return resume_config(resume, overrides), overrides
     return _compose(overrides), overrides
 
 
@@ -57,8 +104,10 @@ def _print_cfg(cfg) -> None:
     typer.echo(to_yaml(cfg))
 
 
-def _run_training(overrides, show_cfg: bool, job: str, extra: list[str] | None = None) -> None:
+def _run_training(overrides, show_cfg: bool, job: str, extra: list[str] | None = None, adjust=None) -> None:
     cfg, overrides = _resolve(overrides, extra)
+    if adjust is not None:  # settings that need the composed config (forget's class names)
+        overrides = [*overrides, *adjust(cfg)]
     if show_cfg:
         _print_cfg(cfg)
         return
@@ -70,44 +119,88 @@ def _run_training(overrides, show_cfg: bool, job: str, extra: list[str] | None =
 @app.command(epilog="Examples:\n\n  sparsetune train recipe=s2ft_llama\n\n"
              "  sparsetune train recipe=lora_llama trainer.max_steps=20 method.r=8\n\n"
              "  sparsetune train resume=runs/20261127-101500-lora_llama")
-def train(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG) -> None:
+def train(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG,
+          config_dir: Optional[str] = CONFIG_DIR) -> None:
     """Fine-tune a model (full, lora, dora, s2ft, …) and evaluate it on the held-out split."""
-    _run_training(overrides, cfg, "train")
+    _run_training(_front(overrides, cfg, config_dir), cfg, "train")
 
 
 @app.command(epilog="Examples:\n\n  sparsetune prune recipe=pat_llama method.prune_ratio=0.25")
-def prune(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG) -> None:
+def prune(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG,
+          config_dir: Optional[str] = CONFIG_DIR) -> None:
     """Pruning-aware tuning, then physical pruning and export of a smaller stock HF model."""
-    _run_training(overrides, cfg, "prune")
+    _run_training(_front(overrides, cfg, config_dir), cfg, "prune")
+
+
+def _norm_class(name: str) -> str:
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
+def class_id(token: str, names: list[str]) -> int:
+    """A class id, or a class name matched case-insensitively: the full name, one '/' part of it
+    ('top' for 'T-shirt/top'), or a unique prefix ('ankle' for 'Ankle boot'); 'shirt' is Shirt."""
+    token = token.strip()
+    if token.lstrip("-").isdigit():
+        return int(token)
+    valid = ", ".join(f"{i}={n}" for i, n in enumerate(names))
+    if not names:
+        fail(f"--classes: '{token}' is not a class id and this data set has no class names; give ids")
+    want = _norm_class(token)
+    spellings = [[_norm_class(n), *(_norm_class(part) for part in n.split("/"))] for n in names]
+    for match in (lambda s: s[0] == want, lambda s: want in s[1:], lambda s: any(x.startswith(want) for x in s)):
+        hits = [i for i, s in enumerate(spellings) if want and match(s)]
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            fail(f"--classes: '{token}' is ambiguous ({', '.join(names[i] for i in hits)}); valid: {valid}")
+    fail(f"--classes: no class named '{token}'; valid: {valid}")
+
+
+def resolve_classes(groups: list[str], names: list[str]) -> list[list[int]]:
+    """`--classes shirt,coat --classes 1` → [[6, 4], [1]] (ids and names mix)."""
+    return [[class_id(c, names) for c in group.split(",") if c.strip()] for group in groups]
 
 
 @app.command(epilog="Examples:\n\n  sparsetune forget --classes 3,7\n\n"
+             "  sparsetune forget --classes shirt,coat\n\n"
              "  sparsetune forget --classes 0,1 --classes 2,3 recipe=gslora_vit")
 def forget(
     overrides: Optional[list[str]] = OVERRIDES,
-    classes: Optional[list[str]] = typer.Option(None, "--classes", help="Comma-separated class ids; repeat for a sequence."),
+    classes: Optional[list[str]] = typer.Option(
+        None, "--classes", help="Comma-separated class ids or names (shirt,coat); repeat for a sequence."),
     cfg: bool = SHOW_CFG,
+    config_dir: Optional[str] = CONFIG_DIR,
 ) -> None:
     """Continually forget classes from a vision Transformer (GS-LoRA / GS-LoRA++)."""
-    extra = []
+    adjust = None
     if classes:
-        try:
-            tasks = [[int(c) for c in group.split(",") if c.strip()] for group in classes]
-        except ValueError:
-            fail(f"--classes expects comma-separated integers, got {classes}")
-        extra.append("forget.classes=" + str(tasks).replace(" ", ""))
-    overrides = list(overrides or [])
+        if any(not group.strip(" ,") for group in classes):
+            fail(f"--classes expects comma-separated class ids or names, got {classes}")
+
+        def adjust(conf) -> list[str]:
+            names = []
+            if any(not c.strip().lstrip("-").isdigit() for g in classes for c in g.split(",") if c.strip()):
+                from sparsetune.data.vision_sources import class_names
+
+                names = class_names(conf.data)
+            tasks = resolve_classes(classes, names)
+            conf.forget.classes = tasks
+            return ["forget.classes=" + str(tasks).replace(" ", "")]
+    overrides = _front(overrides, cfg, config_dir)
     if not any(o.startswith(("recipe=", "resume=")) for o in overrides):
         overrides.insert(0, f"recipe={DEFAULT_FORGET_RECIPE}")
-    _run_training(overrides, cfg, "forget", extra)
+    _run_training(overrides, cfg, "forget", adjust=adjust)
 
 
 @app.command("eval", epilog="Examples:\n\n  sparsetune eval run=runs/20261127-101500-lora_llama\n\n"
              "  sparsetune eval recipe=lora_llama eval.limit=50")
-def evaluate(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG) -> None:
+def evaluate(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG,
+             config_dir: Optional[str] = CONFIG_DIR) -> None:
     """Evaluate a finished run (`run=DIR`) or a recipe's untuned model; prints per-task accuracy."""
-    overrides = list(overrides or [])
+    overrides = _front(overrides, cfg, config_dir)
     run = next((o.split("=", 1)[1] for o in overrides if o.startswith("run=")), None)
+    if run == "":
+        fail("run= needs a run folder, e.g. run=runs/20261127-101500-lora_llama")
     from sparsetune.jobs.evaluate import evaluate_recipe, evaluate_run
 
     if run:
@@ -174,9 +267,49 @@ def recipes() -> None:
     Console().print(table)
 
 
-def main() -> None:
+def _normalise_argv(args: list[str]) -> list[str]:
+    """`--cfg=job` → `--cfg job` (the flag takes an optional value; see `_front`)."""
+    out = []
+    for arg in args:
+        if arg.startswith("--cfg="):
+            out += ["--cfg", arg.split("=", 1)[1] or "job"]
+        else:
+            out.append(arg)
+    return out
+
+
+def _usage_line(exc: Exception) -> str:
+    """One line for a command-line mistake: the message, and where to read the usage."""
+    ctx = getattr(exc, "ctx", None)
+    where = getattr(ctx, "command_path", None) or "sparsetune"
+    if getattr(exc, "option_name", None) in MULTIRUN:
+        command = f"`{where}`" if where != "sparsetune" else "sparsetune"
+        return (f"error: {exc.option_name}: sweeps (Hydra multirun) are not supported yet by {command}; "
+                "run one command per setting")
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    message = " ".join(str(message).split()).rstrip(".")
+    return f"error: {message}. See '{where} --help'."
+
+
+def _click_error(exc: Exception):
+    """Typer's bundled click raises its own exception classes (typer._click.exceptions), not
+    the top-level `click` package's; accept both."""
+    bases = []
     try:
-        rc = app(standalone_mode=False)
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        bases.append(TyperClickException)
+    except ImportError:  # pragma: no cover - older typer
+        pass
+    if "click" in sys.modules:
+        bases.append(sys.modules["click"].ClickException)
+    return isinstance(exc, tuple(bases)) if bases else False
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    try:
+        rc = app(args, prog_name="sparsetune", standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -186,13 +319,16 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+    except Exception as exc:
+        if not _click_error(exc):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `sparsetune`: the help is already printed
+            sys.exit(0)
+        if isinstance(getattr(exc, "exit_code", None), int) and exc.exit_code != 2 and not hasattr(exc, "ctx"):
+            typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)  # e.g. a file error
+            sys.exit(exc.exit_code)
+        typer.echo(_usage_line(exc), err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -28,16 +28,38 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _step_of(line: str) -> int | None:
+    """The step of one metrics.jsonl record; None for a blank or half-written line."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return int(record.get("step", 0)) if isinstance(record, dict) else None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 class JsonlLogger:
     """Appends one JSON object per call to metrics.jsonl (flushed, so a killed run keeps its log)."""
 
     def __init__(self, path: Path, truncate_after_step: int | None = None):
         self.path = Path(path)
         if truncate_after_step is not None and self.path.exists():
-            # on resume, drop records logged after the checkpoint so the log reads as one clean run
+            # on resume, drop records logged after the checkpoint so the log reads as one clean run (the
+            # caller opens this only once the checkpoint is restored). A line a killed run left half
+            # written is dropped too; the rewrite is atomic, so a crash here keeps the old log whole.
             kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= truncate_after_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+                    if _step_of(ln) is not None and _step_of(ln) <= truncate_after_step]
+            _atomic_write(self.path, "".join(ln + "\n" for ln in kept))
         self._fh = self.path.open("a")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from sparsetune.engine.checkpoint import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from sparsetune.engine.checkpoint import (CheckpointError, latest_checkpoint, rng_state, save_checkpoint,
+                                          set_rng_state)
 from sparsetune.engine.measure import peak_memory_mb
 from sparsetune.errors import TrainingDivergedError
 
@@ -103,8 +104,11 @@ class TrainLoop:
             params = dict(self.model.named_parameters())
             for name, value in ckpt["model"].items():
                 params[name].copy_(value)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise CheckpointError(f"checkpoint does not match this run's optimiser/schedule: {exc}") from None
         if ckpt.get("total_steps") not in (None, self.total_steps):
             # the run was extended (trainer.max_steps on resume): the schedule is rebuilt for the new
             # total, so the lr from this step on is the new schedule's (not the saved one's)

@@ -207,7 +207,7 @@ def _metrics(entry: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def _with_average(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+def with_average(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
     """Add "average": per-metric mean over the tasks that report it, "score" over primary metrics."""
     if not results:
         return results
@@ -255,7 +255,7 @@ def evaluate_text(model: Any, tokenizer: Any, examples: list[Example], eval_cfg:
         n = out.get("n-samples", {}).get(t.lm_name, {}).get("effective")
         metrics["n"] = float(n if n is not None else t.size)
         results[t.name] = metrics
-    return _with_average(results)
+    return with_average(results)
 
 
 def _offline() -> bool:
@@ -326,4 +326,4 @@ def evaluate_lm_tasks(model: Any, tokenizer: Any, task_names: list[str], eval_cf
     for name, counts in out.get("n-samples", {}).items():
         if name in results and counts.get("effective") is not None:
             results[name]["n"] = float(counts["effective"])
-    return _with_average(results)
+    return with_average(results)

@@ -124,4 +124,4 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         train([*TINY, f"run_dir={tmp_path}", "trainer.max_steps=5", "trainer.save_every=1", "eval=none"])
     run = next(tmp_path.iterdir())
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-0000002"
-    assert (run / "checkpoints" / "step-0000002" / "state.pt").exists()
+    assert (run / "checkpoints" / "step-0000002" / "manifest.json").exists()
