@@ -118,7 +118,10 @@ def _run_training(overrides, show_cfg: bool, job: str, extra: list[str] | None =
 
 @app.command(epilog="Examples:\n\n  sparsetune train recipe=s2ft_llama\n\n"
              "  sparsetune train recipe=lora_llama trainer.max_steps=20 method.r=8\n\n"
-             "  sparsetune train resume=runs/20261127-101500-lora_llama")
+             "  sparsetune train resume=runs/20261127-101500-lora_llama\n\n"
+             "  sparsetune train resume=runs/20261127-101500-lora_llama trainer.max_steps=2000  "
+             "(with resume= only trainer.max_steps/eval_every/save_every/log_every/device/threads, logger.* "
+             "and eval.* may change; the lr schedule is rebuilt for a new max_steps)")
 def train(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG,
           config_dir: Optional[str] = CONFIG_DIR) -> None:
     """Fine-tune a model (full, lora, dora, s2ft, …) and evaluate it on the held-out split."""
@@ -278,17 +281,21 @@ def _normalise_argv(args: list[str]) -> list[str]:
     return out
 
 
-def _usage_line(exc: Exception) -> str:
+def _usage_line(exc: Exception, args: list[str] | None = None) -> str:
     """One line for a command-line mistake: the message, and where to read the usage."""
     ctx = getattr(exc, "ctx", None)
     where = getattr(ctx, "command_path", None) or "sparsetune"
+    command = next((a for a in args or [] if not a.startswith("-")), None)
+    if where == "sparsetune" and command in {c.name or c.callback.__name__ for c in app.registered_commands}:
+        where = f"sparsetune {command}"
     if getattr(exc, "option_name", None) in MULTIRUN:
         command = f"`{where}`" if where != "sparsetune" else "sparsetune"
         return (f"error: {exc.option_name}: sweeps (Hydra multirun) are not supported yet by {command}; "
                 "run one command per setting")
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
-    message = " ".join(str(message).split()).rstrip(".")
-    return f"error: {message}. See '{where} --help'."
+    message = " ".join(str(message).split())
+    message = message if message.endswith(("?", ".")) else message + "."
+    return f"error: {message} See '{where} --help'."
 
 
 def _click_error(exc: Exception):
@@ -327,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(getattr(exc, "exit_code", None), int) and exc.exit_code != 2 and not hasattr(exc, "ctx"):
             typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)  # e.g. a file error
             sys.exit(exc.exit_code)
-        typer.echo(_usage_line(exc), err=True)
+        typer.echo(_usage_line(exc, args), err=True)
         sys.exit(2)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 
@@ -14,4 +16,13 @@ def offline_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("SPARSETUNE_RUNS", str(tmp_path_factory.mktemp("runs")))
+    before = dict(os.environ)
     yield
+    # jobs set network variables in-process (sparsetune.engine.offline): none may leak into the next test
+    from sparsetune.engine import offline
+
+    offline._applied.clear()
+    for name in set(os.environ) - set(before):
+        del os.environ[name]
+    os.environ.update(before)
+    offline._sync_loaded_hf_modules()

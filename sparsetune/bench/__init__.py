@@ -15,6 +15,8 @@ BENCHMARKS: dict[str, str] = {
     "lora": "sparsetune.bench.baselines",
     "s2ft": "sparsetune.bench.s2ft",
     "pat": "sparsetune.bench.pat",
+    "evit": "sparsetune.bench.evit",
+    "spt": "sparsetune.bench.spt",
 }
 
 
@@ -37,7 +39,10 @@ def list_benchmarks() -> list[tuple[str, str]]:
         doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text())) if spec and spec.origin else None
         text = " ".join((doc or "").split())
         text = text.split(": ", 1)[1] if text.startswith("`sparsetune bench") and ": " in text else text
-        rows.append((name, text.split(". ")[0].rstrip(".")))
+        text = text.split(". ")[0].rstrip(".")
+        if len(text) > 100:  # one line: the first sentence, cut at a word
+            text = text[:100].rsplit(" ", 1)[0].rstrip(",;:(") + " …"
+        rows.append((name, text))
     return rows
 
 

@@ -140,9 +140,9 @@ def print_comparison(title: str, block: dict[str, dict[str, Any]]) -> None:
     from sparsetune.eval.report import format_value
 
     table = Table(title=title, title_justify="left")
-    table.add_column("metric", style="bold")
+    table.add_column("metric", style="bold", no_wrap=True)  # ratio rows are named in full
     for vname in block:
-        table.add_column(vname, justify="right")
+        table.add_column(vname, justify="right", overflow="fold")
     metrics: list[str] = []
     for values in block.values():
         metrics += [m for m in values if m not in metrics and m not in ("rounds", "errors")
@@ -156,7 +156,9 @@ def print_comparison(title: str, block: dict[str, dict[str, Any]]) -> None:
 
     for metric in metrics:
         table.add_row(metric, *(cell(block[v], metric) for v in block))
-    Console().print(table)
+    out = Console()
+    # piped or logged output is not cut to 80 columns (a table never grows wider than it needs)
+    (out if out.is_terminal else Console(width=200)).print(table)
 
 
 def run_block(setting: Setting, variants: list[Variant], baseline: str, ratio_metrics: list[str],
@@ -194,7 +196,7 @@ def run_benchmark(name: str, quick: bool = False, out: str | None = None, overri
         raise UserError(f"--rounds must be at least 1, got {rounds}")
     bench: Benchmark = benchmark_module(name).benchmark(quick=quick, overrides=list(overrides or []))
     # one block per setting: blocks.<setting>.variants.<variant>.<metric>, with the setting's parameters
-    results: dict[str, Any] = {"benchmark": name, "quick": quick, "rounds": rounds, "device": device_info(),
+    results: dict[str, Any] = {"benchmark": name, "quick": quick, "n_rounds": rounds, "device": device_info(),
                                "blocks": {}}
     plan = [(s, bench.variants, bench.baseline, bench.ratio_metrics, bench.extra_ratios) for s in bench.settings]
     plan += [(s, vs, base, metrics, []) for s, vs, base, metrics in bench.extra_blocks]

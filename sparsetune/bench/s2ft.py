@@ -1,5 +1,5 @@
 """`sparsetune bench s2ft`: S²FT vs full fine-tuning vs PEFT LoRA at equal trainable parameters
-(training steps), plus adapter switching and mixed-adapter batched inference (serving)."""
+(training steps; `s2ft_gc`: S²FT with gradient checkpointing, compared with `s2ft`), plus adapter switching and mixed-adapter batched inference (serving)."""
 
 from __future__ import annotations
 
@@ -36,11 +36,13 @@ def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
                   Variant("lora", STEP, [*lora, *common]),
                   Variant("s2ft", STEP, [*s2ft, *common]),
                   # the same budget in the top third of the blocks: backward stops below them (not the paper)
-                  Variant("s2ft_top", STEP, [*s2ft, f"method.top_fraction={TOP_FRACTION}", *common])],
+                  Variant("s2ft_top", STEP, [*s2ft, f"method.top_fraction={TOP_FRACTION}", *common]),
+                  # S²FT with every block checkpointed (recomputed in backward): lower peak memory, more time
+                  Variant("s2ft_gc", STEP, [*s2ft, "trainer.gradient_checkpointing=true", *common])],
         settings=settings,
         baseline="full",
         ratio_metrics=["step_time_s", "peak_memory_mb"],
-        extra_ratios=[("s2ft", "lora"), ("s2ft_top", "lora")],
+        extra_ratios=[("s2ft", "lora"), ("s2ft_top", "lora"), ("s2ft_gc", "s2ft")],
         extra_blocks=[(serving, [Variant("lora", "sparsetune.bench.s2ft:measure_lora_serving", [*lora, *common]),
                                  Variant("s2ft", "sparsetune.bench.s2ft:measure_s2ft_serving", [*s2ft, *common])],
                        "lora", ["switch_time_s", "mixed_batch_latency_s"])],

@@ -12,6 +12,7 @@ from sparsetune.methods.base import MethodContext
 
 def measure_train_step(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     from sparsetune.bench.worker import worker_setup
+    from sparsetune.engine.grad_checkpoint import enable_gradient_checkpointing
     from sparsetune.engine.lean_mlp import make_mlps_lean
     from sparsetune.engine.losses import causal_lm_loss
     from sparsetune.engine.measure import StepTimer, count_parameters, peak_memory_mb, reset_peak_memory
@@ -22,9 +23,12 @@ def measure_train_step(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     device = worker_setup(cfg, settings)
     model, _ = load_model(cfg.model)
     method = build_method(cfg.method)
-    model = method.apply(model, MethodContext.of(model)).to(device)
+    ctx = MethodContext.of(model)
+    model = method.apply(model, ctx).to(device)
     if cfg.trainer.lean_mlp:
         make_mlps_lean(model)
+    if cfg.trainer.gradient_checkpointing:
+        enable_gradient_checkpointing(model, ctx.arch)
     model.train()
     optimizer = build_optimizer(method, model, cfg.trainer)
     batch, seq = settings["batch"], settings["seq"]

@@ -27,6 +27,9 @@ def main() -> None:
     from sparsetune.jobs.config import compose_job as compose
 
     cfg = compose(spec["overrides"])
+    from sparsetune.engine.offline import configure_network
+
+    configure_network(cfg)  # a local benchmark reaches no other host (Hub flags, W&B)
     module, fn = spec["measure"].split(":")
     metrics = getattr(importlib.import_module(module), fn)(cfg, spec["settings"])
     print(json.dumps(metrics))

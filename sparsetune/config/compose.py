@@ -168,6 +168,13 @@ def compose(overrides: list[str] | None = None, method_schema: MethodSchemas | N
             if key and "not in struct" in str(root):
                 raise ConfigError(_unknown_key(key, _method_name(overrides), method_schema=method_schema)) from None
             raise ConfigError(_one_line(root) or _one_line(exc)) from None
+        except (ValueError, TypeError) as exc:  # e.g. `data.tasks.x=1`: a key into a list
+            from sparsetune.config.checks import override_error
+            from sparsetune.config.store import registered_method_schema
+
+            name = _method_name(overrides)
+            schema = (method_schema or registered_method_schema)(name) if name else None
+            raise ConfigError(override_error(overrides, exc, schema)) from None
     recipe = user_recipe or next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), None)
     return validate(cfg, recipe=recipe, method_schema=method_schema)
 
@@ -231,7 +238,11 @@ def validate(cfg, recipe: str | None = None, method_schema: MethodSchemas | None
     try:
         typed = OmegaConf.merge(OmegaConf.structured(Config), raw)
         section = "method."
-        if method_schema is None:  # no registry at hand (config-only callers): method keys kept as given
+        if method_schema is None:  # no registry at hand (config-only callers): the registered schema, if any
+            from sparsetune.config.store import registered_method_schema
+
+            method_schema = registered_method_schema if registered_method_schema(method_raw.get("name", "full")) else None
+        if method_schema is None:  # nothing registered for it: method keys kept as given
             typed.method = OmegaConf.create(method_raw)
         else:
             schema = method_schema(method_raw.get("name", "full"))
@@ -243,10 +254,19 @@ def validate(cfg, recipe: str | None = None, method_schema: MethodSchemas | None
         raise ConfigError(_unknown_key(key)) from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None)
+        if not key and "Cannot merge DictConfig with ListConfig" in str(exc):  # `data.tasks.x=1`
+            from sparsetune.config.checks import dict_for_list, list_error
+
+            where = (dict_for_list(method_raw, schema, "method.") if section else dict_for_list(raw, Config))
+            if where:
+                raise ConfigError(list_error(where)) from None
         full = f"{section}{key}" if key else section.rstrip(".")
         raise ConfigError((f"{full}: " if full else "") + _one_line(exc)) from None
     OmegaConf.set_readonly(typed, False)
     OmegaConf.set_struct(typed, True)
+    from sparsetune.config.checks import check_config
+
+    check_config(typed)  # resolve every interpolation, then ranges/enums: one line per problem
     return typed
 
 

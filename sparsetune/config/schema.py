@@ -72,7 +72,9 @@ class TrainerConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup_steps: int = 10
-    schedule: str = "linear"  # linear | cosine | constant
+    # after warmup_steps of linear warm-up (transformers.get_scheduler; "constant" = constant_with_warmup):
+    # linear | cosine | constant | constant_with_warmup | cosine_with_restarts | polynomial | inverse_sqrt
+    schedule: str = "linear"
     max_grad_norm: Optional[float] = 1.0
     precision: str = "fp32"  # fp32 | bf16
     eval_every: int = 0  # steps; 0 = only at the end
@@ -80,7 +82,9 @@ class TrainerConfig:
     log_every: int = 1
     device: str = "auto"  # auto | cpu | cuda
     threads: Optional[int] = None
+    # threads that load and collate the next 2 x num_workers micro-batches ahead (same order, exact resume)
     num_workers: int = 0
+    # recompute each block in backward (non-reentrant torch checkpoint, any method; engine/grad_checkpoint.py)
     gradient_checkpointing: bool = False
     # gated MLPs keep 2 of their 3 wide intermediates for backward (train/lean_mlp.py); same gradients
     lean_mlp: bool = True
@@ -108,6 +112,9 @@ class EvalConfig:
     max_new_tokens: int = 16
     scoring: str = "auto"  # auto | multiple_choice | generate
     bootstrap_iters: int = 0
+    # method-defined settings to score one by one in `sparsetune eval` (Method.eval_points), e.g. EViT
+    # keep rates: eval.points=[1.0,0.7,0.5] → top-1, images/s and GMACs per point, eval_points.json + .png
+    points: list[float] = field(default_factory=list)
 
 
 @dataclass

@@ -96,16 +96,25 @@ class ConsoleLogger:
 
 
 class WandbLogger:
-    """W&B backend; mode comes from the config unless WANDB_MODE is set in the environment."""
+    """W&B backend; mode comes from the config unless WANDB_MODE is set in the environment.
+
+    Not online: no system-metrics sampler, no metadata probes, no error reporting from W&B's service
+    (see `sparsetune.engine.offline`); the offline run folder is written as usual for `wandb sync`.
+    """
 
     def __init__(self, run_dir: Path, cfg, config_dict: dict[str, Any], name: str, resume_id: str | None = None):
-        import wandb
+        from sparsetune.engine.offline import wandb_offline_settings
 
         mode = os.environ.get("WANDB_MODE") or cfg.wandb_mode
+        if mode != "online":
+            # read by wandb at import and when it starts its service process: set before importing it
+            os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+        import wandb
+
         self.run = wandb.init(
             project=cfg.project, entity=cfg.entity, name=name, dir=str(run_dir), mode=mode,
             config=config_dict, tags=list(cfg.tags), id=resume_id, resume="allow" if resume_id else None,
-            settings=wandb.Settings(silent=True, console="off"),
+            settings=wandb.Settings(silent=True, console="off", **wandb_offline_settings(mode)),
         )
 
     @property

@@ -13,8 +13,13 @@ from typing import Any
 
 import torch
 
-from sparsetune.engine.checkpoint import (CheckpointError, latest_checkpoint, rng_state, save_checkpoint,
-                                          set_rng_state)
+from sparsetune.engine.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from sparsetune.engine.measure import peak_memory_mb
 from sparsetune.errors import TrainingDivergedError
 
@@ -36,27 +41,79 @@ LOOP_FIELDS = frozenset(LoopState.__dataclass_fields__)
 
 
 class BatchStream:
-    """Seeded shuffled micro-batches whose position (epoch, index) can be saved and restored."""
+    """Seeded shuffled micro-batches whose position (epoch, index) can be saved and restored.
 
-    def __init__(self, dataset, collate: Callable, batch_size: int, seed: int, state: LoopState):
+    `num_workers > 0` (trainer.num_workers): a pool of that many threads loads and collates the next
+    2 x num_workers micro-batches ahead. Which examples form a batch and in what order is decided
+    here, from the seeded permutation, exactly as without workers; the position in `state` advances
+    only when a batch is handed out, so a checkpoint records exactly what was consumed. Prefetched
+    batches for other positions (after a restore rewrote `state`) are dropped and loaded again.
+    Threads, not processes: collating is mostly tensor work, and nothing is pickled or forked.
+    """
+
+    def __init__(self, dataset, collate: Callable, batch_size: int, seed: int, state: LoopState,
+                 num_workers: int = 0):
         self.dataset, self.collate, self.batch_size, self.seed, self.state = dataset, collate, batch_size, seed, state
         n = len(dataset)
         self.per_epoch = n // batch_size if n >= batch_size else 1
-        self._order: list[int] | None = None
+        self._orders: dict[int, list[int]] = {}
+        self.num_workers = int(num_workers or 0)
+        self._pool = None
+        self._pending: dict[tuple[int, int], Any] = {}  # (epoch, index) -> Future of the collated batch
 
     def _epoch_order(self, epoch: int) -> list[int]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         return torch.randperm(len(self.dataset), generator=gen).tolist()
 
+    def _position(self, epoch: int, index: int) -> tuple[int, int]:
+        return (epoch + 1, 0) if index >= self.per_epoch else (epoch, index)
+
+    def _indices(self, epoch: int, index: int) -> list[int]:
+        if epoch not in self._orders:
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+            self._orders[epoch] = self._epoch_order(epoch)
+        return self._orders[epoch][index * self.batch_size:(index + 1) * self.batch_size]
+
+    def _load(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        return self.collate([self.dataset[i] for i in idx])
+
+    def _prefetch(self, epoch: int, index: int) -> None:
+        """Keep futures for the next 2 x num_workers positions from (epoch, index), and only those."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="sparsetune-batches")
+        wanted, pos = [], (epoch, index)
+        for _ in range(2 * self.num_workers):
+            wanted.append(pos)
+            pos = self._position(pos[0], pos[1] + 1)
+        for key in [k for k in self._pending if k not in wanted]:
+            self._pending.pop(key).cancel()
+        for key in wanted:
+            if key not in self._pending:
+                self._pending[key] = self._pool.submit(self._load, self._indices(*key))
+
     def next(self) -> dict[str, torch.Tensor]:
         st = self.state
-        if st.batch_index >= self.per_epoch:
-            st.epoch, st.batch_index, self._order = st.epoch + 1, 0, None
-        if self._order is None:
-            self._order = self._epoch_order(st.epoch)
-        idx = self._order[st.batch_index * self.batch_size:(st.batch_index + 1) * self.batch_size]
-        st.batch_index += 1
-        return self.collate([self.dataset[i] for i in idx])
+        epoch, index = self._position(st.epoch, st.batch_index)
+        if not self.num_workers:
+            batch = self._load(self._indices(epoch, index))
+        else:
+            self._prefetch(epoch, index)
+            batch = self._pending.pop((epoch, index)).result()
+        st.epoch, st.batch_index = epoch, index + 1
+        if self.num_workers:
+            self._prefetch(*self._position(epoch, index + 1))
+        return batch
+
+    def close(self) -> None:
+        """Stop the prefetch threads (queued loads are dropped)."""
+        if self._pool is not None:
+            for future in self._pending.values():
+                future.cancel()
+            self._pending.clear()
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
 
 def _to(batch: dict[str, Any], device) -> dict[str, Any]:
@@ -109,7 +166,7 @@ class TrainLoop:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise CheckpointError(f"checkpoint does not match this run's optimiser/schedule: {exc}") from None
-        if ckpt.get("total_steps") not in (None, self.total_steps):
+        if ckpt.get("total_steps") not in (None, self.total_steps) and getattr(self.scheduler, "lr_lambdas", None):
             # the run was extended (trainer.max_steps on resume): the schedule is rebuilt for the new
             # total, so the lr from this step on is the new schedule's (not the saved one's)
             step = self.scheduler.last_epoch

@@ -125,6 +125,16 @@ def _prepare_tasks(loaded: dict[str, Any], num_fewshot: Optional[int], limit: Op
         _progress(f"lm-eval: {name} ({size}, {task.get_config('num_fewshot')}-shot)")
 
 
+def num_fewshot(eval_cfg: Any) -> Optional[int]:
+    """eval.num_fewshot, checked: None (each task's default) or an integer >= 0."""
+    value = getattr(eval_cfg, "num_fewshot", None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"eval.num_fewshot={value!r} must be an integer >= 0, or null (each task's default)")
+    return int(value)
+
+
 def _run(model: Any, tokenizer: Any, tasks: list[str], task_manager: Any, eval_cfg: Any,
          max_length: Optional[int], log_samples: bool = False) -> dict[str, Any]:
     """One lm-eval call on the live model, with the caller's RNG / train flags kept.
@@ -155,7 +165,7 @@ def _run(model: Any, tokenizer: Any, tasks: list[str], task_manager: Any, eval_c
         np.random.seed(_OTHER_SEED)
         torch.manual_seed(_OTHER_SEED)
         loaded = task_manager.load(list(tasks))
-        _prepare_tasks(loaded, getattr(eval_cfg, "num_fewshot", None), eval_cfg.limit)
+        _prepare_tasks(loaded, num_fewshot(eval_cfg), eval_cfg.limit)
         out = evaluate(lm=lm, task_dict=loaded, limit=eval_cfg.limit,
                        bootstrap_iters=int(eval_cfg.bootstrap_iters), log_samples=log_samples)
     return dict(out or {})
@@ -239,7 +249,7 @@ def evaluate_text(model: Any, tokenizer: Any, examples: list[Example], eval_cfg:
 
     from sparsetune.eval.lm_tasks import write_local_tasks
 
-    shots = int(getattr(eval_cfg, "num_fewshot", None) or 0)
+    shots = num_fewshot(eval_cfg) or 0
     include, tasks = write_local_tasks(examples, template, Path(workdir), eval_cfg.scoring,
                                        int(eval_cfg.max_new_tokens), tokenizer=tokenizer, num_fewshot=shots,
                                        fewshot_examples=fewshot_examples)

@@ -33,18 +33,42 @@ def _columns(rows: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def print_table(title: str, rows: dict[str, dict[str, Any]], console: Optional[Any] = None) -> None:
-    """One row per key of `rows`, one column per metric (nested values such as per_class are skipped)."""
+    """One row per key of `rows`, one column per metric (nested values such as per_class are skipped).
+
+    Numbers are never cut: when the table would not fit the console (a narrow terminal, or a log file,
+    where rich assumes 80 columns), it is printed vertically instead, one `row  metric  value` line per
+    cell."""
     from rich.console import Console
+    from rich.measure import Measurement
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    table.add_column("", style="bold")
+    console = console or Console()
     cols = _columns(rows)
+    cells = {str(name): [(c, format_value(metrics.get(c))) for c in cols] for name, metrics in rows.items()}
+    table = Table(title=title, title_justify="left")
+    table.add_column("", style="bold", no_wrap=True, overflow="fold")
     for col in cols:
-        table.add_column(col, justify="right")
-    for name, metrics in rows.items():
-        table.add_row(str(name), *(format_value(metrics.get(c)) for c in cols))
-    (console or Console()).print(table)
+        table.add_column(col, justify="right", no_wrap=True, overflow="fold")
+    for name, values in cells.items():
+        table.add_row(name, *(v for _, v in values))
+    if Measurement.get(console, console.options.update_width(10**6), table).maximum <= console.width:
+        console.print(table)
+        return
+    _print_vertical(title, cells, console)
+
+
+def _print_vertical(title: str, cells: dict[str, list[tuple[str, str]]], console) -> None:
+    """`row  metric  value`, one line per cell, aligned; long lines are left whole (never cropped)."""
+    from rich.text import Text
+
+    name_w = max((len(n) for n in cells), default=0)
+    metric_w = max((len(c) for values in cells.values() for c, _ in values), default=0)
+    value_w = max((len(v) for values in cells.values() for _, v in values), default=0)
+    console.print(Text(title, style="bold"), soft_wrap=True)
+    for name, values in cells.items():
+        for col, value in values:
+            line = f"{name:<{name_w}}  {col:<{metric_w}}  {value:>{value_w}}".rstrip()
+            console.print(Text(line), soft_wrap=True)
 
 
 def format_eval(results: dict[str, dict[str, Any]]) -> str:

@@ -67,7 +67,7 @@ def evaluate_model(cfg, model, tokenizer, splits, split: str = "test", workdir: 
 
         raise ConfigError(f"eval.tasks={lm_tasks}: lm-eval tasks need a language model; "
                           f"a vision run scores only [{HELDOUT}]")
-    from sparsetune.eval.lm import with_average, evaluate_lm_tasks
+    from sparsetune.eval.lm import evaluate_lm_tasks, with_average
 
     lm_results = evaluate_lm_tasks(model, tokenizer, lm_tasks, cfg.eval, out_dir=out_dir)
     if not results:

@@ -18,8 +18,10 @@ def run_job(cfg, overrides: list[str], job: str = "train") -> dict[str, Any]:
         serving = sorted(n for n in REGISTRY if job in method_class(n).jobs)
         raise ConfigError(f"method '{cfg.method.name}' does not support `{job}`; methods that do: "
                           f"{', '.join(serving) or 'none yet'}")
+    from sparsetune.engine.offline import configure_network
     from sparsetune.jobs.vision_base import ensure_vision_base
 
+    configure_network(cfg)  # before anything loads: building the ViT base must stay offline too
     ensure_vision_base(cfg.model)
     if job == "forget":
         from sparsetune.jobs.forget import run_forget

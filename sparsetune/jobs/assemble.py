@@ -36,6 +36,15 @@ class Job:
     collate: Any = None
 
 
+def check_run_environment(cfg) -> None:
+    """The runs root exists or can be created, is a writable directory with some free space: one
+    ConfigError line otherwise. Call before `RunFolder.create`."""
+    from sparsetune.config.checks import check_environment
+    from sparsetune.paths import runs_root
+
+    check_environment(runs_root(cfg.run_dir))
+
+
 def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | None = None,
           create_run: bool = True) -> Job:
     """Load data and model, apply the method, then create (or reopen, on resume) the run folder.
@@ -47,12 +56,16 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
     the same structure (selected indices, masks) before its tensors are restored.
     """
     from sparsetune.data import build_train_dataset, load_splits
+    from sparsetune.engine.offline import configure_network
     from sparsetune.models import get_arch, load_model
 
+    configure_network(cfg)  # first: local runs never reach the network (Hub, datasets, W&B telemetry)
     quiet_libraries()
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     seed_everything(cfg.seed)
+    if create_run and not cfg.resume:
+        check_run_environment(cfg)  # runs root usable before any data or model is loaded
     device = resolve_device(cfg.trainer.device)
     splits = load_splits(cfg.data)
     model, tokenizer = load_model(cfg.model)

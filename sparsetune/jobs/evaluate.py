@@ -8,6 +8,7 @@ import torch
 
 from sparsetune.engine.progress import console
 from sparsetune.errors import UserError
+from sparsetune.eval.points import score_points
 from sparsetune.jobs.common import show_method_output
 from sparsetune.methods.base import Method
 
@@ -30,6 +31,7 @@ def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     """Rebuild the run's model from its config and final checkpoint, evaluate the held-out split,
     and record the results in its summary.json."""
     from sparsetune.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from sparsetune.engine.offline import configure_network
     from sparsetune.engine.run_folder import RunFolder
     from sparsetune.eval.report import print_table
     from sparsetune.eval.suite import evaluate_model
@@ -39,30 +41,40 @@ def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
 
     run = RunFolder.open(run_dir)
     cfg = _apply_overrides(load_run_config(run), overrides)
+    configure_network(cfg)  # the export path below does not go through setup()
     ensure_vision_base(cfg.model)
-    model, tokenizer, splits, source = _from_export(cfg, run)
+    model, tokenizer, splits, source, method = _from_export(cfg, run)
     if model is None:
         path = latest_checkpoint(run.checkpoints)
         if path is None:
             raise UserError(f"run has no export or checkpoint to evaluate: {run.path}")
-        ckpt = load_checkpoint(path)
+        ckpt = load_checkpoint(path)  # verified safetensors + JSON; never unpickles (a legacy state.pt is refused)
         job = setup(cfg, [], "eval", method_state=ckpt["method"], create_run=False)
         params = dict(job.model.named_parameters())
+        unknown = sorted(set(ckpt["model"]) - set(params))
+        if unknown:
+            raise UserError(f"checkpoint {path.name} does not match the run's model: unknown tensors {unknown[:3]}")
         with torch.no_grad():
             for name, value in ckpt["model"].items():
                 params[name].copy_(value)
         model, tokenizer, splits, source = job.method.prepare_for_eval(job.model), job.tokenizer, job.splits, path
+        method = job.method
     console.print(f"evaluating {run.path} (from {source})")
     results = evaluate_model(cfg, model, tokenizer, splits, "test", run.path)
+    points = score_points(cfg, method, model, tokenizer, splits, run.path)
     summary = run.read_summary()
     summary.setdefault("eval", {}).update(results)
+    if points:
+        summary["eval_points"] = points
     run.write_summary(summary)
     print_table("eval (held-out split)", results)
+    if points:
+        print_table("eval points (held-out split)", points)
     return results
 
 
 def _from_export(cfg, run):
-    """(model, tokenizer, splits, source) built from the run's export/ when its method can load one."""
+    """(model, tokenizer, splits, source, method) built from the run's export/ when its method can load one."""
     from sparsetune.data import load_splits
     from sparsetune.engine.runtime import quiet_libraries, resolve_device
     from sparsetune.methods import build_method
@@ -70,32 +82,38 @@ def _from_export(cfg, run):
 
     method = build_method(cfg.method)
     if type(method).load_export is Method.load_export or not run.export.exists():
-        return None, None, None, None
+        return None, None, None, None, None
     quiet_libraries()
     splits = load_splits(cfg.data)
     base, tokenizer = load_model(cfg.model)
     model = method.load_export(base, run.export)
     if model is None:
-        return None, None, None, None
-    return model.to(resolve_device(cfg.trainer.device)), tokenizer, splits, run.export
+        return None, None, None, None, None
+    return model.to(resolve_device(cfg.trainer.device)), tokenizer, splits, run.export, method
 
 
 def evaluate_recipe(cfg, overrides: list[str]) -> dict[str, Any]:
     """Evaluate the recipe's model with the method applied but untrained (e.g. the base model)."""
     from sparsetune.engine.measure import count_parameters
+    from sparsetune.engine.offline import configure_network
     from sparsetune.eval.report import print_table
     from sparsetune.eval.suite import evaluate_model
     from sparsetune.jobs.assemble import setup
     from sparsetune.jobs.vision_base import ensure_vision_base
 
+    configure_network(cfg)
     ensure_vision_base(cfg.model)
     job = setup(cfg, overrides, "eval")
     model = job.method.prepare_for_eval(job.model)
     results = evaluate_model(cfg, model, job.tokenizer, job.splits, "test", job.run.path)
+    points = score_points(cfg, job.method, model, job.tokenizer, job.splits, job.run.path)
     trainable, total = count_parameters(job.model)
     job.run.write_summary({"recipe": cfg.recipe, "method": cfg.method.name, "model": cfg.model.name,
-                           "data": cfg.data.name, "total_params": total, "eval": results})
+                           "data": cfg.data.name, "total_params": total, "eval": results,
+                           **({"eval_points": points} if points else {})})
     show_method_output(job.method)
     print_table("eval (held-out split)", results)
+    if points:
+        print_table("eval points (held-out split)", points)
     console.print(f"[bold]run folder:[/bold] {job.run.path}")
     return results

@@ -27,7 +27,7 @@ from sparsetune.errors import ConfigError
 from sparsetune.eval.forgetting import class_mean, task_metrics
 from sparsetune.eval.report import print_table
 from sparsetune.eval.vision import evaluate_vision
-from sparsetune.jobs.assemble import setup
+from sparsetune.jobs.assemble import check_run_environment, setup
 from sparsetune.jobs.common import publish, show_method_output
 from sparsetune.jobs.train import total_steps
 from sparsetune.methods.base import ForgetTask
@@ -86,6 +86,7 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
     train_pool = available(splits.train, fcfg.data_ratio, fcfg.shots, cfg.seed)
     val_pool = available(splits.val, fcfg.data_ratio, fcfg.shots, cfg.seed + 1) if len(splits.val or []) else None
     tcfg = task_trainer_config(cfg, method)
+    check_run_environment(cfg)
     run = RunFolder.create(cfg, overrides, job)
     jb.ctx.run_dir = run.path
     console.print(f"[bold]run folder:[/bold] {run.path}")
@@ -118,7 +119,8 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
             optimizer = build_optimizer(method, model, tcfg)
             jb.ctx.optimizer = optimizer
             state = LoopState()
-            stream = BatchStream(dataset, collate_pairs, tcfg.batch_size, cfg.seed + t, state)
+            stream = BatchStream(dataset, collate_pairs, tcfg.batch_size, cfg.seed + t, state,
+                                 num_workers=tcfg.num_workers)
             selector = None
             if val_pool is not None:
                 first = method.selection_start(steps)

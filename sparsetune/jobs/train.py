@@ -7,9 +7,9 @@ import math
 import time
 from typing import Any
 
+from sparsetune.engine import losses
 from sparsetune.engine.logging import WandbLogger, build_logger
 from sparsetune.engine.loop import BatchStream, LoopState, TrainLoop, summarise
-from sparsetune.engine import losses
 from sparsetune.engine.measure import count_parameters, peak_memory_mb
 from sparsetune.engine.optim import build_optimizer, build_scheduler
 from sparsetune.engine.progress import console, training_progress
@@ -55,7 +55,7 @@ def train(job: Job, ckpt: dict | None = None, on_restored=None) -> dict[str, Any
         raise UserError(f"trainer.max_steps={steps} is below the checkpoint's step {ckpt['loop']['step']}; "
                         "resume with trainer.max_steps of at least that")
     state = LoopState()
-    stream = BatchStream(job.dataset, job.collate, tcfg.batch_size, cfg.seed, state)
+    stream = BatchStream(job.dataset, job.collate, tcfg.batch_size, cfg.seed, state, num_workers=tcfg.num_workers)
     wb = None
 
     def evaluate_val(model):

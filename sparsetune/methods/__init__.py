@@ -11,6 +11,7 @@ REGISTRY: dict[str, str] = {
     "lora": "sparsetune.methods.lora:LoRA",
     "dora": "sparsetune.methods.lora:DoRA",
     "s2ft": "sparsetune.methods.s2ft.method:S2FT",
+    "spt": "sparsetune.methods.spt.method:SPT",
     "pat": "sparsetune.methods.pat.method:PAT",
     "prune_lora": "sparsetune.methods.pat.baseline:PruneLoRA",
     "gslora": "sparsetune.methods.gslora.method:GSLoRA",
@@ -18,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "gslora_nogs": "sparsetune.methods.gslora.method:NoSparsity",
     "gslora_full": "sparsetune.methods.gslora.method:FullForget",
     "gslora_retrain": "sparsetune.methods.gslora.method:Retrain",
+    "evit": "sparsetune.methods.evit.method:EViT",
 }
 
 

@@ -119,6 +119,21 @@ class Method:
         or None when the method restores from checkpoints instead."""
         return None
 
+    def eval_points(self, points: list) -> list[tuple[str, dict[str, Any]]]:
+        """Settings `sparsetune eval` scores one by one, as [(label, setting)] (e.g. EViT's keep rates).
+
+        `points` is the config's eval.points ([] when not given; a method may fall back to its own
+        default list). Returning [] (the default) means the model is scored once, as configured. For each
+        point the eval job calls `set_eval_point`, scores the held-out split, times the forward (images/s
+        for vision) and writes the table to the run folder (eval_points.json and a plot).
+        """
+        return []
+
+    def set_eval_point(self, model: torch.nn.Module, point: dict[str, Any]) -> dict[str, Any]:
+        """Switch the applied model to one setting from `eval_points` (in place, cheap, reversible);
+        returns the method's own figures for it (e.g. keep_rate, gmacs): columns of the points table."""
+        raise NotImplementedError(f"{type(self).__name__} offers no evaluation points")
+
     def prepare_for_eval(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model to evaluate (e.g. merged); must not change training state irreversibly."""
         return model

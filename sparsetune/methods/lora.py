@@ -15,23 +15,20 @@ class LoRAConfig(MethodConfig):
     r: int = 16
     alpha: float = 32.0
     dropout: float = 0.0
-    # role names (q, k, v, o, gate, up, down) or module attribute names (q_proj, …)
+    # role names (q, k, v, o, gate, up, down), attribute names (q_proj, …) or groups (attn, mlp): models/arch.py
     target_modules: list[str] = field(default_factory=lambda: ["q", "k", "v", "up", "down"])
     train_head: bool = False  # also train the classifier head (vision)
 
 
-ROLE_ALIASES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate",
-                "up_proj": "up", "down_proj": "down"}
-
-
 def resolve_targets(arch, targets: list[str]) -> list[str]:
-    """Role names → the module paths PEFT matches (suffixes inside each block)."""
+    """Role names (or aliases / groups, models/arch.py) → the module paths PEFT matches (suffixes inside each block)."""
+    from sparsetune.models.arch import expand_roles
+
     names = arch.linear_names()
     out = []
-    for t in targets:
-        role = ROLE_ALIASES.get(t, t)
+    for target, role in ((t, r) for t in targets for r in expand_roles([t], names)):
         if role not in names:
-            raise ConfigError(f"method.target_modules: '{t}' is not a linear of a {arch.family} block; "
+            raise ConfigError(f"method.target_modules: '{target}' is not a linear of a {arch.family} block; "
                               f"available: {', '.join(names)}")
         out.append(names[role])
     return out

@@ -25,6 +25,36 @@ DECODER_FAMILIES = {
 ENCODER_FAMILIES = {"vit": "vit", "deit": "deit"}
 SUPPORTED = sorted(set(DECODER_FAMILIES) | set(ENCODER_FAMILIES))
 
+# The one table of role names. Roles name a block's linears the same way in every family; configs may
+# also use the HF attribute names (q_proj, ..., ViT's query/key/value) or a group (attention / mlp).
+ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+ROLE_ALIASES = {
+    "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
+    "gate_proj": "gate", "up_proj": "up", "down_proj": "down",
+    "query": "q", "key": "k", "value": "v",
+}
+ROLE_GROUPS = {
+    "attn": ("q", "k", "v", "o"), "attention": ("q", "k", "v", "o"), "self_attn": ("q", "k", "v", "o"),
+    "mlp": ("gate", "up", "down"), "ffn": ("gate", "up", "down"),
+}
+
+
+def canonical_role(name: str) -> str:
+    """'q_proj' -> 'q', 'q' -> 'q'; unknown names come back unchanged (the caller reports them)."""
+    return ROLE_ALIASES.get(name, name)
+
+
+def expand_roles(names, available=ROLES) -> list[str]:
+    """Canonical roles for a config list: aliases mapped, groups (attn, mlp, ...) expanded to the roles in
+    `available` (ViT has no gate), duplicates dropped, order kept; unknown names pass through unchanged."""
+    out: list[str] = []
+    for name in names:
+        group = ROLE_GROUPS.get(name)
+        for role in ([r for r in group if r in available] if group else [canonical_role(name)]):
+            if role not in out:
+                out.append(role)
+    return out
+
 
 @dataclass
 class Attention:
@@ -66,6 +96,12 @@ class Block:
     # norms applied to a sublayer's output before it is added to the residual (Gemma2/3)
     post_norms: list[nn.Module] = field(default_factory=list)
 
+    def linears(self) -> dict[str, nn.Module]:
+        """Role -> linear of this block (no "gate" where the MLP has none)."""
+        roles = {"q": self.attn.q, "k": self.attn.k, "v": self.attn.v, "o": self.attn.o,
+                 "gate": self.mlp.gate, "up": self.mlp.up, "down": self.mlp.down}
+        return {role: m for role, m in roles.items() if m is not None}
+
 
 @dataclass
 class Arch:
@@ -102,9 +138,7 @@ class Arch:
     def linear_names(self) -> dict[str, str]:
         """Short role name -> attribute name in a block, used for LoRA target lists."""
         b = self.blocks[0]
-        roles = {"q": b.attn.q, "k": b.attn.k, "v": b.attn.v, "o": b.attn.o, "up": b.mlp.up, "down": b.mlp.down}
-        if b.mlp.gate is not None:
-            roles["gate"] = b.mlp.gate
+        roles = b.linears()
         prefix = self.name_of(b.module) + "."
         return {role: self.name_of(m)[len(prefix):] for role, m in roles.items()}
 

@@ -39,7 +39,10 @@ def _set_child(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def target_linears(arch, roles: list[str], layers: list[int] | None) -> dict[str, tuple[int, str, nn.Linear]]:
     """{dotted name: (block index, role, linear)} for the roles in the chosen blocks, via arch."""
+    from sparsetune.models.arch import expand_roles
+
     known = arch.linear_names()
+    roles = expand_roles(roles, known)
     bad = [r for r in roles if r not in known]
     if bad or not roles:
         raise ConfigError(f"method.targets: {bad or roles} not linears of a {arch.family} block; "
@@ -51,8 +54,7 @@ def target_linears(arch, roles: list[str], layers: list[int] | None) -> dict[str
     found = {}
     for i in chosen:
         block = arch.blocks[i]
-        roles_to_mod = {"q": block.attn.q, "k": block.attn.k, "v": block.attn.v, "o": block.attn.o,
-                        "up": block.mlp.up, "down": block.mlp.down, "gate": block.mlp.gate}
+        roles_to_mod = block.linears()
         for role in roles:
             found[arch.name_of(roles_to_mod[role])] = (i, role, roles_to_mod[role])
     return found

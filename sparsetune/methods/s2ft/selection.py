@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 KINDS = ("o", "v", "d", "u")
 # kind -> (block part, projection role, slice kind): "col" slices input columns, "row" output rows
 KIND_SPEC = {"o": ("attn", "o", "col"), "v": ("attn", "v", "row"), "d": ("mlp", "down", "col"), "u": ("mlp", "up", "row")}
-ROLE_ALIASES = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate",
-                "up_proj": "up", "down_proj": "down"}
 _SEED_OFFSET = {"o": 0, "v": 1, "d": 2, "u": 3}
 
 
@@ -106,9 +104,10 @@ class Geometry:
 
 def lora_params(geo: Geometry, rank: int, modules: Iterable[str]) -> int:
     """Parameters LoRA of rank `rank` trains on `modules` (role or *_proj names) in every block."""
+    from sparsetune.models.arch import expand_roles
+
     total = 0
-    for name in modules:
-        role = ROLE_ALIASES.get(name, name)
+    for name, role in ((n, role) for n in modules for role in expand_roles([n], geo.shapes)):
         if role not in geo.shapes:
             raise ConfigError(f"method.match_lora_modules: '{name}' is not a linear of this model's blocks; "
                               f"available: {', '.join(geo.shapes)}")

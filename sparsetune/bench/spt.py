@@ -1,0 +1,121 @@
+"""`sparsetune bench spt`: one Llama-shaped Transformer block (d 1024, 16 heads, FFN 2816; `--quick`:
+d 256, 4 heads, FFN 704), forward + backward + AdamW, fp32, batch 4 at S = 512 and 1024: full
+fine-tuning (eager attention), PEFT LoRA r16 on every linear with eager and with SDPA attention, and
+SPT (LoRA r16 on every linear + sparse MHA with L = S/8 + routed FFN top-2 of 4 blocks, sparse phase).
+
+Each variant runs in its own process. Measured: `step_time_s` (median after warm-up),
+`peak_memory_mb` (CUDA: max allocated; CPU: process peak RSS), and the attention/FFN split
+`attn_time_s` / `ffn_time_s`: forward + backward of the block's attention and FFN modules alone on
+the same shapes. The block sits between a 256-token embedding and head, so those cost next to nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sparsetune.bench.runner import Benchmark, Setting, Variant
+from sparsetune.methods.base import MethodContext
+
+MEASURE = "sparsetune.bench.spt:measure_block"
+ALL_LINEARS = "[q,k,v,o,gate,up,down]"
+FULL_SHAPE = {"hidden": 1024, "heads": 16, "ffn": 2816}
+QUICK_SHAPE = {"hidden": 256, "heads": 4, "ffn": 704}
+
+
+def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
+    common = ["logger=quiet", *overrides]
+    lora = ["method=lora", "method.r=16", f"method.target_modules={ALL_LINEARS}"]
+    spt = ["method=spt", "method.warmup_ratio=0.0", "method.kmeans_init=false"]
+    shape = QUICK_SHAPE if quick else FULL_SHAPE
+    seqs = (128, 256) if quick else (512, 1024)
+    batch = 2 if quick else 4
+    steps = {"warmup": 1, "steps": 3} if quick else {"warmup": 2, "steps": 5}
+    settings = [Setting(f"{batch}x{s}", {"batch": batch, "seq": s, **shape, **steps}) for s in seqs]
+    return Benchmark(
+        name="spt",
+        variants=[Variant("full", MEASURE, ["method=full", "model.attn_implementation=eager", *common]),
+                  Variant("lora_eager", MEASURE, [*lora, "model.attn_implementation=eager", *common]),
+                  Variant("lora_sdpa", MEASURE, [*lora, "model.attn_implementation=sdpa", *common]),
+                  Variant("spt", MEASURE, [*spt, "model.attn_implementation=sdpa", *common])],
+        settings=settings,
+        baseline="lora_eager",  # the paper's baseline
+        ratio_metrics=["step_time_s", "peak_memory_mb", "attn_time_s", "ffn_time_s"],
+        extra_ratios=[("spt", "lora_sdpa"), ("spt", "full")],
+    )
+
+
+def _find(model: torch.nn.Module, suffix: str) -> torch.nn.Module:
+    for name, module in model.named_modules():
+        if name.endswith(suffix):
+            return module
+    raise KeyError(suffix)
+
+
+def build_block_model(settings: dict[str, Any], attn_implementation: str, seed: int = 0):
+    """A one-block LlamaForCausalLM of the benchmark's shape (random weights, 256-token vocabulary)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=settings["hidden"], num_attention_heads=settings["heads"],
+                         num_key_value_heads=settings["heads"], intermediate_size=settings["ffn"],
+                         num_hidden_layers=1, vocab_size=256, max_position_embeddings=max(2048, settings["seq"]),
+                         tie_word_embeddings=False)
+    config._attn_implementation = attn_implementation
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def measure_block(cfg, settings: dict[str, Any]) -> dict[str, Any]:
+    from sparsetune.bench.worker import worker_setup
+    from sparsetune.engine.losses import causal_lm_loss
+    from sparsetune.engine.measure import StepTimer, count_parameters, peak_memory_mb, reset_peak_memory
+    from sparsetune.engine.optim import build_optimizer
+    from sparsetune.methods import build_method
+
+    device = worker_setup(cfg, settings)
+    impl = cfg.model.attn_implementation
+    model = build_block_model(settings, impl, int(cfg.seed))
+    method = build_method(cfg.method)
+    model = method.apply(model, MethodContext.of(model)).to(device)
+    model.train()
+    optimizer = build_optimizer(method, model, cfg.trainer)
+    batch, seq, warmup = settings["batch"], settings["seq"], settings.get("warmup", 2)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 256, (batch, seq), generator=gen).to(device)
+    data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    timer = StepTimer(device)
+    reset_peak_memory(device)
+    for _ in range(warmup + settings.get("steps", 5)):
+        with timer.step():
+            loss_sum, n, outputs = causal_lm_loss(model, data)
+            loss = loss_sum / n
+            for extra in method.extra_loss(model, data, outputs).values():
+                loss = loss + extra
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    peak = peak_memory_mb(device)
+
+    # attention / FFN split: forward + backward of each module alone on the block's input shape
+    attn, mlp, rotary = _find(model, "layers.0.self_attn"), _find(model, "layers.0.mlp"), _find(model, "rotary_emb")
+    x = torch.randn(batch, seq, settings["hidden"], generator=gen).to(device).requires_grad_(True)
+    pos = rotary(x, torch.arange(seq, device=device)[None].expand(batch, -1))
+    mask = None
+    if impl == "eager":  # eager attention needs the causal mask spelled out (SDPA and SPT are causal by themselves)
+        mask = torch.full((seq, seq), float("-inf"), device=device).triu(1)[None, None]
+    split = {}
+    for key, fn in (("attn_time_s", lambda: attn(hidden_states=x, position_embeddings=pos, attention_mask=mask)[0]),
+                    ("ffn_time_s", lambda: mlp(x))):
+        t = StepTimer(device)
+        for _ in range(warmup + settings.get("steps", 5)):
+            with t.step():
+                fn().square().mean().backward()
+        model.zero_grad(set_to_none=True)
+        x.grad = None
+        split[key] = t.median(skip_warmup=warmup)
+    trainable, total = count_parameters(model)
+    step = timer.median(skip_warmup=warmup)
+    return {"step_time_s": step, "peak_memory_mb": peak, **split, "trainable_params": trainable,
+            "total_params": total, "tokens_per_s": batch * seq / step, "dtype": "float32",
+            "attn_implementation": impl, "threads": torch.get_num_threads()}

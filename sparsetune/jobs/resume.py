@@ -1,0 +1,89 @@
+"""`sparsetune train resume=DIR [overrides]`: the stored config, a documented allow-list of overrides,
+and the checkpoint to continue from — or a one-line error. Resuming never silently restarts at step 0.
+
+Overrides accepted with `resume=` are those that cannot change the run's results up to the checkpoint:
+
+- `trainer.max_steps` — extend (or shorten, down to the checkpoint's step) the run. The lr schedule is
+  rebuilt for the new total: from the checkpoint on, the lr is what warm-up/decay computed for the new
+  `trainer.max_steps` gives at that step (for linear/cosine decay it therefore jumps up at the resume
+  point, since the same step is earlier in a longer schedule). Not accepted for epoch-based runs.
+- `trainer.eval_every`, `trainer.save_every`, `trainer.log_every`, `trainer.device`, `trainer.threads`
+- `logger.*`, `eval.*`
+
+Anything else is refused with one line that lists the accepted keys. Accepted overrides are written to
+the run's config.yaml and appended to overrides.txt once the checkpoint has been loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sparsetune.engine.progress import console
+from sparsetune.engine.run_folder import RunFolder, atomic_write_text
+from sparsetune.errors import UserError
+
+RESUME_KEYS = ("trainer.max_steps", "trainer.eval_every", "trainer.save_every", "trainer.log_every",
+               "trainer.device", "trainer.threads")
+RESUME_PREFIXES = ("logger.", "eval.")
+ACCEPTED = ", ".join([*RESUME_KEYS, *(p + "*" for p in RESUME_PREFIXES)])
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+").split("=", 1)[0].strip()
+
+
+def resume_overrides(overrides: list[str]) -> list[str]:
+    """The overrides given next to `resume=` (which is dropped), checked against the allow-list."""
+    rest = [o for o in overrides if not o.startswith("resume=")]
+    bad = [o for o in rest
+           if "=" not in o or o.startswith("~") or not (_key(o) in RESUME_KEYS or _key(o).startswith(RESUME_PREFIXES))]
+    if bad:
+        raise UserError(f"resume=… accepts only overrides that cannot change the run so far ({ACCEPTED}); "
+                        f"got: {' '.join(bad)}")
+    return rest
+
+
+def resume_config(run_dir: str, overrides: list[str]):
+    """The run's stored config with the accepted overrides applied, and `resume` set to the run."""
+    from omegaconf import OmegaConf
+
+    from sparsetune.jobs.config import load_run_config, validate_job
+
+    run = RunFolder.open(run_dir)
+    cfg = load_run_config(run)
+    rest = resume_overrides(overrides)
+    if rest:
+        if cfg.trainer.epochs and any(_key(o) == "trainer.max_steps" for o in rest):
+            raise UserError(f"this run counts epochs (trainer.epochs={cfg.trainer.epochs}), so trainer.max_steps "
+                            "cannot extend it on resume")
+        merged = OmegaConf.merge(OmegaConf.to_container(cfg),
+                                 OmegaConf.from_dotlist([o.lstrip("+") for o in rest]))
+        cfg = validate_job(merged)
+    cfg.resume = str(run.path)
+    return cfg
+
+
+def load_resume_checkpoint(cfg) -> dict[str, Any]:
+    """The newest good checkpoint of `cfg.resume` (verified; a damaged latest falls back to the previous
+    good one with a warning); a one-line UserError when there is none. Reads only, writes nothing."""
+    from sparsetune.engine.checkpoint import find_resumable
+
+    run = RunFolder.open(cfg.resume)
+    _, ckpt = find_resumable(run.checkpoints,
+                             warn=lambda msg: console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False,
+                                                          soft_wrap=True))
+    return ckpt
+
+
+def record_resume(run: RunFolder, cfg, overrides: list[str]) -> None:
+    """After a successful restore: store the accepted overrides in config.yaml and overrides.txt."""
+    from omegaconf import OmegaConf
+
+    rest = [o for o in overrides if not o.startswith("resume=")]
+    if not rest:
+        return
+    stored = cfg.copy()
+    stored.resume = None
+    atomic_write_text(run.config_path, OmegaConf.to_yaml(stored))
+    old = (run.path / "overrides.txt").read_text() if (run.path / "overrides.txt").exists() else ""
+    atomic_write_text(run.path / "overrides.txt", old + " ".join(["resume", *rest]) + "\n")

@@ -1,0 +1,63 @@
+"""SPT configuration (arXiv 2312.10365): sparse MHA by product-quantised top-L keys + routed FFN + LoRA."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sparsetune.errors import ConfigError
+from sparsetune.methods.base import MethodConfig
+
+LORA_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclass
+class SPTConfig(MethodConfig):
+    """Defaults follow the paper: PQ 8-dim sub-vectors x 16 centroids (L1), L = S/8, 4 FFN blocks top-2,
+    LoRA r=16 on all linears, codebook loss weight 1e-2."""
+
+    name: str = "spt"
+    # --- sparse MHA
+    sparse_attention: bool = True
+    sub_dim: int = 8  # dims per PQ sub-vector (head_dim must be a multiple)
+    num_centroids: int = 16  # centroids per sub-space
+    top_l_ratio: float = 0.125  # keys kept per query: L = ceil(ratio * S) (the paper: S/8)
+    min_keys: int = 16  # L never drops below this (short sequences keep every causal key)
+    query_chunk: int = 128  # queries per chunk on the sparse path (bounds the chunk x S code-match tensor)
+    codebook_loss_weight: float = 1e-2
+    codebook_tokens: int = 4096  # q/k vectors per layer sampled for the codebook loss each step
+    kmeans_init: bool = True  # k-medians (L1) codebook init on calibration batches when the engine has them
+    kmeans_batches: int = 2
+    kmeans_iters: int = 10
+    # --- routed FFN
+    routed_ffn: bool = True
+    ffn_blocks: int = 4
+    ffn_top_k: int = 2
+    router_init_std: float = 0.02
+    # --- LoRA on the linears (our own small LoRA so its slices can follow the FFN blocks)
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_ROLES))
+    # --- schedule: the first warmup_ratio of the steps run dense attention + dense FFN while the
+    # codebooks train (phase 1); sparse attention + routing afterwards (phase 2)
+    warmup_ratio: float = 0.1
+    sparse_eval: bool = True  # evaluate/generate with the sparse model (False: dense attention + FFN)
+    seed: int = 0
+
+
+def check_config(cfg) -> None:
+    """One readable line per bad value (OmegaConf only checks types)."""
+    for key in ("sub_dim", "num_centroids", "min_keys", "query_chunk", "codebook_tokens", "ffn_blocks",
+                "ffn_top_k", "lora_r", "kmeans_batches", "kmeans_iters"):
+        if int(getattr(cfg, key)) < 1:
+            raise ConfigError(f"method.{key}: {getattr(cfg, key)} must be a positive integer")
+    if not 0.0 < float(cfg.top_l_ratio) <= 1.0:
+        raise ConfigError(f"method.top_l_ratio: {cfg.top_l_ratio} must be in (0, 1]")
+    if not 0.0 <= float(cfg.warmup_ratio) <= 1.0:
+        raise ConfigError(f"method.warmup_ratio: {cfg.warmup_ratio} must be between 0 and 1")
+    if cfg.ffn_top_k > cfg.ffn_blocks:
+        raise ConfigError(f"method.ffn_top_k: {cfg.ffn_top_k} exceeds method.ffn_blocks={cfg.ffn_blocks}")
+    if float(cfg.codebook_loss_weight) < 0:
+        raise ConfigError("method.codebook_loss_weight: must be >= 0")
+    for t in cfg.lora_targets:
+        if t not in LORA_ROLES:
+            raise ConfigError(f"method.lora_targets: '{t}' is not one of {' | '.join(LORA_ROLES)}")

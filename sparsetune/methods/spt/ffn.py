@@ -1,0 +1,150 @@
+"""Routed FFN (SPT): the FFN's neurons form n contiguous blocks; a router (linear + sigmoid) picks the
+top-k blocks per token, and each selected block's output is scaled by c = 2·p so the router learns.
+
+Tokens are grouped per block by one sort, gathered with index_select, run through dense GEMMs on the
+block's weight slices (frozen base + the block's LoRA slices) and summed back with index_add_. The
+only host sync is one bincount of the block sizes per forward (none per block).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class LoRALinear(nn.Module):
+    """y = base(x) + (x A^T) B^T · alpha/r; base frozen, B starts at zero (the paper's LoRA on every linear)."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, generator: torch.Generator | None = None):
+        super().__init__()
+        self.base = base
+        self.r, self.scaling = int(r), float(alpha) / int(r)
+        w = base.weight
+        a = torch.empty(self.r, base.in_features)
+        bound = 1.0 / math.sqrt(base.in_features)  # kaiming-uniform(a=sqrt(5)) like PEFT's default
+        a.uniform_(-bound, bound, generator=generator)
+        self.lora_A = nn.Parameter(a.to(device=w.device, dtype=torch.float32))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, self.r, device=w.device, dtype=torch.float32))
+
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.lora_A.to(x.dtype), self.lora_B.to(x.dtype)
+        return self.base(x) + F.linear(F.linear(x, a), b) * self.scaling
+
+    def merged_weight(self) -> torch.Tensor:
+        return self.base.weight + (self.lora_B @ self.lora_A).to(self.base.weight.dtype) * self.scaling
+
+
+def _parts(lin: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+    """(frozen weight, bias, LoRA (A, B, scaling) or None) of a plain or LoRA-wrapped linear."""
+    if isinstance(lin, LoRALinear):
+        return lin.base.weight, lin.base.bias, (lin.lora_A, lin.lora_B, lin.scaling)
+    return lin.weight, lin.bias, None
+
+
+def _rows(x: torch.Tensor, lin: nn.Module, ch: slice, xa: torch.Tensor | None) -> torch.Tensor:
+    """Output channels `ch` of linear `lin` on x (LoRA's x A^T precomputed as xa)."""
+    w, bias, lora = _parts(lin)
+    y = F.linear(x, w[ch], None if bias is None else bias[ch])
+    if lora is not None:
+        y = y + F.linear(xa, lora[1][ch].to(x.dtype)) * lora[2]
+    return y
+
+
+def _cols(h: torch.Tensor, lin: nn.Module, ch: slice) -> torch.Tensor:
+    """Contribution of input channels `ch` (h holds just those) to linear `lin`, without its bias."""
+    w, _, lora = _parts(lin)
+    y = F.linear(h, w[:, ch])
+    if lora is not None:
+        a, b, scale = lora
+        y = y + F.linear(F.linear(h, a[:, ch].to(h.dtype)), b.to(h.dtype)) * scale
+    return y
+
+
+def _lora_in(x: torch.Tensor, lin: nn.Module) -> torch.Tensor | None:
+    _, _, lora = _parts(lin)
+    return None if lora is None else F.linear(x, lora[0].to(x.dtype))
+
+
+def routed_ffn(x: torch.Tensor, mlp: nn.Module, blocks: int, top_idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """Gated-FFN output on tokens x (T, d) using only each token's selected blocks.
+
+    mlp has gate_proj / up_proj / down_proj (plain or LoRALinear) and act_fn; top_idx (T, k) block ids,
+    gates (T, k) their scales. With every block selected and unit gates this equals mlp(x).
+    """
+    t, k = top_idx.shape
+    width = mlp.up_proj.out_features // blocks
+    blk = top_idx.reshape(-1)
+    order = torch.argsort(blk, stable=True)
+    tok = torch.div(order, k, rounding_mode="floor")  # (T*k,) token of each sorted slot
+    gate_sorted = gates.reshape(-1).index_select(0, order)
+    sizes = torch.bincount(blk, minlength=blocks).tolist()  # the one host sync
+    xs = x.index_select(0, tok)
+    xa_gate, xa_up = _lora_in(xs, mlp.gate_proj), _lora_in(xs, mlp.up_proj)
+    outs, start = [], 0
+    for b, n in enumerate(sizes):
+        if n == 0:
+            continue
+        seg, ch = slice(start, start + n), slice(b * width, (b + 1) * width)
+        rows = xs[seg]
+        g = _rows(rows, mlp.gate_proj, ch, None if xa_gate is None else xa_gate[seg])
+        u = _rows(rows, mlp.up_proj, ch, None if xa_up is None else xa_up[seg])
+        outs.append(_cols(mlp.act_fn(g) * u, mlp.down_proj, ch))
+        start += n
+    ys = torch.cat(outs) * gate_sorted[:, None].to(x.dtype)
+    y = torch.zeros(t, ys.shape[-1], dtype=ys.dtype, device=x.device).index_add_(0, tok, ys)
+    bias = _parts(mlp.down_proj)[1]
+    return y if bias is None else y + bias
+
+
+class RoutedMLP(nn.Module):
+    """Replaces a block's gated MLP: `.mlp` is the stock module (linears possibly LoRA-wrapped),
+    `.router` the trained Linear(d_model, n_blocks). Dense mode is the stock MLP."""
+
+    def __init__(self, mlp: nn.Module, hidden: int, cfg: Any, state: Any, generator: torch.Generator | None = None):
+        super().__init__()
+        self.mlp = mlp
+        self.cfg = cfg
+        self.state = state
+        self.blocks, self.top_k = int(cfg.ffn_blocks), int(cfg.ffn_top_k)
+        w = mlp.up_proj.weight
+        router = nn.Linear(hidden, self.blocks)
+        with torch.no_grad():
+            router.weight.copy_(torch.randn(router.weight.shape, generator=generator) * float(cfg.router_init_std))
+            router.bias.zero_()  # sigmoid(0) = 0.5: gates c = 2p start near 1
+        self.router = router.to(device=w.device, dtype=torch.float32)
+        self.usage: torch.Tensor | None = None  # fraction of tokens per block, last routed forward
+
+    def route(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(top-k block ids, gates 2p) per token."""
+        p = torch.sigmoid(F.linear(x2, self.router.weight.to(x2.dtype), self.router.bias.to(x2.dtype)))
+        top_p, top_idx = p.topk(self.top_k, dim=-1)
+        return top_idx, 2.0 * top_p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.state.active(self.training):
+            return self.mlp(x)
+        x2 = x.reshape(-1, x.shape[-1])
+        top_idx, gates = self.route(x2)
+        with torch.no_grad():
+            self.usage = torch.bincount(top_idx.reshape(-1), minlength=self.blocks).float() / max(1, x2.shape[0])
+        return routed_ffn(x2, self.mlp, self.blocks, top_idx, gates).view(*x.shape[:-1], -1)

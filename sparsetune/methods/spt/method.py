@@ -1,0 +1,217 @@
+"""SPT as a sparsetune Method: LoRA on the linears, sparse MHA (PQ top-L) and routed FFN installed by
+module replacement on a stock Hugging Face Llama-family decoder; codebooks trained by the extra loss."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sparsetune.errors import ConfigError, UnsupportedModelError
+from sparsetune.methods.base import Method
+
+from .attention import SPTAttention, SPTState, capture_mask
+from .config import SPTConfig, check_config
+from .ffn import LoRALinear, RoutedMLP
+from .pq import kmedians
+
+SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+EXPORT_FILE = "spt_adapter.safetensors"
+EXPORT_META = "spt_adapter.json"
+
+
+def _config_dict(cfg) -> dict:
+    if is_dataclass(cfg):
+        return asdict(cfg)
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _set(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent, _, leaf = dotted.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
+def _decoder_stack(model: nn.Module, first_block: nn.Module) -> nn.Module:
+    """The module whose `layers` hold the blocks (it receives the 2-D attention mask)."""
+    for module in model.modules():
+        layers = getattr(module, "layers", None)
+        if isinstance(layers, nn.ModuleList) and len(layers) and layers[0] is first_block:
+            return module
+    raise UnsupportedModelError("SPT: could not find the decoder layer stack")
+
+
+class SPT(Method):
+    """Sparse MHA + routed FFN + LoRA (arXiv 2312.10365), two phases: dense warm-up, then sparse."""
+
+    config_class = SPTConfig
+
+    def __init__(self, cfg: SPTConfig):
+        super().__init__(cfg)
+        check_config(cfg)
+        self.state = SPTState(sparse=float(cfg.warmup_ratio) == 0.0, sparse_eval=bool(cfg.sparse_eval))
+        self.attention: list[SPTAttention] = []
+        self.ffn: list[RoutedMLP] = []
+        self.codebooks_initialised = False
+        self.kmeans_vectors = 0
+        self._hook = None
+        self._last_codebook_loss: float | None = None
+
+    # ------------------------------------------------------------------ apply
+    def check_model(self, arch) -> None:
+        if arch.kind != "decoder" or arch.family not in SUPPORTED_FAMILIES:
+            raise UnsupportedModelError(f"SPT does not support '{arch.family}' models; supported families: "
+                                        f"{', '.join(SUPPORTED_FAMILIES)}")
+        if arch.head_dim % int(self.cfg.sub_dim):
+            raise ConfigError(f"method.sub_dim: {self.cfg.sub_dim} does not divide head_dim {arch.head_dim}")
+        if arch.intermediate_size % int(self.cfg.ffn_blocks):
+            raise ConfigError(f"method.ffn_blocks: {self.cfg.ffn_blocks} does not divide the FFN width "
+                              f"{arch.intermediate_size}")
+        for b in arch.blocks:
+            if self.cfg.sparse_attention and getattr(b.attn.module, "sliding_window", None):
+                raise UnsupportedModelError("SPT: sliding-window attention layers are not supported "
+                                            f"(layer {b.index}); use a config without sliding windows")
+            if self.cfg.routed_ffn and b.mlp.gate is None:
+                raise UnsupportedModelError("SPT: the routed FFN needs a gated (SwiGLU) MLP")
+
+    def apply(self, model: nn.Module, ctx) -> nn.Module:
+        if self.attention or self.ffn:
+            raise RuntimeError("SPT.apply was already called; build a new SPT for another model")
+        self.ctx, arch = ctx, ctx.arch
+        self.check_model(arch)
+        gen = torch.Generator().manual_seed(int(self.cfg.seed))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        names = arch.linear_names()
+        for b in arch.blocks:
+            for role in self.cfg.lora_targets:
+                if role not in names:
+                    continue
+                base = b.module.get_submodule(names[role])
+                _set(b.module, names[role], LoRALinear(base, int(self.cfg.lora_r), float(self.cfg.lora_alpha), gen))
+        for b in arch.blocks:
+            if self.cfg.sparse_attention:
+                wrapped = SPTAttention(b.attn.module, b.index, arch.head_dim, self.cfg, self.state, gen)
+                _set(model, arch.name_of(b.attn.module), wrapped)
+                self.attention.append(wrapped)
+            if self.cfg.routed_ffn:
+                routed = RoutedMLP(b.mlp.module, arch.hidden_size, self.cfg, self.state, gen)
+                _set(model, arch.name_of(b.mlp.module), routed)
+                self.ffn.append(routed)
+        self._hook = _decoder_stack(model, arch.blocks[0].module).register_forward_pre_hook(
+            capture_mask(self.state), with_kwargs=True)
+        if (self.cfg.sparse_attention and self.cfg.kmeans_init and not self.codebooks_initialised
+                and ctx.calibration_batches is not None):
+            self.init_codebooks(model, ctx.calibration_batches(int(self.cfg.kmeans_batches)))
+        return model
+
+    @torch.no_grad()
+    def init_codebooks(self, model: nn.Module, batches: list[dict]) -> None:
+        """k-medians codebooks from the q/k vectors (after RoPE) of a dense forward on `batches`."""
+        if not self.attention or not batches:
+            return
+        device = self.attention[0].codebook.device
+        saved = (self.state.sparse, self.state.sparse_eval, model.training)
+        self.state.sparse = self.state.sparse_eval = False
+        self.state.collect = {}
+        model.eval()
+        try:
+            for batch in batches:
+                inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+                model(**inputs)
+            gen = torch.Generator().manual_seed(int(self.cfg.seed))
+            for attn in self.attention:
+                rows = torch.cat(self.state.collect.get(attn.layer, []))
+                if rows.shape[0] < int(self.cfg.num_centroids):
+                    continue
+                book = kmedians(rows, int(self.cfg.num_centroids), int(self.cfg.sub_dim), int(self.cfg.kmeans_iters), gen)
+                attn.codebook.copy_(book.to(attn.codebook.device))
+                self.kmeans_vectors = int(rows.shape[0])
+            self.codebooks_initialised = True
+        finally:
+            self.state.sparse, self.state.sparse_eval = saved[0], saved[1]
+            self.state.collect = None
+            model.train(saved[2])
+
+    # ------------------------------------------------------------------ training hooks
+    def extra_loss(self, model, batch, outputs) -> dict[str, torch.Tensor]:
+        losses, self.state.losses = self.state.losses, []
+        if not losses:
+            return {}
+        loss = torch.stack([l.float() for l in losses]).mean()
+        self._last_codebook_loss = float(loss.detach())
+        return {"codebook": loss * float(self.cfg.codebook_loss_weight)}
+
+    def on_step(self, step: int, total_steps: int) -> None:
+        self.state.sparse = step >= float(self.cfg.warmup_ratio) * total_steps
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {"spt_sparse": float(self.state.sparse)}
+        if self._last_codebook_loss is not None:
+            out["spt_codebook_loss"] = self._last_codebook_loss
+        if self.state.keys_per_query:
+            num, sk = self.state.keys_per_query[-1]
+            out["spt_attention_density"] = num / sk
+            self.state.keys_per_query.clear()
+        usage = [m.usage for m in self.ffn if m.usage is not None]
+        if usage:
+            out["spt_ffn_block_usage_max"] = float(torch.stack(usage).max()) / int(self.cfg.ffn_top_k)
+        return out
+
+    def notices(self) -> list[str]:
+        if self.cfg.sparse_attention and self.cfg.kmeans_init and not self.codebooks_initialised:
+            return ["SPT: codebooks were not k-medians initialised (no calibration batches); random init"]
+        return []
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"sparse": self.state.sparse, "codebooks_initialised": self.codebooks_initialised}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state.sparse = bool(state.get("sparse", self.state.sparse))
+        self.codebooks_initialised = bool(state.get("codebooks_initialised", False))
+
+    # ------------------------------------------------------------------ export
+    def export(self, model: nn.Module, path: Path) -> Path:
+        """`spt_adapter.safetensors` (LoRA A/B, routers, codebooks) + `spt_adapter.json` (config)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, str(path / EXPORT_FILE))
+        meta = {"method": "spt", "config": _config_dict(self.cfg),
+                "base_model": str(getattr(model.config, "_name_or_path", "") or "")}
+        (path / EXPORT_META).write_text(json.dumps(meta, indent=2))
+        (path / "README.md").write_text(
+            "# SPT adapter\n\nLoRA factors, FFN routers and PQ codebooks for "
+            f"`{meta['base_model']}` (sparsetune method `spt`, arXiv 2312.10365). Load with "
+            "`sparsetune eval run=<run>` or `SPT(cfg).load_export(base_model, this_folder)`.\n")
+        return path
+
+    def load_export(self, model: nn.Module, path: Path) -> nn.Module | None:
+        from safetensors.torch import load_file
+
+        from sparsetune.methods.base import MethodContext
+
+        path = Path(path)
+        if not (path / EXPORT_FILE).exists():
+            return None
+        self.codebooks_initialised = True  # the export holds trained codebooks: no k-medians
+        model = self.apply(model, MethodContext.of(model))
+        tensors = load_file(str(path / EXPORT_FILE))
+        params = dict(model.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
+        unknown = [n for n in tensors if n not in params]
+        if missing or unknown:
+            raise ConfigError(f"SPT export {path} does not match this model/config "
+                              f"(missing {missing[:3]}, unexpected {unknown[:3]})")
+        with torch.no_grad():
+            for n, t in tensors.items():
+                params[n].copy_(t)
+        return model

@@ -1,0 +1,384 @@
+"""SPT: sparse attention with L = S equals dense causal attention, all-blocks routing equals the dense
+FFN, PQ codes equal brute force, padding is honoured, and no S x S tensor exists on the sparse path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from sparsetune.errors import ConfigError, UnsupportedModelError
+from sparsetune.methods import build_method, method_class
+from sparsetune.methods.base import MethodContext
+from sparsetune.methods.spt import SPT, SPTConfig, routed_ffn, select_top_l, sparse_attention
+from sparsetune.methods.spt.ffn import LoRALinear
+from sparsetune.methods.spt.pq import codebook_loss, kmedians, pq_codes
+from sparsetune.models.tiny import build_tiny
+
+ROOT = Path(__file__).resolve().parents[2]
+DEVICE = os.environ.get("SPARSETUNE_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+
+
+def tiny(name: str, seed: int = 0, dtype=torch.float32):
+    spec = yaml.safe_load((ROOT / "recipes" / "model" / f"tiny_{name}.yaml").read_text())
+    model = build_tiny(spec["model_type"], spec["config"], seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # HF initialises biases to 0, which would hide bias bugs
+        for n, p in model.named_parameters():
+            if n.endswith(".bias"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model.to(dtype=dtype, device=DEVICE).eval()
+
+
+def spt(model, calibration=None, **kw) -> SPT:
+    method = SPT(SPTConfig(**kw))
+    method.apply(model, MethodContext.of(model, calibration_batches=calibration))
+    return method
+
+
+def randomize_lora(model, seed: int = 1, scale: float = 0.05) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=gen).to(p.device) * scale)
+
+
+def dense_causal(q, k, v, scale, key_valid=None):
+    """Reference: repeat kv heads, full S_q x S_k logits, causal (+ padding) mask, softmax."""
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    sq, sk = q.shape[2], k.shape[2]
+    logits = q @ k.transpose(-1, -2) * scale
+    allowed = torch.arange(sk)[None, :] <= (sk - sq + torch.arange(sq))[:, None]
+    if key_valid is not None:
+        allowed = allowed[None, None] & key_valid[:, None, None, :]
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    p = torch.softmax(logits, -1).nan_to_num(0.0)
+    return p @ v
+
+
+def random_codes(b, h, s, m, c, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, c, (b, h, s, m), generator=gen)
+
+
+# ------------------------------------------------------------------------------------- PQ
+def test_pq_codes_equal_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 5, 37, 24, generator=gen, dtype=torch.float64)
+    book = torch.randn(3, 16, 8, generator=gen, dtype=torch.float64)
+    codes = pq_codes(z, book, chunk=50)
+    sub = z.reshape(-1, 3, 1, 8)
+    brute = (sub - book[None]).abs().sum(-1).argmin(-1).reshape(3, 5, 37, 3)
+    assert codes.shape == (3, 5, 37, 3)
+    assert torch.equal(codes, brute)
+
+
+def test_codebook_loss_trains_only_the_codebook_and_kmedians_fits():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(4, 2, 8, generator=gen) * 5
+    z = (centres[torch.randint(0, 4, (400,), generator=gen)] + 0.1 * torch.randn(400, 2, 8, generator=gen)).reshape(400, 16)
+    book = torch.nn.Parameter(torch.randn(2, 4, 8, generator=gen))
+    zq = z.clone().requires_grad_(True)
+    codebook_loss(zq, book).backward()
+    assert zq.grad is None and book.grad is not None and book.grad.abs().sum() > 0
+    fitted = kmedians(z, 4, 8, iters=10, generator=torch.Generator().manual_seed(1))
+    err = (z.reshape(400, 2, 1, 8) - fitted[None]).abs().sum(-1).min(-1).values.mean()
+    assert err < 1.5  # 8 dims x ~0.08 mean |noise|: every point sits near its own centre
+    assert codebook_loss(z, fitted) < codebook_loss(z, book.detach())
+
+
+# ------------------------------------------------------------------------------------- selection
+@pytest.mark.parametrize("num_keys", [5, 12])
+def test_top_l_selection_equals_brute_force(num_keys):
+    b, h, hkv, s, m, c = 2, 4, 2, 30, 3, 4
+    qc, kc = random_codes(b, h, s, m, c, 0), random_codes(b, hkv, s, m, c, 1)
+    key_valid = torch.ones(b, s, dtype=torch.bool)
+    key_valid[1, :7] = False  # left padding on row 1
+    idx = select_top_l(qc, kc, num_keys, c, key_valid, chunk=7)
+    kfull = kc.repeat_interleave(h // hkv, 1)
+    matches = (qc[:, :, :, None, :] == kfull[:, :, None, :, :]).sum(-1).float()  # brute (B,H,S,S)
+    score = matches * s + torch.arange(s)
+    allowed = (torch.arange(s)[None, :] <= torch.arange(s)[:, None])[None, None] & key_valid[:, None, None, :]
+    score = score.masked_fill(~allowed, -1)
+    for bi in range(b):
+        for hi in range(h):
+            for i in range(s):
+                want = {int(j) for j in score[bi, hi, i].topk(num_keys).indices if score[bi, hi, i, j] >= 0}
+                got = {int(j) for j in idx[bi, hi, i] if j >= 0}
+                assert got == want, (bi, hi, i)
+
+
+# ------------------------------------------------------------------------------------- sparse attention
+@pytest.mark.parametrize("h,hkv,sq,sk,pad", [(4, 2, 20, 20, False), (4, 1, 20, 20, True), (2, 2, 6, 17, True)])
+def test_sparse_attention_with_all_keys_equals_dense(h, hkv, sq, sk, pad):
+    gen = torch.Generator().manual_seed(0)
+    b, d = 2, 16
+    q = torch.randn(b, h, sq, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(b, hkv, sk, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(b, hkv, sk, d, generator=gen, dtype=torch.float64, requires_grad=True)
+    key_valid = torch.ones(b, sk, dtype=torch.bool)
+    if pad:
+        key_valid[0, :5] = False  # left padding
+        key_valid[1, -3:] = False  # right padding
+    qc, kc = random_codes(b, h, sq, 2, 16, 2), random_codes(b, hkv, sk, 2, 16, 3)
+    idx = select_top_l(qc, kc, sk, 16, key_valid, chunk=7)  # L = S_k: every allowed key
+    scale = d ** -0.5
+    out = sparse_attention(q, k, v, idx, scale, chunk=5)
+    ref = dense_causal(q, k, v, scale, key_valid)
+    rows = torch.ones(b, 1, sq, 1, dtype=torch.bool)
+    if pad:  # query rows with no real key (left padding) are zero in both
+        rows = (key_valid.long().cumsum(-1)[:, sk - sq:] > 0)[:, None, :, None]
+    assert torch.allclose(out, ref, atol=1e-10)
+    gout = torch.randn(out.shape, generator=gen, dtype=torch.float64) * rows
+    grads = torch.autograd.grad(out, (q, k, v), gout)
+    refs = torch.autograd.grad(ref, (q, k, v), gout)
+    for g1, g2 in zip(grads, refs):
+        assert torch.allclose(g1, g2, atol=1e-10)
+
+
+def test_sparse_attention_gradcheck_with_few_keys():
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 9, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 1, 9, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 1, 9, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    idx = select_top_l(random_codes(1, 2, 9, 1, 4, 0), random_codes(1, 1, 9, 1, 4, 1), 3, 4, chunk=4)
+    assert (idx[0, 0, 0] >= 0).sum() == 1  # query 0 has one causal key: the other slots are invalid
+    assert torch.autograd.gradcheck(lambda a, b_, c: sparse_attention(a, b_, c, idx, 0.5, chunk=4), (q, k, v))
+
+
+class NoSquare(TorchDispatchMode):
+    """Fails on any op output with two dims equal to S (an S x S score/probability/mask tensor) or with
+    at least B*H*S*S elements."""
+
+    def __init__(self, s: int, limit: int | None = None):
+        super().__init__()
+        self.s, self.limit, self.largest = s, limit, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+                assert sum(1 for n in t.shape if n == self.s) < 2, f"{func}: S x S tensor {tuple(t.shape)}"
+                assert self.limit is None or t.numel() < self.limit, f"{func}: {tuple(t.shape)} >= B*H*S*S"
+        return out
+
+
+def test_sparse_path_allocates_and_saves_no_s_by_s_tensor():
+    b, h, hkv, s, d = 2, 4, 2, 128, 16
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(b, h, s, d, generator=gen, requires_grad=True)
+    k = torch.randn(b, hkv, s, d, generator=gen, requires_grad=True)
+    v = torch.randn(b, hkv, s, d, generator=gen, requires_grad=True)
+    book = torch.randn(2, 16, 8, generator=gen)
+    saved = []
+
+    def pack(t):
+        saved.append(tuple(t.shape))
+        return t
+
+    with NoSquare(s, b * h * s * s) as mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        qc, kc = pq_codes(q.detach(), book), pq_codes(k.detach(), book)
+        idx = select_top_l(qc, kc, s // 8, 16, torch.ones(b, s, dtype=torch.bool), chunk=32)
+        out = sparse_attention(q, k, v, idx, d ** -0.5, chunk=32)
+        out.square().sum().backward()
+    assert mode.largest < b * h * s * s
+    assert all(sum(1 for n in shape if n == s) < 2 for shape in saved)
+    assert q.grad is not None and k.grad.abs().sum() > 0 and v.grad.abs().sum() > 0
+
+
+def test_sparse_model_forward_backward_has_no_s_by_s_tensor():
+    model = tiny("llama").train()  # vocab 512, hidden 64, FFN 128, head_dim 16: no dim equals S = 96
+    method = spt(model, top_l_ratio=0.125, min_keys=4, query_chunk=32, warmup_ratio=0.0)
+    ids = torch.randint(0, 500, (2, 96))
+    with NoSquare(96):
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=ids)
+        (out.loss + method.extra_loss(model, {}, out)["codebook"]).backward()
+
+
+# ------------------------------------------------------------------------------------- routed FFN
+def _mlp(seed=0, lora=True, bias=False):
+    from transformers.activations import ACT2FN
+
+    gen = torch.Generator().manual_seed(seed)
+    mlp = torch.nn.Module()
+    for name, (i, o) in {"gate_proj": (16, 24), "up_proj": (16, 24), "down_proj": (24, 16)}.items():
+        lin = torch.nn.Linear(i, o, bias=bias).double()
+        torch.nn.init.normal_(lin.weight, generator=gen)
+        if lora:
+            lin = LoRALinear(lin, 4, 8.0, gen).double()
+            torch.nn.init.normal_(lin.lora_B, std=0.3, generator=gen)
+        setattr(mlp, name, lin)
+    mlp.act_fn = ACT2FN["silu"]
+    return mlp
+
+
+def dense_mlp(mlp, x):
+    return mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
+
+
+@pytest.mark.parametrize("lora,bias", [(True, False), (False, True)])
+def test_routed_ffn_all_blocks_unit_gates_equals_dense(lora, bias):
+    mlp = _mlp(lora=lora, bias=bias)
+    params = [p for p in mlp.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(11, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    # every token selects all 4 blocks, in a token-dependent order
+    top = torch.stack([torch.randperm(4, generator=gen) for _ in range(11)])
+    out = routed_ffn(x, mlp, 4, top, torch.ones(11, 4, dtype=torch.float64))
+    ref = dense_mlp(mlp, x)
+    assert torch.allclose(out, ref, atol=1e-10)
+    gout = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    g1 = torch.autograd.grad(out, [x, *params], gout)
+    g2 = torch.autograd.grad(ref, [x, *params], gout)
+    for a, b in zip(g1, g2):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
+def test_routed_ffn_top_k_equals_masked_dense_per_token():
+    mlp = _mlp()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(9, 16, generator=gen, dtype=torch.float64)
+    top = torch.stack([torch.randperm(4, generator=gen)[:2] for _ in range(9)])
+    gates = torch.rand(9, 2, generator=gen, dtype=torch.float64) * 2
+    out = routed_ffn(x, mlp, 4, top, gates)
+    for t in range(9):
+        h = mlp.act_fn(mlp.gate_proj(x[t])) * mlp.up_proj(x[t])
+        scale = torch.zeros(24, dtype=torch.float64)
+        for j in range(2):
+            scale[top[t, j] * 6:(top[t, j] + 1) * 6] = gates[t, j]
+        want = mlp.down_proj(h * scale)
+        assert torch.allclose(out[t], want, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------- whole models
+@pytest.mark.parametrize("name", ["llama", "qwen2"])  # GQA 4/2 + tied; q/k/v biases + head_dim 24
+def test_model_with_all_keys_and_blocks_equals_dense(name):
+    model = tiny(name, dtype=torch.float64)
+    ids = torch.randint(0, 500, (2, 19), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    stock = model(input_ids=ids, attention_mask=mask).logits
+    method = spt(model, top_l_ratio=1.0, ffn_top_k=4, ffn_blocks=4, warmup_ratio=0.0, query_chunk=6)
+    randomize_lora(model)
+    for f in method.ffn:  # sigmoid(0) = 0.5 -> gates 2p = 1
+        torch.nn.init.zeros_(f.router.weight)
+        torch.nn.init.zeros_(f.router.bias)
+    model.train()
+
+    def run(sparse: bool):
+        method.state.sparse = sparse
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, attention_mask=mask, labels=ids)
+        out.loss.backward()
+        method.extra_loss(model, {}, out)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if "lora" in n}
+        return out.logits.detach(), grads
+
+    dense_logits, dense_grads = run(False)
+    sparse_logits, sparse_grads = run(True)
+    assert torch.allclose(sparse_logits, dense_logits, atol=1e-9)
+    assert dense_grads and set(dense_grads) == set(sparse_grads)
+    for n in dense_grads:
+        assert torch.allclose(sparse_grads[n], dense_grads[n], atol=1e-9), n
+    # with B = 0 LoRA is the identity: the SPT model in dense mode equals the stock model
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.zero_()
+    method.state.sparse = False
+    assert torch.allclose(model(input_ids=ids, attention_mask=mask).logits, stock, atol=1e-9)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_rows_one_at_a_time(side):
+    model = tiny("llama", dtype=torch.float64)
+    method = spt(model, top_l_ratio=0.25, min_keys=3, query_chunk=8, ffn_top_k=2, warmup_ratio=0.0,
+                 calibration=None)
+    randomize_lora(model)
+    model.eval()  # eval mode uses the sparse path (sparse_eval)
+    gen = torch.Generator().manual_seed(0)
+    lengths = [23, 14, 9]
+    rows = [torch.randint(0, 500, (n,), generator=gen) for n in lengths]
+    s = max(lengths)
+    ids = torch.zeros(len(rows), s, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        sl = slice(s - len(r), s) if side == "left" else slice(0, len(r))
+        ids[i, sl], mask[i, sl] = r, 1
+    with torch.no_grad():
+        batched = model(input_ids=ids, attention_mask=mask).logits
+        for i, r in enumerate(rows):
+            alone = model(input_ids=r[None], attention_mask=torch.ones(1, len(r), dtype=torch.long)).logits[0]
+            got = batched[i, s - len(r):] if side == "left" else batched[i, :len(r)]
+            assert torch.allclose(got, alone, atol=1e-8), i
+    assert method.state.keys_per_query  # the sparse path ran
+
+
+def test_generate_with_cache_runs_sparse():
+    model = tiny("llama")
+    method = spt(model, top_l_ratio=0.25, min_keys=2, warmup_ratio=0.0)
+    ids = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=258)
+    assert out.shape == (2, 17)
+    assert any(sk > 12 for _, sk in method.state.keys_per_query)  # decode steps went through SPT
+
+
+# ------------------------------------------------------------------------------------- method
+def test_registry_config_phases_and_params():
+    assert method_class("spt") is SPT
+    model = tiny("llama")
+    ids = torch.randint(0, 500, (2, 16))
+    method = build_method(SPTConfig(warmup_ratio=0.5))
+    method.apply(model, MethodContext.of(model, calibration_batches=lambda n: [{"input_ids": ids}] * n))
+    assert method.codebooks_initialised and method.kmeans_vectors > 0
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(("lora_" in n) or ("router" in n) or n.endswith("codebook") for n in trainable)
+    assert sum(n.endswith("codebook") for n in trainable) == 2 and sum("router.weight" in n for n in trainable) == 2
+    assert not method.state.sparse
+    method.on_step(4, 10)
+    assert not method.state.sparse
+    method.on_step(5, 10)
+    assert method.state.sparse and method.state_dict()["sparse"]
+    model.train()
+    out = model(input_ids=ids, labels=ids)
+    extra = method.extra_loss(model, {}, out)
+    assert set(extra) == {"codebook"} and extra["codebook"] > 0
+    assert method.metrics()["spt_sparse"] == 1.0
+
+
+def test_export_round_trip(tmp_path):
+    model = tiny("qwen2")
+    method = spt(model, top_l_ratio=0.5, min_keys=2, warmup_ratio=0.0)
+    randomize_lora(model)
+    ids = torch.randint(0, 500, (2, 16))
+    want = model(input_ids=ids).logits
+    method.export(model, tmp_path / "export")
+    fresh = SPT(SPTConfig(top_l_ratio=0.5, min_keys=2, warmup_ratio=0.0)).load_export(tiny("qwen2"), tmp_path / "export")
+    assert torch.allclose(fresh.eval()(input_ids=ids).logits, want, atol=1e-6)
+
+
+def test_config_and_model_errors():
+    with pytest.raises(ConfigError):
+        SPT(SPTConfig(top_l_ratio=0.0))
+    with pytest.raises(ConfigError):
+        SPT(SPTConfig(ffn_top_k=5, ffn_blocks=4))
+    with pytest.raises(ConfigError):
+        spt(tiny("llama"), sub_dim=5)  # head_dim 16
+    with pytest.raises(UnsupportedModelError, match="supported families"):
+        spt(tiny("gemma"))
