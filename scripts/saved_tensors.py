@@ -49,7 +49,7 @@ def main(overrides: list[str]) -> None:
         (loss / n).backward()
         t2 = time.perf_counter()
         model.zero_grad(set_to_none=True)
-    print(f"{' '.join(overrides) or 'defaults'}: saved for backward {counter.bytes / 2**20:,.0f} MB; "
+    print(f"{' '.join(overrides) or 'defaults'}: saved for backward {counter.bytes / 2**20:,.1f} MB; "
           f"forward {t1 - t0:.2f} s, backward {t2 - t1:.2f} s")
 
 

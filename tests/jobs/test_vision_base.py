@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from sparsetune.jobs.config import compose_job as compose
 from sparsetune.errors import UserError
 from sparsetune.jobs import vision_base
+from sparsetune.jobs.config import compose_job as compose
 from sparsetune.models import load_model
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
