@@ -39,7 +39,7 @@ def list_benchmarks() -> list[tuple[str, str]]:
         doc = ast.get_docstring(ast.parse(Path(spec.origin).read_text())) if spec and spec.origin else None
         text = " ".join((doc or "").split())
         text = text.split(": ", 1)[1] if text.startswith("`sparsetune bench") and ": " in text else text
-        text = text.split(". ")[0].rstrip(".")
+        text = text.split(". ")[0].split(" (")[0].rstrip(".;:,")  # the first sentence, no asides
         if len(text) > 100:  # one line: the first sentence, cut at a word
             text = text[:100].rsplit(" ", 1)[0].rstrip(",;:(") + " …"
         rows.append((name, text))

@@ -29,9 +29,9 @@ def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
     variants = [Variant("stock", MEASURE, ["method=full", *common])]
     variants += [Variant(f"keep_{k}", MEASURE, ["method=evit", f"method.keep_rate={k}", *common]) for k in KEEP_RATES]
     if quick:
-        settings = [Setting("batch 8", {"batch": 8, "warmup": 1, "iters": 3})]
+        settings = [Setting("batch 8", {"batch": 8, "warmup": 1, "iters": 2})]
     else:
-        settings = [Setting("batch 64", {"batch": 64, "warmup": 2, "iters": 5})]
+        settings = [Setting("batch 64", {"batch": 64, "warmup": 1, "iters": 3})]
     return Benchmark(name="evit", variants=variants, settings=settings, baseline="stock",
                      ratio_metrics=["images_per_s", "gmacs", "peak_memory_mb"])
 

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from sparsetune.engine.run_folder import atomic_write_text
+
 
 class MetricLogger(Protocol):
     def log(self, metrics: dict[str, Any], step: int) -> None: ...
@@ -37,17 +39,6 @@ def _step_of(line: str) -> int | None:
     return int(record.get("step", 0)) if isinstance(record, dict) else None
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 class JsonlLogger:
     """Appends one JSON object per call to metrics.jsonl (flushed, so a killed run keeps its log)."""
 
@@ -59,7 +50,7 @@ class JsonlLogger:
             # written is dropped too; the rewrite is atomic, so a crash here keeps the old log whole.
             kept = [ln for ln in self.path.read_text().splitlines()
                     if _step_of(ln) is not None and _step_of(ln) <= truncate_after_step]
-            _atomic_write(self.path, "".join(ln + "\n" for ln in kept))
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
         self._fh = self.path.open("a")
 
     def log(self, metrics: dict[str, Any], step: int) -> None:

@@ -309,3 +309,60 @@ def test_deit_s_gmacs_match_the_paper():
     # the paper's table: 4.0 / 3.5 / 3.0 / 2.6 / 2.3 GMACs at keep 0.9 … 0.5
     got = [round(macs(geo, [3, 6, 9], k) / 1e9, 1) for k in (0.9, 0.8, 0.7, 0.6, 0.5)]
     assert got == pytest.approx([4.0, 3.5, 3.0, 2.6, 2.3], abs=0.11)
+
+
+# --------------------------------------------------------------------------- through the jobs and the bench
+TINY_JOB = ["model=tiny_vit", "data=digits", "method=evit", "logger=quiet", "trainer.threads=1",
+            "trainer.batch_size=16", "trainer.warmup_steps=1", "trainer.save_every=0", "eval.batch_size=64"]
+
+
+def test_train_exports_and_eval_run_scores_keep_rates(tmp_path):
+    from sparsetune.jobs import run_job
+    from sparsetune.jobs.config import compose_job as compose
+    from sparsetune.jobs.evaluate import evaluate_run
+
+    ov = [*TINY_JOB, f"run_dir={tmp_path}", "trainer.max_steps=4", "method.keep_rate=0.5",
+          "method.anneal_end=0.5"]
+    summary = run_job(compose(ov), ov)
+    run = next(tmp_path.iterdir())
+    assert summary["evit_keep_rate"] == 0.5 and summary["gmacs"] < summary["gmacs_stock"]
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["evit_keep_rate"] for r in records if "loss" in r]
+    assert rates[0] > rates[-1] == 0.5  # annealed from 1.0 towards the target
+    assert json.loads((run / "export" / "evit.json").read_text())["keep_rate"] == 0.5
+
+    results = evaluate_run(str(run), ["eval.points=[1.0,0.5]"])
+    assert results["digits"]["n"] == 360
+    saved = json.loads((run / "summary.json").read_text())
+    rows = saved["eval_points"]
+    assert list(rows) == ["keep 1", "keep 0.5"] and rows["keep 0.5"]["tokens"] == "16→9"
+    assert all(r["images_per_s"] > 0 and 0 <= r["top1"] <= 1 for r in rows.values())
+    # the export was scored at its own keep rate: the plain eval equals the keep-0.5 point
+    assert rows["keep 0.5"]["top1"] == results["digits"]["top1"]
+    assert (run / "eval_points.json").exists() and (run / "eval_points.png").stat().st_size > 0
+
+
+def test_eval_recipe_points_from_the_method_config(tmp_path):
+    from sparsetune.jobs.config import compose_job as compose
+    from sparsetune.jobs.evaluate import evaluate_recipe
+
+    ov = [*TINY_JOB, f"run_dir={tmp_path}", "method.train=false", "method.eval_keep_rates=[1.0,0.7]"]
+    evaluate_recipe(compose(ov), ov)
+    run = next(tmp_path.iterdir())
+    record = json.loads((run / "eval_points.json").read_text())
+    assert list(record["points"]) == ["keep 1", "keep 0.7"] and record["timing"]["batch"] == 64
+    assert record["points"]["keep 1"]["speedup"] == 1.0
+
+
+def test_bench_measures_stock_and_keep_rates_on_a_tiny_model():
+    from sparsetune.bench.evit import benchmark, measure_inference
+    from sparsetune.jobs.config import compose_job as compose
+
+    bench = benchmark(quick=True, overrides=[])
+    assert [v.name for v in bench.variants] == ["stock", "keep_0.9", "keep_0.8", "keep_0.7", "keep_0.6", "keep_0.5"]
+    settings = {"batch": 2, "warmup": 0, "iters": 1}
+    common = ["model=tiny_vit", "data=digits", "logger=quiet"]
+    stock = measure_inference(compose(["method=full", *common]), settings)
+    keep = measure_inference(compose(["method=evit", "method.keep_rate=0.5", *common]), settings)
+    assert stock["tokens"] == "16→16" and keep["tokens"] == "16→9"
+    assert keep["gmacs"] < stock["gmacs"] and stock["images_per_s"] > 0

@@ -25,7 +25,7 @@ class SPTConfig(MethodConfig):
     query_chunk: int = 128  # queries per chunk on the sparse path (bounds the chunk x S code-match tensor)
     codebook_loss_weight: float = 1e-2
     codebook_tokens: int = 4096  # q/k vectors per layer sampled for the codebook loss each step
-    kmeans_init: bool = True  # k-medians (L1) codebook init on calibration batches when the engine has them
+    kmeans_init: bool = True  # calibration (k-medians (L1) codebooks, router fit) when the engine has batches
     kmeans_batches: int = 2
     kmeans_iters: int = 10
     # --- routed FFN
@@ -33,6 +33,10 @@ class SPTConfig(MethodConfig):
     ffn_blocks: int = 4
     ffn_top_k: int = 2
     router_init_std: float = 0.02
+    # fit each router on the calibration batches (with kmeans_init) so it starts by picking each token's
+    # blocks of largest output norm at gates 2p = 1 (not in the paper: a random router drops half of a
+    # pretrained FFN at random, and the task loss alone moves it slowly)
+    router_init: bool = True
     # --- LoRA on the linears (our own small LoRA so its slices can follow the FFN blocks)
     lora_r: int = 16
     lora_alpha: float = 32.0

@@ -120,9 +120,11 @@ class RoutedMLP(nn.Module):
     """Replaces a block's gated MLP: `.mlp` is the stock module (linears possibly LoRA-wrapped),
     `.router` the trained Linear(d_model, n_blocks). Dense mode is the stock MLP."""
 
-    def __init__(self, mlp: nn.Module, hidden: int, cfg: Any, state: Any, generator: torch.Generator | None = None):
+    def __init__(self, mlp: nn.Module, hidden: int, cfg: Any, state: Any, generator: torch.Generator | None = None,
+                 layer: int = 0):
         super().__init__()
         self.mlp = mlp
+        self.layer = layer
         self.cfg = cfg
         self.state = state
         self.blocks, self.top_k = int(cfg.ffn_blocks), int(cfg.ffn_top_k)
@@ -140,8 +142,46 @@ class RoutedMLP(nn.Module):
         top_p, top_idx = p.topk(self.top_k, dim=-1)
         return top_idx, 2.0 * top_p
 
+    @torch.no_grad()
+    def _collect(self, x: torch.Tensor) -> None:
+        """Calibration: the FFN input and each block's output norm per token (what the router should rank)."""
+        m = self.mlp
+        x2 = x.reshape(-1, x.shape[-1])
+        h = m.act_fn(m.gate_proj(x2)) * m.up_proj(x2)
+        w = m.down_proj.weight
+        width = w.shape[1] // self.blocks
+        norms = torch.stack([F.linear(h[:, b * width:(b + 1) * width], w[:, b * width:(b + 1) * width]).norm(dim=-1)
+                             for b in range(self.blocks)], -1)
+        pick = torch.randperm(x2.shape[0], device=x2.device)[: int(self.cfg.codebook_tokens)]
+        self.state.collect.setdefault(("ffn", self.layer), []).append((x2[pick].float().cpu(), norms[pick].float().cpu()))
+
+    def fit_router(self, x: torch.Tensor, norms: torch.Tensor, steps: int = 200, lr: float = 1e-2) -> float:
+        """Fit the router on calibration tokens so each token's top-k blocks by output norm get p = 1/2
+        (gates 2p = 1: the routed FFN starts as the dense FFN restricted to those blocks) and the
+        others p -> 0. Returns the fraction of tokens whose top-k set the router reproduces."""
+        target = torch.zeros_like(norms)
+        target.scatter_(1, norms.topk(self.top_k, -1).indices, 0.5)
+        w = self.router.weight
+        x, target = x.to(w.device), target.to(w.device)
+        params = [self.router.weight, self.router.bias]
+        opt = torch.optim.Adam(params, lr=lr)
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = F.binary_cross_entropy_with_logits(self.router(x), target)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        for p in params:
+            p.grad = None
+        with torch.no_grad():
+            got = self.router(x).topk(self.top_k, -1).indices.sort(-1).values
+            want = norms.to(w.device).topk(self.top_k, -1).indices.sort(-1).values
+            return float((got == want).all(-1).float().mean())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.state.active(self.training):
+            if self.state.collect is not None:
+                self._collect(x)
             return self.mlp(x)
         x2 = x.reshape(-1, x.shape[-1])
         top_idx, gates = self.route(x2)

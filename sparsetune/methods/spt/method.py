@@ -59,6 +59,7 @@ class SPT(Method):
         self.ffn: list[RoutedMLP] = []
         self.codebooks_initialised = False
         self.kmeans_vectors = 0
+        self.router_agreement: float | None = None
         self._hook = None
         self._last_codebook_loss: float | None = None
 
@@ -100,22 +101,22 @@ class SPT(Method):
                 _set(model, arch.name_of(b.attn.module), wrapped)
                 self.attention.append(wrapped)
             if self.cfg.routed_ffn:
-                routed = RoutedMLP(b.mlp.module, arch.hidden_size, self.cfg, self.state, gen)
+                routed = RoutedMLP(b.mlp.module, arch.hidden_size, self.cfg, self.state, gen, b.index)
                 _set(model, arch.name_of(b.mlp.module), routed)
                 self.ffn.append(routed)
         self._hook = _decoder_stack(model, arch.blocks[0].module).register_forward_pre_hook(
             capture_mask(self.state), with_kwargs=True)
-        if (self.cfg.sparse_attention and self.cfg.kmeans_init and not self.codebooks_initialised
-                and ctx.calibration_batches is not None):
+        if self.cfg.kmeans_init and not self.codebooks_initialised and ctx.calibration_batches is not None:
             self.init_codebooks(model, ctx.calibration_batches(int(self.cfg.kmeans_batches)))
         return model
 
     @torch.no_grad()
     def init_codebooks(self, model: nn.Module, batches: list[dict]) -> None:
-        """k-medians codebooks from the q/k vectors (after RoPE) of a dense forward on `batches`."""
-        if not self.attention or not batches:
+        """Calibration on a dense forward over `batches`: k-medians codebooks from the q/k vectors
+        (after RoPE), and (router_init) routers fitted to rank each token's FFN blocks by output norm."""
+        if not (self.attention or self.ffn) or not batches:
             return
-        device = self.attention[0].codebook.device
+        device = next(model.parameters()).device
         saved = (self.state.sparse, self.state.sparse_eval, model.training)
         self.state.sparse = self.state.sparse_eval = False
         self.state.collect = {}
@@ -132,6 +133,14 @@ class SPT(Method):
                 book = kmedians(rows, int(self.cfg.num_centroids), int(self.cfg.sub_dim), int(self.cfg.kmeans_iters), gen)
                 attn.codebook.copy_(book.to(attn.codebook.device))
                 self.kmeans_vectors = int(rows.shape[0])
+            if self.cfg.router_init:
+                agree = []
+                for mlp in self.ffn:
+                    samples = self.state.collect.get(("ffn", mlp.layer), [])
+                    if samples:
+                        x = torch.cat([s[0] for s in samples])
+                        agree.append(mlp.fit_router(x, torch.cat([s[1] for s in samples])))
+                self.router_agreement = sum(agree) / len(agree) if agree else None
             self.codebooks_initialised = True
         finally:
             self.state.sparse, self.state.sparse_eval = saved[0], saved[1]
@@ -152,6 +161,8 @@ class SPT(Method):
 
     def metrics(self) -> dict[str, float]:
         out: dict[str, float] = {"spt_sparse": float(self.state.sparse)}
+        if self.router_agreement is not None:
+            out["spt_router_init_agreement"] = self.router_agreement
         if self._last_codebook_loss is not None:
             out["spt_codebook_loss"] = self._last_codebook_loss
         if self.state.keys_per_query:
