@@ -7,13 +7,17 @@ rounds interleaved. Measured under `torch.inference_mode` on one random batch (6
 - `images_per_s`: batch / median forward time after warm-up; `images_per_s_vs_stock` is the speed-up;
 - `gmacs`: multiply-accumulates per image, counted analytically (the paper's 4.6 GMACs for stock DeiT-S);
 - `tokens`: patch tokens entering the model and leaving each reorganising block;
-- `peak_memory_mb` (CUDA: allocated; CPU: process peak RSS while measuring).
+- `peak_memory_mb` (CUDA: allocated; CPU: process peak RSS while measuring);
+- `speedup_same_process` (EViT variants): the same model's stock forward (keep 1.0 runs the stock
+  layer code) timed alternately with the EViT forward in the same process, median of the per-pair
+  ratios: robust to load on a shared machine, where the cross-process ratio drifts.
 No ToMe row: ToMe (facebookresearch/ToMe) is not on PyPI and timm ships no token merging, so no
 offline peer installs (`tomesd` patches Stable Diffusion UNets, not ViTs).
 """
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import torch
@@ -38,7 +42,7 @@ def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
 
 def measure_inference(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     from sparsetune.bench.worker import worker_setup
-    from sparsetune.engine.measure import latency, peak_memory_mb, reset_peak_memory
+    from sparsetune.engine.measure import StepTimer, latency, peak_memory_mb, reset_peak_memory
     from sparsetune.methods import build_method
     from sparsetune.methods.base import MethodContext
     from sparsetune.methods.evit.config import EViTConfig
@@ -58,12 +62,27 @@ def measure_inference(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     x = torch.randn(batch, c.num_channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(0))
     x = x.to(device=device, dtype=next(model.parameters()).dtype)
     reset_peak_memory(device)
+    warmup, iters = int(settings["warmup"]), int(settings["iters"])
+    paired: dict[str, Any] = {}
     with torch.inference_mode():
-        t = latency(lambda: model(pixel_values=x), warmup=int(settings["warmup"]), iters=int(settings["iters"]),
-                    device=device)
+        if not evit:
+            t = latency(lambda: model(pixel_values=x), warmup=warmup, iters=iters, device=device)["median"]
+        else:  # EViT and, alternating with it in this process, the stock forward (keep 1.0 runs the stock code)
+            keep, timers = method.settings.keep_rate, {"evit": StepTimer(device), "stock": StepTimer(device)}
+            for _ in range(warmup + iters):
+                for name, rate in (("evit", keep), ("stock", 1.0)):
+                    method.settings.keep_rate = rate
+                    with timers[name].step():
+                        model(pixel_values=x)
+            method.settings.keep_rate = keep
+            ev, st = timers["evit"].measured(warmup), timers["stock"].measured(warmup)
+            t = statistics.median(ev)
+            paired = {"stock_images_per_s_same_process": batch / statistics.median(st),
+                      "speedup_same_process": statistics.median(b / a for a, b in zip(ev, st))}
     return {
-        "images_per_s": batch / t["median"],
-        "latency_s": t["median"],
+        "images_per_s": batch / t,
+        "latency_s": t,
+        **paired,
         "gmacs": method.gmacs(),
         "tokens": "→".join(str(n) for n in method.tokens()),
         "reorg_layers": ",".join(str(i) for i in method.reorg_layers),

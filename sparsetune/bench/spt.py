@@ -6,7 +6,10 @@ SPT (LoRA r16 on every linear + sparse MHA with L = S/8 + routed FFN top-2 of 4 
 Each variant runs in its own process. Measured: `step_time_s` (median after warm-up),
 `peak_memory_mb` (CUDA: max allocated; CPU: process peak RSS), and the attention/FFN split
 `attn_time_s` / `ffn_time_s`: forward + backward of the block's attention and FFN modules alone on
-the same shapes. The block sits between a 256-token embedding and head, so those cost next to nothing.
+the same shapes, and `saved_activation_mb` / `attn_saved_mb` / `ffn_saved_mb`: bytes autograd saves
+for backward in one forward of the model / the attention / the FFN (parameters excluded, each storage
+counted once) — exact and immune to machine load, unlike times and CPU RSS. The block sits between a
+256-token embedding and head, so those cost next to nothing.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
                   Variant("spt", MEASURE, [*spt, "model.attn_implementation=sdpa", *common])],
         settings=settings,
         baseline="lora_eager",  # the paper's baseline
-        ratio_metrics=["step_time_s", "peak_memory_mb", "attn_time_s", "ffn_time_s"],
+        ratio_metrics=["step_time_s", "peak_memory_mb", "saved_activation_mb", "attn_time_s", "ffn_time_s",
+                       "attn_saved_mb", "ffn_saved_mb"],
         extra_ratios=[("spt", "lora_sdpa"), ("spt", "full")],
     )
 
@@ -64,6 +68,25 @@ def build_block_model(settings: dict[str, Any], attn_implementation: str, seed: 
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
     return LlamaForCausalLM(config)
+
+
+def saved_mb(model: torch.nn.Module, fn) -> float:
+    """MB of tensors autograd saves for backward while fn() runs (parameters excluded, storages once);
+    runs backward afterwards so the graph is freed."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    out.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values()) / 2**20
 
 
 def measure_block(cfg, settings: dict[str, Any]) -> dict[str, Any]:
@@ -104,16 +127,22 @@ def measure_block(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     mask = None
     if impl == "eager":  # eager attention needs the causal mask spelled out (SDPA and SPT are causal by themselves)
         mask = torch.full((seq, seq), float("-inf"), device=device).triu(1)[None, None]
-    split = {}
-    for key, fn in (("attn_time_s", lambda: attn(hidden_states=x, position_embeddings=pos, attention_mask=mask)[0]),
-                    ("ffn_time_s", lambda: mlp(x))):
+    def step_loss():
+        loss_sum, n, outputs = causal_lm_loss(model, data)
+        return loss_sum / n + sum(method.extra_loss(model, data, outputs).values())
+
+    split = {"saved_activation_mb": saved_mb(model, step_loss)}
+    for key, fn in (("attn", lambda: attn(hidden_states=x, position_embeddings=pos, attention_mask=mask)[0]),
+                    ("ffn", lambda: mlp(x))):
+        split[f"{key}_saved_mb"] = saved_mb(model, lambda: fn().square().mean())
+        x.grad = None
         t = StepTimer(device)
         for _ in range(warmup + settings.get("steps", 5)):
             with t.step():
                 fn().square().mean().backward()
         model.zero_grad(set_to_none=True)
         x.grad = None
-        split[key] = t.median(skip_warmup=warmup)
+        split[f"{key}_time_s"] = t.median(skip_warmup=warmup)
     trainable, total = count_parameters(model)
     step = timer.median(skip_warmup=warmup)
     return {"step_time_s": step, "peak_memory_mb": peak, **split, "trainable_params": trainable,

@@ -3,8 +3,9 @@ held-out split, forward throughput and the method's own figures per point, as a 
 and an accuracy-vs-throughput plot in the run folder.
 
 Throughput is the model's forward alone on one preloaded batch of test inputs (no data loading), under
-`torch.inference_mode`: a median over `iters` calls after warm-up, measured in `rounds` interleaved
-rounds (every point once per round, so machine drift hits all points alike) and the median taken.
+`torch.inference_mode`: after `warmup` calls per point, `cycles` cycles of one forward per point
+(interleaved, so load drift on a shared machine hits every point alike); images/s from the median
+time, speed-up as the median of the per-cycle ratios against the first point.
 """
 
 from __future__ import annotations
@@ -67,12 +68,12 @@ def plot_points(rows: dict[str, dict[str, Any]], path: Path, title: str, metric:
 
 
 def score_points(cfg, method, model, tokenizer, splits, run_path: Path, split: str = "test",
-                 rounds: int = 3, warmup: int = 3, iters: int = 10) -> dict[str, dict[str, Any]] | None:
+                 warmup: int = 3, cycles: int = 20) -> dict[str, dict[str, Any]] | None:
     """{label: {method figures, accuracy metrics, images_per_s, speedup}} or None when the method has no
     points. Files: <run>/eval_points.json and <run>/eval_points.png."""
     import torch
 
-    from sparsetune.engine.measure import latency
+    from sparsetune.engine.measure import StepTimer
     from sparsetune.eval.suite import evaluate_model
 
     points = method.eval_points(list(cfg.eval.points or []))
@@ -89,26 +90,30 @@ def score_points(cfg, method, model, tokenizer, splits, run_path: Path, split: s
         row.update(_flatten(evaluate_model(cfg, model, tokenizer, splits, split, run_path)))
         rows[label] = row
     if inputs is not None:
-        times: dict[str, list[float]] = {label: [] for label, _ in points}
+        timers = {label: StepTimer(device) for label, _ in points}
         was_training = model.training
         model.eval()
         with torch.inference_mode():
-            for _ in range(rounds):
+            for _label, point in points:
+                method.set_eval_point(model, point)
+                for _ in range(warmup):
+                    model(**inputs)
+            for _ in range(cycles):  # one forward per point per cycle: load drift hits every point alike
                 for label, point in points:
                     method.set_eval_point(model, point)
-                    times[label].append(latency(lambda: model(**inputs), warmup=warmup, iters=iters,
-                                                device=device)["median"])
+                    with timers[label].step():
+                        model(**inputs)
         model.train(was_training)
         batch = int(inputs["pixel_values"].shape[0])
-        base = None
+        ref = timers[points[0][0]].times
         for label, _ in points:
-            rate = batch / statistics.median(times[label])
-            base = base or rate
-            rows[label].update({"images_per_s": rate, "speedup": rate / base})
+            times = timers[label].times
+            rows[label].update({"images_per_s": batch / statistics.median(times),
+                                "speedup": statistics.median(a / b for a, b in zip(ref, times))})
     record = {"points": rows, "split": split, "timing": {
-        "batch": None if inputs is None else int(inputs["pixel_values"].shape[0]), "rounds": rounds,
-        "warmup": warmup, "iters": iters, "threads": torch.get_num_threads(), "device": str(device),
-        "dtype": str(first.dtype).removeprefix("torch."), "speedup": "images_per_s / the first point's"}}
+        "batch": None if inputs is None else int(inputs["pixel_values"].shape[0]), "cycles": cycles,
+        "warmup": warmup, "threads": torch.get_num_threads(), "device": str(device),
+        "dtype": str(first.dtype).removeprefix("torch."), "speedup": "median over cycles of the first point's forward time / this point's"}}
     run_path = Path(run_path)
     out = _free_path(run_path / "eval_points.json")
     out.write_text(json.dumps(record, indent=2) + "\n")

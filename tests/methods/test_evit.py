@@ -366,3 +366,4 @@ def test_bench_measures_stock_and_keep_rates_on_a_tiny_model():
     keep = measure_inference(compose(["method=evit", "method.keep_rate=0.5", *common]), settings)
     assert stock["tokens"] == "16→16" and keep["tokens"] == "16→9"
     assert keep["gmacs"] < stock["gmacs"] and stock["images_per_s"] > 0
+    assert keep["speedup_same_process"] > 0 and "speedup_same_process" not in stock

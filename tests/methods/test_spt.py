@@ -382,3 +382,25 @@ def test_config_and_model_errors():
         spt(tiny("llama"), sub_dim=5)  # head_dim 16
     with pytest.raises(UnsupportedModelError, match="supported families"):
         spt(tiny("gemma"))
+
+
+def test_kmedians_centroids_are_cluster_medians():
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(300, 16, generator=gen)
+    book = kmedians(z, 5, 8, iters=30, generator=torch.Generator().manual_seed(0))
+    rows = z.reshape(300, 2, 8)
+    assign = (rows[:, :, None] - book[None]).abs().sum(-1).argmin(-1)
+    for s in range(2):
+        for c in range(5):
+            members = rows[assign[:, s] == c, s]
+            if len(members):  # a fixed point of the median update
+                assert torch.equal(book[s, c], members.median(dim=0).values)
+
+
+def test_router_calibration_learns_the_best_block_subsets():
+    model = tiny("llama")
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 500, (4, 24), generator=gen)} for _ in range(2)]
+    method = spt(model, calibration=lambda n: batches[:n], min_keys=4)
+    assert method.codebooks_initialised and method.router_agreement is not None
+    assert method.metrics()["spt_router_init_agreement"] > 0.5  # 1 in 6 by chance (2 of 4 blocks)

@@ -9,7 +9,6 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from sparsetune.errors import ConfigError

@@ -36,14 +36,14 @@ def keys_per_row(lengths: torch.Tensor, ratio: float, min_keys: int) -> torch.Te
 @torch.no_grad()
 def select_top_l(q_codes: torch.Tensor, k_codes: torch.Tensor, num_keys: int, num_centroids: int,
                  key_valid: torch.Tensor | None = None, chunk: int = 128,
-                 row_keys: torch.Tensor | None = None) -> torch.Tensor:
+                 row_keys: torch.Tensor | None = None, keep_first: int = 0) -> torch.Tensor:
     """Indices (B, H, S_q, L) int32 of the top-L causal keys per query by number of matching codes.
 
     q_codes (B, H, S_q, M), k_codes (B, H_kv, S_k, M); query i sits at key position S_k - S_q + i
     (a KV cache). key_valid (B, S_k) bool marks real (non-padding) keys. Ties prefer the nearer key.
     Slots with no valid key left (fewer than L causal keys, or padding) hold -1. row_keys (B,) caps
     the kept keys per batch row (L of that row's real length), so a padded row selects exactly what
-    it would alone.
+    it would alone. The first `keep_first` real keys of each row (attention sinks) are always kept.
     """
     b, h, sq, m = q_codes.shape
     hkv, sk = k_codes.shape[1], k_codes.shape[2]
@@ -60,6 +60,10 @@ def select_top_l(q_codes: torch.Tensor, k_codes: torch.Tensor, num_keys: int, nu
         # score = matches * S_k + key position: exact in fp32 for M*S_k < 2^24; -1 = not allowed
         score = torch.matmul(qo, kt).view(b, hkv, g, t, sk)
         score.mul_(sk).add_(pos)
+        if keep_first > 0:
+            rank = pos[None] if key_valid is None else key_valid.long().cumsum(-1) - 1  # (1|B, S_k)
+            sink = (rank < keep_first) & (key_valid if key_valid is not None else True)
+            score.add_(sink[:, None, None, None, :].to(score.dtype) * float((m + 1) * sk))
         allowed = pos[None, :] <= (offset + torch.arange(s, e, device=pos.device))[:, None]  # (t, S_k)
         if key_valid is not None:
             allowed = allowed[None] & key_valid[:, None, :]  # (B, t, S_k)
@@ -255,7 +259,7 @@ class SPTAttention(nn.Module):
                 q_codes = pq_codes(q.detach(), self.codebook).view(b, q.shape[1], sq, -1)
                 k_codes = pq_codes(k.detach(), self.codebook).view(b, k.shape[1], sk, -1)
             idx = select_top_l(q_codes, k_codes, num, int(self.cfg.num_centroids), key_valid,
-                               int(self.cfg.query_chunk), row_keys)
+                               int(self.cfg.query_chunk), row_keys, int(self.cfg.keep_first))
             self.state.keys_per_query.append((num, sk))
             out = sparse_attention(q, k, v, idx, a.scaling, int(self.cfg.query_chunk))
             out = out.transpose(1, 2)

@@ -22,9 +22,12 @@ class SPTConfig(MethodConfig):
     num_centroids: int = 16  # centroids per sub-space
     top_l_ratio: float = 0.125  # keys kept per query: L = ceil(ratio * S) (the paper: S/8)
     min_keys: int = 16  # L never drops below this (short sequences keep every causal key)
+    # the first keep_first real keys of every row are always among the L (attention sinks; not in the
+    # paper: PQ matching rarely picks the sink, and pretrained models put much of their attention there)
+    keep_first: int = 0
     query_chunk: int = 128  # queries per chunk on the sparse path (bounds the chunk x S code-match tensor)
     codebook_loss_weight: float = 1e-2
-    codebook_tokens: int = 4096  # q/k vectors per layer sampled for the codebook loss each step
+    codebook_tokens: int = 1024  # q/k vectors per layer sampled for the codebook loss each step
     kmeans_init: bool = True  # calibration (k-medians (L1) codebooks, router fit) when the engine has batches
     kmeans_batches: int = 2
     kmeans_iters: int = 10
@@ -54,6 +57,8 @@ def check_config(cfg) -> None:
                 "ffn_top_k", "lora_r", "kmeans_batches", "kmeans_iters"):
         if int(getattr(cfg, key)) < 1:
             raise ConfigError(f"method.{key}: {getattr(cfg, key)} must be a positive integer")
+    if int(cfg.keep_first) < 0:
+        raise ConfigError(f"method.keep_first: {cfg.keep_first} must be >= 0")
     if not 0.0 < float(cfg.top_l_ratio) <= 1.0:
         raise ConfigError(f"method.top_l_ratio: {cfg.top_l_ratio} must be in (0, 1]")
     if not 0.0 <= float(cfg.warmup_ratio) <= 1.0:

@@ -2,12 +2,14 @@
 top-k blocks per token, and each selected block's output is scaled by c = 2·p so the router learns.
 
 Tokens are grouped per block by one sort, gathered with index_select, run through dense GEMMs on the
-block's weight slices (frozen base + the block's LoRA slices) and summed back with index_add_. The
+block's weight slices (frozen base + the block's LoRA slices) and summed back through the inverse
+permutation (index_select + a sum over the k slots). The
 only host sync is one bincount of the block sizes per forward (none per block).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -108,10 +110,15 @@ def routed_ffn(x: torch.Tensor, mlp: nn.Module, blocks: int, top_idx: torch.Tens
         rows = xs[seg]
         g = _rows(rows, mlp.gate_proj, ch, None if xa_gate is None else xa_gate[seg])
         u = _rows(rows, mlp.up_proj, ch, None if xa_up is None else xa_up[seg])
-        outs.append(_cols(mlp.act_fn(g) * u, mlp.down_proj, ch))
+        # the gate scales the block's down-projection input (linear, bias added once below): autograd
+        # then keeps the (n x width) product instead of an (n x d_model) output for the multiply
+        h = mlp.act_fn(g) * u * gate_sorted[seg, None].to(x.dtype)
+        outs.append(_cols(h, mlp.down_proj, ch))
         start += n
-    ys = torch.cat(outs) * gate_sorted[:, None].to(x.dtype)
-    y = torch.zeros(t, ys.shape[-1], dtype=ys.dtype, device=x.device).index_add_(0, tok, ys)
+    # back to (token, slot) order and sum the k slots: index_select + sum keep only the index for
+    # backward (index_add_ would save the (T*k, d) source)
+    inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.shape[0], device=order.device))
+    y = torch.cat(outs).index_select(0, inverse).view(t, k, -1).sum(1)
     bias = _parts(mlp.down_proj)[1]
     return y if bias is None else y + bias
 
@@ -144,14 +151,24 @@ class RoutedMLP(nn.Module):
 
     @torch.no_grad()
     def _collect(self, x: torch.Tensor) -> None:
-        """Calibration: the FFN input and each block's output norm per token (what the router should rank)."""
+        """Calibration: the FFN input and, per token, a score per block (higher = keep): 1 for the blocks
+        of the k-subset whose summed output is closest to the full FFN output, else 0 (C(n, k) <= 256
+        subsets are enumerated; beyond that, the block output norms)."""
         m = self.mlp
         x2 = x.reshape(-1, x.shape[-1])
         h = m.act_fn(m.gate_proj(x2)) * m.up_proj(x2)
         w = m.down_proj.weight
         width = w.shape[1] // self.blocks
-        norms = torch.stack([F.linear(h[:, b * width:(b + 1) * width], w[:, b * width:(b + 1) * width]).norm(dim=-1)
-                             for b in range(self.blocks)], -1)
+        parts = torch.stack([F.linear(h[:, b * width:(b + 1) * width], w[:, b * width:(b + 1) * width])
+                             for b in range(self.blocks)], 1)  # (T, n, d)
+        subsets = list(itertools.combinations(range(self.blocks), self.top_k))
+        if len(subsets) <= 256:
+            full = parts.sum(1)
+            err = torch.stack([(full - parts[:, list(c)].sum(1)).norm(dim=-1) for c in subsets], -1)  # (T, S)
+            best = torch.tensor(subsets, device=x.device)[err.argmin(-1)]  # (T, k)
+            norms = torch.zeros(parts.shape[:2], device=x.device).scatter_(1, best, 1.0)
+        else:
+            norms = parts.norm(dim=-1)
         pick = torch.randperm(x2.shape[0], device=x2.device)[: int(self.cfg.codebook_tokens)]
         self.state.collect.setdefault(("ffn", self.layer), []).append((x2[pick].float().cpu(), norms[pick].float().cpu()))
 

@@ -74,8 +74,11 @@ def kmedians(z: torch.Tensor, num_centroids: int, sub_dim: int, iters: int = 10,
     for _ in range(iters):
         assign = distances(rows, book).argmin(-1)  # (N, M)
         for s in range(m):
-            for c in range(num_centroids):
-                members = rows[assign[:, s] == c, s]
-                if members.shape[0]:
-                    book[s, c] = members.median(dim=0).values
+            a, v = assign[:, s], rows[:, s]  # (N,), (N, d)
+            by_value = v.argsort(0)  # per dim ascending, then stably grouped by cluster
+            by_cluster = a[by_value].argsort(dim=0, stable=True)
+            grouped = v.gather(0, by_value.gather(0, by_cluster))
+            counts = torch.bincount(a, minlength=num_centroids)
+            mid = (counts.cumsum(0) - counts + (counts - 1).clamp_min(0) // 2).clamp(max=n - 1)
+            book[s] = torch.where(counts[:, None] > 0, grouped[mid], book[s])  # lower median, as torch.median
     return book
