@@ -67,10 +67,29 @@ def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     if points:
         summary["eval_points"] = points
     run.write_summary(summary)
+    log_eval(cfg, run.path, results, points, step=int(summary.get("steps") or 0))
     print_table("eval (held-out split)", results)
     if points:
         print_table("eval points (held-out split)", points)
     return results
+
+
+def log_eval(cfg, run_path, results: dict[str, Any], points: dict[str, Any] | None, step: int = 0) -> None:
+    """Eval results (and eval points) to the run's metric loggers: a metrics.jsonl record and a W&B run
+    named `<run>-eval` (offline by default); the tables are printed by the caller."""
+    from omegaconf import OmegaConf
+
+    from sparsetune.engine.logging import build_logger
+    from sparsetune.jobs.common import eval_log
+
+    lcfg = OmegaConf.merge(cfg.logger, {"backends": [b for b in cfg.logger.backends if b != "console"]})
+    logger = build_logger(lcfg, run_path, OmegaConf.to_container(cfg, resolve=True), f"{run_path.name}-eval")
+    try:
+        logger.log(eval_log(results), step)
+        if points:
+            logger.summary({"eval_points": points})
+    finally:
+        logger.close()
 
 
 def _from_export(cfg, run):
@@ -111,6 +130,7 @@ def evaluate_recipe(cfg, overrides: list[str]) -> dict[str, Any]:
     job.run.write_summary({"recipe": cfg.recipe, "method": cfg.method.name, "model": cfg.model.name,
                            "data": cfg.data.name, "total_params": total, "eval": results,
                            **({"eval_points": points} if points else {})})
+    log_eval(cfg, job.run.path, results, points)
     show_method_output(job.method)
     print_table("eval (held-out split)", results)
     if points:

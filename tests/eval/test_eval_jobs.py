@@ -21,6 +21,8 @@ def test_eval_run_matches_training_eval(tmp_path):
         for name, value in metrics.items():
             assert results[task][name] == value, (task, name)
     assert json.loads((run / "summary.json").read_text())["eval"] == results
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])  # logged like a training eval
+    assert last["step"] == 3 and any(k.startswith("eval/") for k in last)
 
 
 def test_eval_run_of_s2ft_loads_the_exported_adapter_on_a_fresh_base(tmp_path):
