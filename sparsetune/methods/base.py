@@ -6,7 +6,7 @@ A method never imports the engine: the engine calls it, and hands it what it kno
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,18 @@ if TYPE_CHECKING:
     import torch
 
     from sparsetune.models.arch import Arch
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    """A method config (dataclass or DictConfig) as a plain dict, for export provenance files."""
+    if is_dataclass(cfg):
+        return asdict(cfg)
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - anything mapping-like is good enough for provenance
+        return dict(cfg)
 
 
 @dataclass

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from sparsetune.errors import ConfigError
-from sparsetune.methods.base import Method, MethodContext
+from sparsetune.methods.base import Method, MethodContext, config_dict
 
 from .config import EViTConfig, check_config, check_keep_rate, default_reorg_layers
 from .flops import Geometry, macs, token_schedule
@@ -20,17 +19,6 @@ from .layers import EViTSettings, is_patched, patch_layer, unpatch_layer
 
 FAMILIES = ("vit", "deit")
 SETTINGS_FILE = "evit.json"
-
-
-def _config_dict(cfg) -> dict:
-    if is_dataclass(cfg):
-        return asdict(cfg)
-    try:
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # noqa: BLE001 - anything mapping-like is good enough for provenance
-        return dict(cfg)
 
 
 def cosine_keep_rate(progress: float, target: float, start: float, end: float) -> float:
@@ -156,7 +144,7 @@ class EViT(Method):
                 "fuse": self.settings.fuse, "renormalize": self.settings.renormalize,
                 "num_special_tokens": self.settings.num_special,
                 "tokens": self.tokens() if self.geometry else None,
-                "gmacs": self.gmacs() if self.geometry else None, "config": _config_dict(self.cfg)}
+                "gmacs": self.gmacs() if self.geometry else None, "config": config_dict(self.cfg)}
 
     def export(self, model: nn.Module, path: Path) -> Path:
         """A stock HF folder (the patch changes no weights) + evit.json + a model card."""

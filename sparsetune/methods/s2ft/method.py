@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import torch
 from torch import nn
 
 from sparsetune.errors import ConfigError
-from sparsetune.methods.base import Method
+from sparsetune.methods.base import Method, config_dict
 
 from .adapter import FILENAME, AdapterSlice, S2FTAdapter, _set_module, fingerprint
 from .config import S2FTConfig, check_config
@@ -33,17 +32,6 @@ from .selection import (
 )
 
 _PERM_FIELD = {"o": "heads", "v": "groups", "d": "channels", "u": "channels"}
-
-
-def _config_dict(cfg) -> dict:
-    if is_dataclass(cfg):
-        return asdict(cfg)
-    try:
-        from omegaconf import OmegaConf
-
-        return OmegaConf.to_container(cfg, resolve=True)
-    except Exception:  # noqa: BLE001 - anything mapping-like is good enough for provenance
-        return dict(cfg)
 
 
 def _reentrant_checkpointing(block: nn.Module) -> bool:
@@ -229,7 +217,7 @@ class S2FT(Method):
             delta = module.delta.detach().cpu().index_select(module.slice_dim, order)
             slices[name] = AdapterSlice(module.kind, stock[order], delta)
         meta = {"selection": self.selection.to_dict() if self.selection else {},
-                "permutation": self.state_dict()["permutation"], "config": _config_dict(self.cfg)}
+                "permutation": self.state_dict()["permutation"], "config": config_dict(self.cfg)}
         return S2FTAdapter(slices, self.base_model, self.base_fingerprint, meta)
 
     def export(self, model: nn.Module, path: Path) -> Path:
