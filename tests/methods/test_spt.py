@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -100,17 +99,19 @@ def test_codebook_loss_trains_only_the_codebook_and_kmedians_fits():
 
 
 # ------------------------------------------------------------------------------------- selection
-@pytest.mark.parametrize("num_keys", [5, 12])
-def test_top_l_selection_equals_brute_force(num_keys):
+@pytest.mark.parametrize("num_keys,keep_first", [(5, 0), (12, 0), (5, 2)])
+def test_top_l_selection_equals_brute_force(num_keys, keep_first):
     b, h, hkv, s, m, c = 2, 4, 2, 30, 3, 4
     qc, kc = random_codes(b, h, s, m, c, 0), random_codes(b, hkv, s, m, c, 1)
     key_valid = torch.ones(b, s, dtype=torch.bool)
     key_valid[1, :7] = False  # left padding on row 1
-    idx = select_top_l(qc, kc, num_keys, c, key_valid, chunk=7)
+    idx = select_top_l(qc, kc, num_keys, c, key_valid, chunk=7, keep_first=keep_first)
     kfull = kc.repeat_interleave(h // hkv, 1)
     matches = (qc[:, :, :, None, :] == kfull[:, :, None, :, :]).sum(-1).float()  # brute (B,H,S,S)
     score = matches * s + torch.arange(s)
     allowed = (torch.arange(s)[None, :] <= torch.arange(s)[:, None])[None, None] & key_valid[:, None, None, :]
+    sink = (key_valid.long().cumsum(-1) <= keep_first) & key_valid  # first real keys of each row
+    score = score + sink[:, None, None, :] * (m + 1) * s
     score = score.masked_fill(~allowed, -1)
     for bi in range(b):
         for hi in range(h):
