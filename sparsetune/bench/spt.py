@@ -134,7 +134,7 @@ def measure_block(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     split = {"saved_activation_mb": saved_mb(model, step_loss)}
     for key, fn in (("attn", lambda: attn(hidden_states=x, position_embeddings=pos, attention_mask=mask)[0]),
                     ("ffn", lambda: mlp(x))):
-        split[f"{key}_saved_mb"] = saved_mb(model, lambda: fn().square().mean())
+        split[f"{key}_saved_mb"] = saved_mb(model, lambda fn=fn: fn().square().mean())
         x.grad = None
         t = StepTimer(device)
         for _ in range(warmup + settings.get("steps", 5)):

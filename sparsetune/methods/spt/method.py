@@ -4,7 +4,6 @@ module replacement on a stock Hugging Face Llama-family decoder; codebooks train
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import torch
 from torch import nn
 
 from sparsetune.errors import ConfigError, UnsupportedModelError
-from sparsetune.methods.base import Method
+from sparsetune.methods.base import Method, config_dict
 
 from .attention import SPTAttention, SPTState, capture_mask
 from .config import SPTConfig, check_config
@@ -22,14 +21,6 @@ from .pq import kmedians
 SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 EXPORT_FILE = "spt_adapter.safetensors"
 EXPORT_META = "spt_adapter.json"
-
-
-def _config_dict(cfg) -> dict:
-    if is_dataclass(cfg):
-        return asdict(cfg)
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def _set(root: nn.Module, dotted: str, module: nn.Module) -> None:
@@ -152,7 +143,7 @@ class SPT(Method):
         losses, self.state.losses = self.state.losses, []
         if not losses:
             return {}
-        loss = torch.stack([l.float() for l in losses]).mean()
+        loss = torch.stack([term.float() for term in losses]).mean()
         self._last_codebook_loss = float(loss.detach())
         return {"codebook": loss * float(self.cfg.codebook_loss_weight)}
 
@@ -196,7 +187,7 @@ class SPT(Method):
         path.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(tensors, str(path / EXPORT_FILE))
-        meta = {"method": "spt", "config": _config_dict(self.cfg),
+        meta = {"method": "spt", "config": config_dict(self.cfg),
                 "base_model": str(getattr(model.config, "_name_or_path", "") or "")}
         (path / EXPORT_META).write_text(json.dumps(meta, indent=2))
         (path / "README.md").write_text(
