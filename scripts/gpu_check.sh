@@ -4,7 +4,10 @@
 #      permutation, adapters, mixed batches) via SPARSETUNE_TEST_DEVICE=cuda;
 #   2. `sparsetune bench s2ft` in bf16 autocast on SmolLM2-135M's shape and on Llama-3.2-1B's shape
 #      (random weights: timing and memory do not depend on the values);
-#   3. `sparsetune bench pat` on Llama-3.2-1B's shape in bf16.
+#   3. `sparsetune bench pat` on Llama-3.2-1B's shape in bf16;
+#   4. `sparsetune bench evit` (DeiT-S shape) and `sparsetune bench spt` (one Llama-shaped block).
+# Benchmarks run 2 alternating rounds (median ratio with its spread). DDP/FSDP figures come with the
+# scale-out issue (not built yet). Budget: about 11 minutes in all.
 # Results land in $OUT (default ./gpu-check). Needs hydra-core/omegaconf/antlr4 wheels in .whl/ when
 # the box lacks them (see docs/benchmarks.md).
 set -u
@@ -20,18 +23,22 @@ LARGE=${GPU_CHECK_LARGE:-llama3_2_1b_shape}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
 python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'cuda', torch.cuda.is_available())"
 
-echo "== 1. S²FT tests on CUDA"
+echo "== 1. S²FT tests on CUDA (+ SPT and EViT tests, which run on the CPU here too)"
 SPARSETUNE_TEST_DEVICE=cuda timeout 150 python3 -m pytest -p no:cacheprovider -q \
-  tests/methods/test_s2ft_core.py tests/methods/test_s2ft_adapter.py -k "not smollm2 and not recipe" 2>&1 \
+  tests/methods/test_s2ft_core.py tests/methods/test_s2ft_adapter.py tests/methods/test_spt.py \
+  tests/methods/test_evit.py -k "not smollm2 and not recipe" 2>&1 \
   | tee "$OUT/cuda_tests.log" | tail -15
 
-echo "== 2a. bench s2ft, $SMALL, bf16"
-timeout 200 python3 -m sparsetune.cli bench s2ft --out "$OUT/bench-s2ft-small.json" \
-  "model=$SMALL" trainer.precision=bf16 2>&1 | tee "$OUT/bench-s2ft-small.log" | tail -60
-echo "== 2b. bench s2ft, $LARGE, bf16"
-timeout 220 python3 -m sparsetune.cli bench s2ft --out "$OUT/bench-s2ft-large.json" \
+echo "== 2. bench s2ft, $LARGE, bf16"
+timeout 220 python3 -m sparsetune.cli bench s2ft --rounds 2 --out "$OUT/bench-s2ft-large.json" \
   "model=$LARGE" trainer.precision=bf16 2>&1 | tee "$OUT/bench-s2ft-large.log" | tail -60
 echo "== 3. bench pat, $LARGE, bf16"
-timeout 120 python3 -m sparsetune.cli bench pat --out "$OUT/bench-pat-large.json" \
+timeout 100 python3 -m sparsetune.cli bench pat --rounds 2 --out "$OUT/bench-pat-large.json" \
   "model=$LARGE" model.dtype=bfloat16 2>&1 | tee "$OUT/bench-pat-large.log" | tail -30
+echo "== 4a. bench evit (DeiT-S shape)"
+timeout 90 python3 -m sparsetune.cli bench evit --rounds 2 --out "$OUT/bench-evit.json" 2>&1 \
+  | tee "$OUT/bench-evit.log" | tail -30
+echo "== 4b. bench spt (one Llama-shaped block)"
+timeout 120 python3 -m sparsetune.cli bench spt --rounds 2 --out "$OUT/bench-spt.json" 2>&1 \
+  | tee "$OUT/bench-spt.log" | tail -40
 echo "== done"
