@@ -85,9 +85,18 @@ class RunFolder:
 
     def load_raw_config(self):
         """config.yaml as stored; the jobs layer validates it against the schemas."""
+        import yaml
         from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
 
-        return OmegaConf.load(self.config_path)
+        try:
+            cfg = OmegaConf.load(self.config_path)
+        except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as exc:
+            reason = " ".join(str(exc).split())[:200]
+            raise UserError(f"{self.config_path} is not a readable config ({reason})") from None
+        if not OmegaConf.is_dict(cfg):
+            raise UserError(f"{self.config_path} is not a config mapping")
+        return cfg
 
     def read_summary(self) -> dict[str, Any]:
         return json.loads(self.summary_path.read_text()) if self.summary_path.exists() else {}

@@ -302,20 +302,22 @@ def _include_dir(include_path: Optional[str]) -> Optional[str]:
     return str(folder)
 
 
-def evaluate_lm_tasks(model: Any, tokenizer: Any, task_names: list[str], eval_cfg: Any,
-                      max_length: Optional[int] = None, out_dir: Optional[Path] = None) -> dict[str, dict[str, float]]:
-    """lm-eval tasks by name: the user's own from eval.include_path (local data, offline is fine)
-    and/or standard ones (arc_easy, boolq, ...: need the Hugging Face Hub for the data)."""
+def _hub_message(remote: list[str]) -> str:
+    return (f"eval.tasks={list(remote)} needs the Hugging Face Hub to download the task data, "
+            "and the Hub is unreachable")
+
+
+def resolve_lm_tasks(task_names: list[str], eval_cfg: Any) -> tuple[Any, list[str]]:
+    """(task manager, names that need the Hub) — or a one-line error for an unknown name, a missing
+    include folder, or Hub tasks while offline. Jobs call it before a run folder exists."""
     import difflib
 
     include = _include_dir(getattr(eval_cfg, "include_path", None))
     own = _task_manager(include, False) if include else None
     remote = [n for n in task_names if own is None or n not in own.all_tasks]
-    hub_msg = (f"eval.tasks={list(remote)} needs the Hugging Face Hub to download the task data, "
-               "and the Hub is unreachable")
     if remote and _offline():
         where = f"not in eval.include_path={include}; " if include else ""
-        raise UserError(f"{hub_msg} (offline mode is set; {where}"
+        raise UserError(f"{_hub_message(remote)} (offline mode is set; {where}"
                         "use eval.tasks=[heldout] to score the data set's held-out split)")
     manager = _task_manager(include, True) if remote else own
     unknown = [n for n in task_names if n not in manager.all_tasks]
@@ -323,6 +325,15 @@ def evaluate_lm_tasks(model: Any, tokenizer: Any, task_names: list[str], eval_cf
         hints = {n: difflib.get_close_matches(n, manager.all_tasks, n=3) for n in unknown}
         detail = "; ".join(f"'{n}'" + (f" (did you mean {', '.join(h)}?)" if h else "") for n, h in hints.items())
         raise ConfigError(f"eval.tasks: unknown lm-eval task(s) {detail}")
+    return manager, remote
+
+
+def evaluate_lm_tasks(model: Any, tokenizer: Any, task_names: list[str], eval_cfg: Any,
+                      max_length: Optional[int] = None, out_dir: Optional[Path] = None) -> dict[str, dict[str, float]]:
+    """lm-eval tasks by name: the user's own from eval.include_path (local data, offline is fine)
+    and/or standard ones (arc_easy, boolq, ...: need the Hugging Face Hub for the data)."""
+    manager, remote = resolve_lm_tasks(task_names, eval_cfg)
+    hub_msg = _hub_message(remote)
     log_samples = bool(getattr(eval_cfg, "log_samples", False)) and out_dir is not None
     try:
         out = _run(model, tokenizer, list(task_names), manager, eval_cfg, max_length, log_samples)

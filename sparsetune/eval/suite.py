@@ -20,6 +20,22 @@ def eval_tasks(eval_cfg) -> tuple[bool, list[str]]:
     return HELDOUT in names, [n for n in names if n != HELDOUT]
 
 
+def check_eval_tasks(cfg) -> None:
+    """Fail now, not after training, on lm-eval tasks that cannot run (unknown, or Hub while offline)."""
+    if not cfg.eval.enabled:
+        return
+    _, names = eval_tasks(cfg.eval)
+    if not names:
+        return
+    if cfg.model.task != "causal_lm":
+        from sparsetune.errors import ConfigError
+
+        raise ConfigError(f"eval.tasks={names}: lm-eval tasks need a causal LM; this model is {cfg.model.task}")
+    from sparsetune.eval.lm import resolve_lm_tasks
+
+    resolve_lm_tasks(names, cfg.eval)
+
+
 def _output_dir(cfg, split: str, workdir: Path | None) -> Path | None:
     if not getattr(cfg.eval, "log_samples", False) or workdir is None:
         return None

@@ -16,6 +16,8 @@ from sparsetune.engine.lean_mlp import make_mlps_lean
 from sparsetune.engine.progress import console
 from sparsetune.engine.run_folder import RunFolder
 from sparsetune.engine.runtime import quiet_libraries, resolve_device, seed_everything
+from sparsetune.errors import ConfigError
+from sparsetune.eval.suite import check_eval_tasks
 from sparsetune.methods import build_method
 from sparsetune.methods.base import MethodContext
 
@@ -74,6 +76,9 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
         method.load_state_dict(method_state)
     dataset, collate = build_train_dataset(splits, tokenizer, cfg.data)
     bs = cfg.trainer.batch_size
+    if job in ("train", "prune") and len(dataset) < bs:
+        raise ConfigError(f"trainer.batch_size={bs} is larger than the {len(dataset)} training examples of "
+                          f"{cfg.data.name}; lower trainer.batch_size or raise data.train_size")
 
     def calibration_batches(n: int) -> list[dict]:
         return [collate([dataset[i] for i in range(b * bs, min(len(dataset), (b + 1) * bs))]) for b in range(n)]
@@ -87,6 +92,7 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
         enable_gradient_checkpointing(model, ctx.arch)
     run = None
     if create_run:
+        check_eval_tasks(cfg)  # unknown or unreachable lm-eval tasks fail now, not after training
         run = RunFolder.open(cfg.resume) if cfg.resume else RunFolder.create(cfg, overrides, job)
         ctx.run_dir = run.path
         console.print(f"[bold]run folder:[/bold] {run.path}")

@@ -26,6 +26,7 @@ from sparsetune.engine.selection import BestState
 from sparsetune.errors import ConfigError
 from sparsetune.eval.forgetting import class_mean, task_metrics
 from sparsetune.eval.report import print_table
+from sparsetune.eval.suite import check_eval_tasks
 from sparsetune.eval.vision import evaluate_vision
 from sparsetune.jobs.assemble import check_run_environment, setup
 from sparsetune.jobs.common import publish, show_method_output
@@ -87,6 +88,7 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
     val_pool = available(splits.val, fcfg.data_ratio, fcfg.shots, cfg.seed + 1) if len(splits.val or []) else None
     tcfg = task_trainer_config(cfg, method)
     check_run_environment(cfg)
+    check_eval_tasks(cfg)
     run = RunFolder.create(cfg, overrides, job)
     jb.ctx.run_dir = run.path
     console.print(f"[bold]run folder:[/bold] {run.path}")
