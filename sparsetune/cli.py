@@ -135,35 +135,6 @@ def prune(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG,
     _run_training(_front(overrides, cfg, config_dir), cfg, "prune")
 
 
-def _norm_class(name: str) -> str:
-    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
-
-
-def class_id(token: str, names: list[str]) -> int:
-    """A class id, or a class name matched case-insensitively: the full name, one '/' part of it
-    ('top' for 'T-shirt/top'), or a unique prefix ('ankle' for 'Ankle boot'); 'shirt' is Shirt."""
-    token = token.strip()
-    if token.lstrip("-").isdigit():
-        return int(token)
-    valid = ", ".join(f"{i}={n}" for i, n in enumerate(names))
-    if not names:
-        fail(f"--classes: '{token}' is not a class id and this data set has no class names; give ids")
-    want = _norm_class(token)
-    spellings = [[_norm_class(n), *(_norm_class(part) for part in n.split("/"))] for n in names]
-    for match in (lambda s: s[0] == want, lambda s: want in s[1:], lambda s: any(x.startswith(want) for x in s)):
-        hits = [i for i, s in enumerate(spellings) if want and match(s)]
-        if len(hits) == 1:
-            return hits[0]
-        if len(hits) > 1:
-            fail(f"--classes: '{token}' is ambiguous ({', '.join(names[i] for i in hits)}); valid: {valid}")
-    fail(f"--classes: no class named '{token}'; valid: {valid}")
-
-
-def resolve_classes(groups: list[str], names: list[str]) -> list[list[int]]:
-    """`--classes shirt,coat --classes 1` → [[6, 4], [1]] (ids and names mix)."""
-    return [[class_id(c, names) for c in group.split(",") if c.strip()] for group in groups]
-
-
 @app.command(epilog="Examples:\n\n  sparsetune forget --classes 3,7\n\n"
              "  sparsetune forget --classes shirt,coat\n\n"
              "  sparsetune forget --classes 0,1 --classes 2,3 recipe=gslora_vit")
@@ -186,6 +157,8 @@ def forget(
                 from sparsetune.data.vision_sources import class_names
 
                 names = class_names(conf.data)
+            from sparsetune.data.forgetting import resolve_classes
+
             tasks = resolve_classes(classes, names)
             conf.forget.classes = tasks
             return ["forget.classes=" + str(tasks).replace(" ", "")]

@@ -11,7 +11,8 @@ import pytest
 import yaml
 from rich.console import Console
 
-from sparsetune.cli import class_id, main, resolve_classes
+from sparsetune.cli import main
+from sparsetune.data.forgetting import class_id, resolve_classes
 from sparsetune.data.vision_sources import FASHION_MNIST_CLASSES, class_names
 from sparsetune.errors import UserError
 from sparsetune.eval.report import print_table
