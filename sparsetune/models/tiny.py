@@ -58,3 +58,22 @@ def build_tiny(model_type: str, config: dict[str, Any], task: str = "causal_lm",
         tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
     model = AutoModelForCausalLM.from_config(hf_config)
     return model
+
+
+def tiny_preset(name: str, seed: int = 0, random_biases: bool = True):
+    """The `recipes/model/tiny_<name>.yaml` model with random weights; biases random too (HF starts them
+    at 0, which would hide bias bugs in tests of slicing, permutation or sparse attention)."""
+    import torch
+    import yaml
+
+    from sparsetune.config.compose import RECIPES_DIR
+
+    spec = yaml.safe_load((RECIPES_DIR / "model" / f"tiny_{name}.yaml").read_text())
+    model = build_tiny(spec["model_type"], spec["config"], task=spec.get("task", "causal_lm"), seed=seed)
+    if random_biases:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith(".bias"):
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    return model

@@ -23,7 +23,7 @@ from sparsetune.methods.s2ft.selection import (
     select,
 )
 from sparsetune.models.arch import get_arch
-from sparsetune.models.tiny import build_tiny
+from sparsetune.models.tiny import tiny_preset
 
 ROOT = Path(__file__).resolve().parents[2]
 # SPARSETUNE_TEST_DEVICE=cuda runs the model-level checks on a GPU (scripts/gpu_check.sh)
@@ -37,14 +37,7 @@ def _threads():
 
 
 def tiny(name: str, seed: int = 0, dtype=torch.float32):
-    spec = yaml.safe_load((ROOT / "recipes" / "model" / f"tiny_{name}.yaml").read_text())
-    model = build_tiny(spec["model_type"], spec["config"], seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # HF initialises biases to 0, which would hide bias-permutation bugs
-        for n, p in model.named_parameters():
-            if n.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.to(dtype=dtype, device=DEVICE).eval()
+    return tiny_preset(name, seed).to(dtype=dtype, device=DEVICE).eval()
 
 
 def s2ft(**kw) -> S2FT:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from sparsetune.errors import ConfigError, UnsupportedModelError
@@ -17,7 +16,7 @@ from sparsetune.methods.base import MethodContext
 from sparsetune.methods.spt import SPT, SPTConfig, routed_ffn, select_top_l, sparse_attention
 from sparsetune.methods.spt.ffn import LoRALinear
 from sparsetune.methods.spt.pq import codebook_loss, kmedians, pq_codes
-from sparsetune.models.tiny import build_tiny
+from sparsetune.models.tiny import tiny_preset
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE = os.environ.get("SPARSETUNE_TEST_DEVICE", "cpu")
@@ -29,14 +28,7 @@ def _threads():
 
 
 def tiny(name: str, seed: int = 0, dtype=torch.float32):
-    spec = yaml.safe_load((ROOT / "recipes" / "model" / f"tiny_{name}.yaml").read_text())
-    model = build_tiny(spec["model_type"], spec["config"], seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # HF initialises biases to 0, which would hide bias bugs
-        for n, p in model.named_parameters():
-            if n.endswith(".bias"):
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.to(dtype=dtype, device=DEVICE).eval()
+    return tiny_preset(name, seed).to(dtype=dtype, device=DEVICE).eval()
 
 
 def spt(model, calibration=None, **kw) -> SPT:
