@@ -17,7 +17,7 @@ from sparsetune.data.types import Example
 from sparsetune.errors import ConfigError, DataError, UserError
 from sparsetune.eval.lm import evaluate_lm_tasks, evaluate_text
 from sparsetune.eval.lm_tasks import FALLBACK, answer_rule, extract_answer, write_local_tasks
-from sparsetune.models.tiny import build_tiny, byte_tokenizer
+from sparsetune.models.tiny import build_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = "Sum=42 yes"  # what the scripted model answers to every prompt (all characters distinct)
@@ -26,17 +26,6 @@ SCRIPT = "Sum=42 yes"  # what the scripted model answers to every prompt (all ch
 def _tiny_llama(**overrides):
     spec = yaml.safe_load((ROOT / "recipes/model/tiny_llama.yaml").read_text())
     return build_tiny(spec["model_type"], {**spec["config"], **overrides})
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return byte_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def llama():
-    torch.set_num_threads(2)
-    return _tiny_llama()
 
 
 def _loglik(model, tok, context: str, choice: str) -> float:

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from lm_eval.models.huggingface import HFLM
 
@@ -19,23 +18,10 @@ from sparsetune.errors import ConfigError, DataError, UserError
 from sparsetune.eval.lm import evaluate_lm_tasks, evaluate_text
 from sparsetune.eval.lm_tasks import write_local_tasks
 from sparsetune.eval.suite import HELDOUT, eval_tasks, evaluate_model
-from sparsetune.models.tiny import build_tiny, byte_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT = ("{% for m in messages %}<|{{m.role}}|>{{m.content}}{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return byte_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def llama():
-    torch.set_num_threads(2)
-    spec = yaml.safe_load((ROOT / "recipes/model/tiny_llama.yaml").read_text())
-    return build_tiny(spec["model_type"], spec["config"]).eval()
 
 
 def _own_tasks(folder: Path, rows: int = 6) -> Path:
