@@ -38,8 +38,9 @@ bench:  ## side-by-side efficiency comparisons, one process per variant, BENCH_R
 	$(SPARSETUNE) bench pat --rounds $(BENCH_ROUNDS) --out results/bench-pat.json
 	$(SPARSETUNE) bench lora --rounds $(BENCH_ROUNDS) --out results/bench-lora.json
 
-reproduce:  ## regenerate every figure in README.md and docs/ (hours on a CPU; resumable)
-	$(PY) scripts/reproduce.py
+QUICK ?=
+reproduce:  ## every paper's table at small scale into reports/REPRODUCE.md (resumable); QUICK=1: ~15 min smoke version
+	$(PY) scripts/reproduce.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf runs results .pytest_cache

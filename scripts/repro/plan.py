@@ -1,0 +1,217 @@
+"""The declared experiments behind reports/REPRODUCE.md: one `Run` per table row (a sparsetune
+command, its seeds, and which summary.json figures become columns), one `Bench` per efficiency table.
+
+QUICK mode runs the same list with tiny step counts and eval limits (a smoke test of the whole chain,
+~15 min on 2 CPU cores); its numbers exercise the report, they are not results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SEEDS = (0, 1)
+
+# overrides appended in QUICK mode, by the kind of model a command trains
+QUICK_TEXT = ("trainer.max_steps=3", "trainer.warmup_steps=1", "trainer.batch_size=4", "trainer.save_every=0",
+              "data.train_size=48", "data.val_size=0", "data.test_size=12", "eval.batch_size=12")
+QUICK_SEEDS = (0,)
+QUICK_VISION_FORGET = ("forget.data_ratio=0.02", "trainer.epochs=1", "trainer.eval_every=0")
+QUICK_VISION_TRAIN = ("trainer.max_steps=4", "trainer.warmup_steps=1", "trainer.save_every=0", "trainer.batch_size=32")
+QUICK_VISION_EVAL = ("eval.limit=200",)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row of a table: `sparsetune <argv>` once per seed (seed=k appended)."""
+
+    table: str
+    name: str
+    argv: tuple[str, ...]
+    columns: dict[str, str]  # column label -> dotted path in summary.json
+    quick: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = SEEDS
+    # rows from a list or dict inside summary.json (GS-LoRA's per-task figures, EViT's keep-rate points):
+    # then `columns` are paths inside each item
+    expand: str | None = None
+    in_quick: bool = True  # QUICK mode runs this row (once, with seed 0)
+
+    @property
+    def key(self) -> str:
+        return f"{self.table}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Bench:
+    """`sparsetune bench <argv> --out FILE`: one efficiency table, ratios against the bench's baseline."""
+
+    table: str
+    name: str
+    argv: tuple[str, ...]
+    quick: tuple[str, ...] = ("--quick", "--rounds", "1")
+    full: tuple[str, ...] = ("--rounds", "3")
+    metrics: tuple[str, ...] = ()  # variant metrics shown (their _vs_<baseline> ratios are added)
+
+    @property
+    def key(self) -> str:
+        return f"{self.table}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    paper: str  # markdown: the paper's own figures to read ours against (../shared/methods/*.md)
+    reading: str = ""  # how to read the rows; the report adds the measured comparison
+    plot: dict = field(default_factory=dict)  # {"x": column, "y": column} for a PNG, optional
+    # measured differences the reading quotes: (row A, row B, column) -> "A − B = …"
+    compare: tuple[tuple[str, str, str], ...] = ()
+
+
+# Every S²FT row is scored on the held-out items of all three data sets (the one it trained on and the
+# two it did not: the paper's generalisation / forgetting claim), through lm-eval tasks that
+# scripts/repro/tasks.py writes from those data sets' test splits (eval.include_path).
+CROSS_DATA = {"arithmetic": ("arithmetic", "exact_match"), "gsm": ("gsm_symbolic", "exact_match"),
+              "strategyqa": ("strategyqa", "acc")}
+CROSS_TEST_SIZE = {"full": 200, "quick": 12}
+CROSS_TASKS = {label: f"sparsetune_{task}" for label, (task, _) in CROSS_DATA.items()}
+S2FT_COLS = {**{f"on {label}": f"eval.{CROSS_TASKS[label]}.{metric}" for label, (_, metric) in CROSS_DATA.items()},
+             "trainable params": "trainable_params", "train loss": "train_loss", "step time (s)": "step_time_s",
+             "peak memory (MB)": "peak_memory_mb"}
+CROSS_EVAL = ("eval.include_path={tasks}", f"eval.tasks=[{','.join(CROSS_TASKS.values())}]")
+FORGET = {"task": "task", "classes": "classes", "Acc_r": "acc_r", "Acc_f": "acc_f", "Acc_o": "acc_o", "H": "h_mean",
+          "surviving groups": "surviving_groups"}
+
+S2FT_METHODS = {
+    "full FT": ("recipe=full_llama",),
+    "LoRA r8": ("recipe=lora_llama", "method.r=8"),
+    "DoRA r8": ("recipe=dora_llama", "method.r=8"),
+    "S²FT": ("recipe=s2ft_llama",),
+}
+
+
+def _s2ft_runs() -> list[Run]:
+    runs = [Run("s2ft", "base model (untuned)", ("eval", "recipe=s2ft_llama", *CROSS_EVAL), S2FT_COLS,
+                quick=("eval.batch_size=12",), seeds=(0,))]
+    for label, (data, _) in CROSS_DATA.items():
+        for method, argv in S2FT_METHODS.items():
+            runs.append(Run("s2ft", f"{method} · trained on {label}", ("train", *argv, f"data={data}", *CROSS_EVAL),
+                            S2FT_COLS, quick=QUICK_TEXT, in_quick=label == "arithmetic"))
+    return runs
+
+
+PAT_COLS = {"accuracy": "eval.average.acc", "kept hidden": "kept_hidden", "params after": "params_after",
+            "params ratio": "params_ratio", "train loss": "train_loss"}
+PAT_QUICK = (*QUICK_TEXT, "trainer.save_every=0")
+
+
+def _pat_runs() -> list[Run]:
+    runs = [Run("pat", "LoRA (unpruned)", ("train", "recipe=lora_llama", "data=commonsense_mix", "trainer.max_steps=60",
+                                            "trainer.warmup_steps=6", "method.r=20",
+                                            "method.target_modules=[q,k,v,o,gate,up,down]"),
+                {"accuracy": "eval.average.acc", "train loss": "train_loss"}, quick=QUICK_TEXT)]
+    for ratio in (0.2, 0.25, 0.3):
+        pct = int(round(ratio * 100))
+        runs.append(Run("pat", f"PAT {pct}%", ("prune", "recipe=pat_llama", f"method.prune_ratio={ratio}"), PAT_COLS,
+                        quick=PAT_QUICK, in_quick=pct == 25))
+        runs.append(Run("pat", f"prune→LoRA {pct}%", ("train", "recipe=pat_baseline_llama",
+                                                       f"method.prune_ratio={ratio}"), PAT_COLS, quick=PAT_QUICK,
+                        in_quick=pct == 25))
+    runs.append(Run("pat", "PAT 25% · frozen mask", ("prune", "recipe=pat_llama", "method.freeze_mask=true"), PAT_COLS,
+                    quick=PAT_QUICK))
+    runs.append(Run("pat", "PAT 25% · no identity loss", ("prune", "recipe=pat_llama", "method.identity_weight=0"),
+                    PAT_COLS, quick=PAT_QUICK))
+    return runs
+
+
+def _gslora_runs() -> list[Run]:
+    return [Run("gslora", m, ("forget", "recipe=gslora_vit", "forget.sequence=random:4x2", f"method={m}"), FORGET,
+                quick=QUICK_VISION_FORGET, expand="tasks")
+            for m in ("gslora", "gslora_pp", "gslora_nogs", "gslora_full", "gslora_retrain")]
+
+
+EVIT_COLS = {"keep rate": "keep_rate", "top-1": "top1", "images/s": "images_per_s", "speed-up": "speedup",
+             "GMACs": "gmacs", "tokens": "tokens"}
+
+
+def _evit_runs() -> list[Run]:
+    return [Run("evit", "off the shelf (no fine-tuning)", ("eval", "recipe=evit_vit", "method.train=false"), EVIT_COLS,
+                quick=QUICK_VISION_EVAL, expand="eval_points", seeds=(0,)),
+            Run("evit", "fine-tuned at keep 0.7", ("train", "recipe=evit_vit"), EVIT_COLS,
+                quick=(*QUICK_VISION_TRAIN, *QUICK_VISION_EVAL), expand="eval_points")]
+
+
+SPT_COLS = {"exact match": "eval.average.exact_match", "train loss": "train_loss", "final loss": "final_step_loss",
+            "step time (s)": "step_time_s", "peak memory (MB)": "peak_memory_mb"}
+
+
+def _spt_runs() -> list[Run]:
+    short = ("trainer.max_steps=40", "trainer.warmup_steps=4", "eval.limit=100")
+    return [
+        Run("spt", "LoRA r16, all linears", ("train", "recipe=lora_llama", "method.target_modules=[q,k,v,o,gate,up,down]",
+                                              *short), SPT_COLS, quick=QUICK_TEXT),
+        Run("spt", "SPT (recipe)", ("train", "recipe=spt_llama", *short), SPT_COLS, quick=QUICK_TEXT),
+        Run("spt", "SPT, sparse attention only", ("train", "recipe=spt_llama", "method.routed_ffn=false", *short),
+            SPT_COLS, quick=QUICK_TEXT),
+    ]
+
+
+RUNS: list[Run] = [*_s2ft_runs(), *_pat_runs(), *_gslora_runs(), *_evit_runs(), *_spt_runs()]
+
+BENCHES: list[Bench] = [
+    Bench("s2ft_bench", "bench s2ft", ("s2ft",), metrics=("step_time_s", "peak_memory_mb")),
+    Bench("pat_bench", "bench pat", ("pat",), metrics=("prefill_tokens_per_s", "decode_tokens_per_s")),
+    Bench("evit_bench", "bench evit", ("evit",), metrics=("images_per_s", "gmacs")),
+    Bench("spt_bench", "bench spt", ("spt",), metrics=("step_time_s", "attn_time_s", "ffn_time_s", "saved_activation_mb")),
+]
+
+TABLES: list[Table] = [
+    Table("s2ft", "S²FT vs full FT / LoRA / DoRA on SmolLM2-135M",
+          paper="S²FT paper (LLaMA-7B…8B, commonsense170k / math10k): S²FT +4.6 points over LoRA on commonsense "
+                "and +1.3 on arithmetic, +11.5% over full FT out of domain; up to 3× less training memory and "
+                "1.5–2.7× lower latency than full FT, about 10% better than LoRA on both.",
+          reading="Each row trains on one data set and is scored on the held-out items of all three: the column "
+                  "of its own data set is in-domain accuracy, the other two show what it kept or lost against the "
+                  "untuned model (the paper's generalisation claim). Arithmetic and GSM-style: exact match of the "
+                  "generated answer; StrategyQA: multiple-choice accuracy. Trainable parameters: LoRA/DoRA r8 vs "
+                  "S²FT (o_ratio 0.1, d_ratio 0.03) are matched to within the column shown.",
+          compare=(("S²FT · trained on arithmetic", "LoRA r8 · trained on arithmetic", "on arithmetic"),
+                   ("S²FT · trained on arithmetic", "full FT · trained on arithmetic", "on arithmetic"),
+                   ("S²FT · trained on arithmetic", "base model (untuned)", "on strategyqa"),
+                   ("full FT · trained on arithmetic", "base model (untuned)", "on strategyqa"))),
+    Table("s2ft_bench", "S²FT memory and step time (one process per variant)",
+          paper="S²FT paper: training memory up to 3× lower and latency 1.5–2.7× lower than full FT "
+                "(LLaMA2-7B/13B, seq 512/1024), about 10% better than LoRA."),
+    Table("pat", "PAT vs unpruned LoRA vs prune-then-LoRA (SmolLM2-135M, commonsense mix)",
+          paper="PAT paper, 14-task average, Llama2-7B: LoRA-64 unpruned 58.76, PAT 20% 61.04, PAT 25% 60.02, "
+                "25% LLM-Pruner prune→FT 52.50, SliceGPT 52.98; ablation at 25%: frozen mask + identity loss "
+                "54.97, trainable mask without identity loss 58.62, trainable + identity 60.02. Prefill speed-up "
+                "1.33× at 25–30% (A100, context 128).",
+          reading="Accuracy is multiple-choice log-likelihood on 100 held-out items per task (StrategyQA, Social "
+                  "IQa, WinoWhy); at 135M parameters these sit near chance, so differences within a few points are "
+                  "noise (the ± column says how much).",
+          compare=(("PAT 25%", "prune→LoRA 25%", "accuracy"), ("PAT 25%", "LoRA (unpruned)", "accuracy"),
+                   ("PAT 25%", "PAT 25% · frozen mask", "accuracy"), ("PAT 25%", "PAT 25% · no identity loss", "accuracy"))),
+    Table("pat_bench", "PAT prefill/decode speed-up of the physically pruned model",
+          paper="PAT paper: 1.33× time to first token at 25–30% pruning (A100, context 128)."),
+    Table("gslora", "GS-LoRA continual forgetting: 4 tasks × 2 classes on the Fashion-MNIST ViT",
+          paper="GS-LoRA++ paper: face recognition (CASIA-100, ViT 6 layers) final task GS-LoRA++ H 75.23, "
+                "Acc_r 75.36, Acc_f 0; ImageNet100 final GS-LoRA H 86.30 (Acc_f 0.20), GS-LoRA++ 87.00; "
+                "1.28% trainable parameters.",
+          reading="Acc_o is accuracy on classes forgotten in earlier tasks (must stay near 0); H is the harmonic "
+                  "mean of the forgetting drop and Acc_r; surviving groups counts LoRA groups (one per block) left "
+                  "non-zero by group sparsity."),
+    Table("evit", "EViT keep rate vs top-1 vs images/s (Fashion-MNIST ViT)",
+          paper="EViT paper, DeiT-S (79.8% top-1, 4.6 GMACs): keep 0.9 79.8 / 4.0 GMACs / 3197 img/s; 0.8 79.8 / "
+                "3.5 / 3619; 0.7 79.5 / 3.0 / 4385; 0.6 78.9 / 2.6 / 4722; 0.5 78.5 / 2.3 / 5408.",
+          plot={"x": "keep rate", "y": "top-1", "y2": "images/s"}),
+    Table("evit_bench", "EViT throughput (one process per variant)",
+          paper="EViT paper: DeiT-S ≈2980 img/s vs EViT-0.7 ≈4790 (batch 64, A100)."),
+    Table("spt", "SPT quality vs LoRA on SmolLM2-135M (BIG-bench arithmetic)",
+          paper="SPT paper: quality impact never published (its tables report time and memory only).",
+          reading="Same data, steps, learning rate and seed for each row; short CPU runs.",
+          compare=(("SPT (recipe)", "LoRA r16, all linears", "train loss"),
+                   ("SPT, sparse attention only", "LoRA r16, all linears", "train loss"))),
+    Table("spt_bench", "SPT time/memory split vs LoRA (eager and SDPA attention)",
+          paper="SPT paper Table 1 (one block, S 512, batch 16, fp32): full FT 188.4 ms / 3.2 GB, LoRA 161.0 ms / "
+                "2.7 GB, SPT 106.0 ms / 1.6 GB (MHA 54.1 ms, FFN 54.9 ms)."),
+]

@@ -1,0 +1,259 @@
+"""reports/REPRODUCE.md from the finished runs: one section per table with the paper's figures,
+our rows (mean ± std over seeds), the command behind every row, PNG plots and a short reading."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import statistics
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from repro.plan import Bench, Run, Table
+from repro.runner import Layout, bench_command, run_command
+
+
+def lookup(tree: Any, path: str) -> Any:
+    """summary["a"]["b"] for "a.b"; None when absent."""
+    for part in path.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return None if math.isnan(value) else float(value)
+
+
+def aggregate(values: list[Any]) -> dict[str, Any]:
+    """mean/std/n over the seeds that have a number; text (labels) passes through when all agree."""
+    numbers = [v for v in (_number(x) for x in values) if v is not None]
+    if numbers:
+        return {"mean": statistics.fmean(numbers), "std": statistics.stdev(numbers) if len(numbers) > 1 else None,
+                "n": len(numbers)}
+    texts = {str(v) for v in values if v is not None and not isinstance(v, float)}
+    return {"text": texts.pop() if len(texts) == 1 else None, "n": 0}
+
+
+def fmt_number(x: float) -> str:
+    if x.is_integer() and abs(x) >= 100:
+        return f"{int(x):,}"
+    if abs(x) < 1:
+        return f"{x:.3f}"
+    return f"{x:,.2f}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+def fmt_cell(cell: dict[str, Any]) -> str:
+    if "mean" not in cell:
+        return cell.get("text") or "–"
+    text = fmt_number(cell["mean"])
+    return text if not cell["std"] else f"{text} ± {fmt_number(cell['std'])}"
+
+
+def _items(summary: dict[str, Any], run: Run) -> list[tuple[str, dict[str, Any]]]:
+    """(label, item) pairs: the whole summary, or the rows inside summary[run.expand]."""
+    if run.expand is None:
+        return [("", summary)]
+    inner = lookup(summary, run.expand)
+    if isinstance(inner, list):
+        return [(str(item.get("task", i + 1)), item) for i, item in enumerate(inner) if isinstance(item, dict)]
+    if isinstance(inner, dict):
+        return [(str(k), v) for k, v in inner.items() if isinstance(v, dict)]
+    return []
+
+
+def run_rows(layout: Layout, run: Run) -> list[dict[str, Any]]:
+    """Rows of one Run: {"row": label, "seeds": n, column: aggregated cell, ...}."""
+    per_item: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    order: list[str] = []
+    seeds_done = 0
+    for seed in layout.seeds(run):
+        folder = layout.finished_run(run, seed)
+        if folder is None:
+            continue
+        seeds_done += 1
+        summary = json.loads((folder / "summary.json").read_text())
+        for label, item in _items(summary, run):
+            if label not in order:
+                order.append(label)
+            for column, path in run.columns.items():
+                per_item[label][column].append(lookup(item, path))
+    if not order:
+        if not layout.seeds(run):
+            return []  # not part of this mode (QUICK runs a subset of the rows)
+        return [{"row": run.name, "seeds": 0, **{c: {"text": "not run", "n": 0} for c in run.columns}}]
+    rows = []
+    for label in order:
+        name = run.name if not label else f"{run.name} · {'task ' + label if run.expand == 'tasks' else label}"
+        rows.append({"row": name, "seeds": seeds_done, **{c: aggregate(v) for c, v in per_item[label].items()}})
+    return rows
+
+
+def comparisons(table: Table, rows: list[dict[str, Any]]) -> list[str]:
+    """'A − B on col: +0.031 (A 0.210 ± 0.010, B 0.179 ± 0.020; 2 seeds each)' for each declared pair."""
+    by_name = {r["row"]: r for r in rows}
+    lines = []
+    for a, b, col in table.compare:
+        ca, cb = (by_name.get(a, {}).get(col, {}), by_name.get(b, {}).get(col, {}))
+        if "mean" not in ca or "mean" not in cb:
+            continue
+        delta = ca["mean"] - cb["mean"]
+        lines.append(f"- {a} − {b}, {col}: **{delta:+.3f}** ({fmt_cell(ca)} vs {fmt_cell(cb)}; "
+                     f"{ca['n']} and {cb['n']} seed(s))")
+    return lines
+
+
+def markdown_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(["", *columns, "seeds"]) + " |", "|" + "---|" * (len(columns) + 2)]
+    for row in rows:
+        cells = [fmt_cell(row[c]) if c in row else "–" for c in columns]
+        lines.append("| " + " | ".join([row["row"], *cells, str(row["seeds"])]) + " |")
+    return "\n".join(lines)
+
+
+def bench_tables(path: Path, bench: Bench) -> str:
+    """One markdown table per setting of a `sparsetune bench` JSON, ratios with their min–max over rounds."""
+    if not path.is_file():
+        return f"_{bench.name}: not run._"
+    data = json.loads(path.read_text())
+    out = [f"{data.get('n_rounds', 1)} round(s), device {data.get('device', {}).get('device', '?')}, "
+           f"{data.get('device', {}).get('threads', '?')} threads{' (quick shapes)' if data.get('quick') else ''}."]
+    for setting, block in data.get("blocks", {}).items():
+        base = block.get("baseline")
+        metrics = [m for m in bench.metrics if any(m in v for v in block["variants"].values())]
+        ratio_keys = sorted({k for v in block["variants"].values() for k in v
+                             if "_vs_" in k and not k.endswith("_range") and k.split("_vs_")[0] in metrics})
+        cols = [*metrics, *ratio_keys]
+        lines = [f"\n**{setting}** (baseline `{base}`)\n", "| variant | " + " | ".join(cols) + " |",
+                 "|---|" + "---|" * len(cols)]
+        for name, variant in block["variants"].items():
+            cells = []
+            for col in cols:
+                value = _number(variant.get(col))
+                if value is None:
+                    cells.append("–")
+                    continue
+                cell = fmt_number(value) + ("×" if "_vs_" in col else "")
+                span = variant.get(f"{col}_range")
+                if span and len(span) == 2 and span[0] != span[1]:
+                    cell += f" ({fmt_number(span[0])}–{fmt_number(span[1])})"
+                cells.append(cell)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("\n".join(lines))
+    return "\n".join(out)
+
+
+def plot(table: Table, rows_by_run: dict[str, list[dict[str, Any]]], out: Path) -> Path | None:
+    """x/y line plot (one line per run, ± std as error bars), an optional second y axis."""
+    spec = table.plot
+    if not spec:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax2 = ax.twinx() if spec.get("y2") else None
+    drawn = False
+    for name, rows in rows_by_run.items():
+        pts = [(r[spec["x"]]["mean"], r[spec["y"]]["mean"], r[spec["y"]]["std"] or 0.0,
+                (r.get(spec.get("y2")) or {}).get("mean")) for r in rows
+               if "mean" in r.get(spec["x"], {}) and "mean" in r.get(spec["y"], {})]
+        if not pts:
+            continue
+        pts.sort()
+        xs, ys, es, y2 = zip(*pts)
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{name}: {spec['y']}")
+        if ax2 is not None and all(v is not None for v in y2):
+            ax2.plot(xs, y2, linestyle="--", marker="s", alpha=0.6, label=f"{name}: {spec['y2']}")
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel(spec["x"])
+    ax.set_ylabel(spec["y"])
+    handles, labels = ax.get_legend_handles_labels()
+    if ax2 is not None:
+        ax2.set_ylabel(spec["y2"])
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, fontsize=7, loc="best")
+    ax.set_title(table.title, fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for pkg in ("sparsetune", "torch", "transformers", "peft", "lm-eval", "hydra-core", "wandb"):
+        try:
+            parts.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            pass
+    return ", ".join(parts)
+
+
+def _hardware() -> str:
+    import os
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {gpu}, {platform.platform()}"
+
+
+def write_report(layout: Layout, tables: list[Table], runs: list[Run], benches: list[Bench], out: Path,
+                 failures: list[str] | None = None) -> Path:
+    """Write the markdown report (and its PNGs beside it, under <out stem>-plots/)."""
+    command = "make reproduce QUICK=1" if layout.quick else "make reproduce"
+    parts = [f"# sparsetune reproduction report{' (QUICK smoke run)' if layout.quick else ''}", "",
+             f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `{command}` "
+             f"(`python scripts/reproduce.py{' --quick' if layout.quick else ''}`), from the runs under "
+             f"`{layout.root}`.", "",
+             f"- Hardware: {_hardware()}", f"- Libraries: {_versions()}",
+             "- Every row's exact command is listed under its table; each (row, seed) ran in its own process "
+             "with `seed=<k>` and its own run folder; cells are mean ± std over the seeds shown.", ""]
+    if layout.quick:
+        parts += ["> QUICK mode: one seed, a subset of the rows, 3 training steps and a dozen eval items per run — "
+                  "this checks that every table's chain runs end to end; its numbers are **not** results.", ""]
+    if failures:
+        parts += [f"> {len(failures)} command(s) failed: {', '.join(failures)} (see results logs).", ""]
+    plots_dir = out.parent / f"{out.stem}-plots"
+    for table in tables:
+        table_runs = [r for r in runs if r.table == table.name]
+        table_benches = [b for b in benches if b.table == table.name]
+        parts += [f"## {table.title}", "", f"**Paper:** {table.paper}", ""]
+        rows_by_run = {r.name: run_rows(layout, r) for r in table_runs}
+        if table_runs:
+            columns = list(dict.fromkeys(c for r in table_runs for c in r.columns))
+            all_rows = [row for rows in rows_by_run.values() for row in rows]
+            parts += [markdown_table(columns, all_rows), ""]
+        for bench in table_benches:
+            parts += [bench_tables(layout.bench_file(bench), bench), ""]
+        png = plot(table, rows_by_run, plots_dir / f"{table.name}.png")
+        if png is not None:
+            parts += [f"![{table.title}]({png.relative_to(out.parent).as_posix()})", ""]
+        if table.reading:
+            parts += [f"**Reading:** {table.reading}", ""]
+        if table_runs:
+            measured = comparisons(table, [row for rows in rows_by_run.values() for row in rows])
+            parts += ["Measured differences:", "", *measured, ""] if measured else []
+        commands = [f"sparsetune {' '.join(run_command(r, s, layout))}" for r in table_runs for s in layout.seeds(r)]
+        commands += [f"sparsetune {' '.join(bench_command(b, layout.bench_file(b), layout.quick))}"
+                     for b in table_benches]
+        parts += ["<details><summary>commands</summary>", "", "```", *commands, "```", "", "</details>", ""]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts))
+    return out

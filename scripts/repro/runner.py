@@ -1,0 +1,138 @@
+"""Run the plan's commands through the normal CLI, one subprocess each, skipping finished ones.
+
+Layout under the results root (results/full or results/quick):
+    runs/<table>/<row>/seed<k>/<run folder>/summary.json     one SPARSETUNE_RUNS root per (row, seed)
+    bench/<table>.json                                         `sparsetune bench … --out`
+    logs/<table>/<row>-seed<k>.log                             the command's output
+A (row, seed) is finished when its root holds a run folder with summary.json, a bench when its JSON
+exists; anything else is (re)run, so an interrupted reproduction continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from repro.plan import CROSS_TEST_SIZE, QUICK_SEEDS, Bench, Run
+
+PROJECT = "sparsetune-reproduce"
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower().replace("²", "2")).strip("-")
+
+
+@dataclass
+class Layout:
+    root: Path
+    quick: bool
+
+    def run_root(self, run: Run, seed: int) -> Path:
+        return self.root / "runs" / run.table / slug(run.name) / f"seed{seed}"
+
+    def bench_file(self, bench: Bench) -> Path:
+        return self.root / "bench" / f"{bench.table}.json"
+
+    def log_file(self, table: str, name: str) -> Path:
+        return self.root / "logs" / table / f"{slug(name)}.log"
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.root / "lm_tasks" / "tasks"
+
+    def seeds(self, run: Run) -> tuple[int, ...]:
+        """The seeds this mode runs a row with (none: the row is not part of QUICK)."""
+        if not self.quick:
+            return run.seeds
+        return tuple(s for s in run.seeds if s in QUICK_SEEDS) if run.in_quick else ()
+
+    def finished_run(self, run: Run, seed: int) -> Path | None:
+        done = sorted(self.run_root(run, seed).glob("*/summary.json"))
+        return done[-1].parent if done else None
+
+
+def merge_overrides(*groups: tuple[str, ...] | list[str]) -> list[str]:
+    """Concatenate key=value lists; a later value of the same key replaces the earlier one in place."""
+    merged: dict[str, str] = {}
+    for group in groups:
+        for arg in group:
+            key = arg.split("=", 1)[0] if "=" in arg else arg
+            merged[key] = arg
+    return list(merged.values())
+
+
+def _shown(path: Path) -> str:
+    """A path relative to the project root (where every command runs) when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def run_command(run: Run, seed: int, layout: Layout) -> list[str]:
+    """The sparsetune command line of one (row, seed), as a user would type it."""
+    argv = [a.replace("{tasks}", _shown(layout.tasks_dir)) for a in run.argv]
+    return merge_overrides(argv, run.quick if layout.quick else (),
+                           (f"seed={seed}", f"logger.project={PROJECT}", f"logger.group={run.table}"))
+
+
+def bench_command(bench: Bench, out: Path, quick: bool) -> list[str]:
+    return ["bench", *bench.argv, *(bench.quick if quick else bench.full), "--out", _shown(out)]
+
+
+def _call(args: list[str], env: dict[str, str], log: Path) -> tuple[int, float]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        fh.write(f"$ sparsetune {' '.join(args)}\n")
+        fh.flush()
+        rc = subprocess.call([sys.executable, "-m", "sparsetune.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
+                             env=env, cwd=PROJECT_ROOT)
+    return rc, time.perf_counter() - start
+
+
+def _tail(log: Path, n: int = 15) -> str:
+    return "\n".join("    " + line for line in log.read_text(errors="replace").splitlines()[-n:])
+
+
+def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
+    """Run what is not finished; returns the failures (the rest still runs, the report marks them)."""
+    todo: list[tuple[str, list[str], dict[str, str], Path]] = []
+    skipped = 0
+    for run in runs:
+        for seed in layout.seeds(run):
+            if layout.finished_run(run, seed):
+                skipped += 1
+                continue
+            env = dict(os.environ, SPARSETUNE_RUNS=str(layout.run_root(run, seed)))
+            todo.append((f"{run.key} seed {seed}", run_command(run, seed, layout), env,
+                         layout.log_file(run.table, f"{run.name}-seed{seed}")))
+    for bench in benches:
+        out = layout.bench_file(bench)
+        if out.is_file():
+            skipped += 1
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        todo.append((bench.key, bench_command(bench, out, layout.quick), dict(os.environ),
+                     layout.log_file(bench.table, bench.name)))
+    print(f"{len(todo)} to run, {skipped} finished earlier (reused)", flush=True)
+    if any("{tasks}" in " ".join(r.argv) for r in runs):
+        from repro.tasks import write_cross_tasks
+
+        write_cross_tasks(layout.tasks_dir.parent, CROSS_TEST_SIZE["quick" if layout.quick else "full"])
+    failures = []
+    for i, (label, args, env, log) in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {label}: sparsetune {' '.join(args)}", flush=True)
+        rc, seconds = _call(args, env, log)
+        status = "ok" if rc == 0 else f"FAILED (exit {rc}, log {log})"
+        print(f"        {status} in {seconds:.0f} s", flush=True)
+        if rc != 0:
+            print(_tail(log), flush=True)
+            failures.append(label)
+    return failures
