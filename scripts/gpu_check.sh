@@ -6,8 +6,9 @@
 #      (random weights: timing and memory do not depend on the values);
 #   3. `sparsetune bench pat` on Llama-3.2-1B's shape in bf16;
 #   4. `sparsetune bench evit` (DeiT-S shape) and `sparsetune bench spt` (one Llama-shaped block).
-# Benchmarks run 2 alternating rounds (median ratio with its spread). DDP/FSDP figures come with the
-# scale-out issue (not built yet). Budget: about 11 minutes in all.
+#   5. multi-process engine on the one GPU: DDP over NCCL (torchrun, world size 1) and FSDP2, one line
+#      each with the median step time (full fine-tuning of $SMALL, bf16, 20 steps; docs/scale-out.md).
+# Benchmarks run 2 alternating rounds (median ratio with its spread). Budget: about 12 minutes in all.
 # Results land in $OUT (default ./gpu-check). Needs hydra-core/omegaconf/antlr4 wheels in .whl/ when
 # the box lacks them (see docs/benchmarks.md).
 set -u
@@ -41,4 +42,18 @@ timeout 90 python3 -m sparsetune.cli bench evit --rounds 2 --out "$OUT/bench-evi
 echo "== 4b. bench spt (one Llama-shaped block)"
 timeout 120 python3 -m sparsetune.cli bench spt --rounds 2 --out "$OUT/bench-spt.json" 2>&1 \
   | tee "$OUT/bench-spt.log" | tail -40
+echo "== 5. DDP (NCCL) and FSDP2 through torchrun on 1 GPU (world size 1), $SMALL, full, bf16"
+for strategy in ddp fsdp; do
+  timeout 120 python3 -m torch.distributed.run --standalone --nproc-per-node 1 -m sparsetune.cli train \
+    "model=$SMALL" data=synthetic_arith method=full logger=quiet eval=none trainer.max_steps=20 \
+    trainer.batch_size=8 trainer.warmup_steps=2 trainer.save_every=0 trainer.precision=bf16 \
+    "trainer.strategy=$strategy" "run_dir=$OUT/runs-$strategy" > "$OUT/$strategy.log" 2>&1
+  python3 - "$strategy" "$OUT/runs-$strategy" <<'PY' || tail -5 "$OUT/$strategy.log"
+import json, pathlib, sys
+(run,) = pathlib.Path(sys.argv[2]).iterdir()
+s = json.loads((run / "summary.json").read_text())
+print(f"{sys.argv[1]}: {s['steps']} steps, step_time_s {s['step_time_s']:.4f}, tokens/s {s['throughput']:,.0f}, "
+      f"peak {s['peak_memory_mb']:,.0f} MB, loss {s['train_loss']:.3f}")
+PY
+done
 echo "== done"

@@ -29,6 +29,9 @@ CONFIG_DIR = typer.Option(None, "--config-dir", metavar="DIR", show_default=Fals
                           "model=mine, DIR/recipe/mine.yaml → recipe=mine.")
 CFG_VALUES = ("job", "all")  # `--cfg job` / `--cfg all`: both print the composed job config
 MULTIRUN = ("-m", "--multirun")
+SWEEP_OPT = typer.Option(False, *MULTIRUN, help="Sweep: expand Hydra's sweep syntax (key=a,b · range(0,3) · "
+                         "glob(*) · choice(a,b)) into a grid; each point is its own run under "
+                         "runs/sweeps/<name>/ (sweep.jobs=N at a time; hydra/launcher=submitit_slurm for SLURM).")
 DEFAULT_FORGET_RECIPE = "gslora_vit"  # `sparsetune forget` without recipe= (GS-LoRA on the ViT base)
 
 
@@ -116,6 +119,16 @@ def _run_training(overrides, show_cfg: bool, job: str, extra: list[str] | None =
     run_job(cfg, overrides, job)
 
 
+def _sweep(job: str, overrides: list[str], show_cfg: bool, child_args: list[str] | None = None) -> None:
+    """`JOB -m …`: the grid from Hydra's sweep syntax, each point the normal command in its own process
+    (sparsetune/jobs/sweep.py); exit 1 when a point failed."""
+    from sparsetune.jobs.sweep import run_sweep
+
+    rc = run_sweep(job, overrides, child_args or [], show_cfg=show_cfg)
+    if rc:
+        raise typer.Exit(rc)
+
+
 @app.command(epilog="Examples:\n\n  sparsetune train recipe=s2ft_llama\n\n"
              "  sparsetune train recipe=lora_llama trainer.max_steps=20 method.r=8\n\n"
              "  sparsetune train resume=runs/20261127-101500-lora_llama\n\n"
@@ -123,15 +136,19 @@ def _run_training(overrides, show_cfg: bool, job: str, extra: list[str] | None =
              "(with resume= only trainer.max_steps/eval_every/save_every/log_every/device/threads, logger.* "
              "and eval.* may change; the lr schedule is rebuilt for a new max_steps)")
 def train(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG,
-          config_dir: Optional[str] = CONFIG_DIR) -> None:
+          config_dir: Optional[str] = CONFIG_DIR, multirun: bool = SWEEP_OPT) -> None:
     """Fine-tune a model (full, lora, dora, s2ft, …) and evaluate it on the held-out split."""
+    if multirun:
+        return _sweep("train", _front(overrides, cfg, config_dir), cfg)
     _run_training(_front(overrides, cfg, config_dir), cfg, "train")
 
 
 @app.command(epilog="Examples:\n\n  sparsetune prune recipe=pat_llama method.prune_ratio=0.25")
 def prune(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG,
-          config_dir: Optional[str] = CONFIG_DIR) -> None:
+          config_dir: Optional[str] = CONFIG_DIR, multirun: bool = SWEEP_OPT) -> None:
     """Pruning-aware tuning, then physical pruning and export of a smaller stock HF model."""
+    if multirun:
+        return _sweep("prune", _front(overrides, cfg, config_dir), cfg)
     _run_training(_front(overrides, cfg, config_dir), cfg, "prune")
 
 
@@ -144,6 +161,7 @@ def forget(
         None, "--classes", help="Comma-separated class ids or names (shirt,coat); repeat for a sequence."),
     cfg: bool = SHOW_CFG,
     config_dir: Optional[str] = CONFIG_DIR,
+    multirun: bool = SWEEP_OPT,
 ) -> None:
     """Continually forget classes from a vision Transformer (GS-LoRA / GS-LoRA++)."""
     adjust = None
@@ -165,15 +183,19 @@ def forget(
     overrides = _front(overrides, cfg, config_dir)
     if not any(o.startswith(("recipe=", "resume=")) for o in overrides):
         overrides.insert(0, f"recipe={DEFAULT_FORGET_RECIPE}")
+    if multirun:  # each point resolves --classes itself (class names depend on its data set)
+        return _sweep("forget", overrides, cfg, [a for group in classes or [] for a in ("--classes", group)])
     _run_training(overrides, cfg, "forget", adjust=adjust)
 
 
 @app.command("eval", epilog="Examples:\n\n  sparsetune eval run=runs/20261127-101500-lora_llama\n\n"
              "  sparsetune eval recipe=lora_llama eval.limit=50")
 def evaluate(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG,
-             config_dir: Optional[str] = CONFIG_DIR) -> None:
+             config_dir: Optional[str] = CONFIG_DIR, multirun: bool = SWEEP_OPT) -> None:
     """Evaluate a finished run (`run=DIR`) or a recipe's untuned model; prints per-task accuracy."""
     overrides = _front(overrides, cfg, config_dir)
+    if multirun:
+        return _sweep("eval", overrides, cfg)
     run = next((o.split("=", 1)[1] for o in overrides if o.startswith("run=")), None)
     if run == "":
         fail("run= needs a run folder, e.g. run=runs/20261127-101500-lora_llama")
@@ -194,6 +216,58 @@ def evaluate(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG,
             _print_cfg(conf)
             return
         evaluate_recipe(conf, overrides)
+
+
+@app.command(epilog="Examples:\n\n  sparsetune sweep train recipe=s2ft_llama method.d_ratio=0.01,0.02,0.05 seed=0,1\n\n"
+             "  sparsetune sweep train recipe=lora_llama method.r=4,8,16 sweep.jobs=2\n\n"
+             "  sparsetune sweep eval run=runs/a,runs/b eval.limit=100\n\n"
+             "(the same as `sparsetune JOB -m …`; see docs/sweeps.md)")
+def sweep(
+    job: str = typer.Argument(..., metavar="JOB", help="train, prune, forget or eval."),
+    overrides: Optional[list[str]] = OVERRIDES,
+    classes: Optional[list[str]] = typer.Option(None, "--classes", help="forget only: as `sparsetune forget --classes`."),
+    cfg: bool = typer.Option(False, "--cfg", help="Print every point's overrides and exit."),
+    config_dir: Optional[str] = CONFIG_DIR,
+) -> None:
+    """Run a grid of runs: `sparsetune sweep JOB …` is `sparsetune JOB -m …`."""
+    from sparsetune.jobs.sweep import SWEEP_JOBS
+
+    if job not in SWEEP_JOBS:
+        fail(f"sweep: unknown job '{job}'; sweeps work with {', '.join(SWEEP_JOBS)}")
+    if classes and job != "forget":
+        fail("--classes goes with `sparsetune sweep forget`")
+    overrides = _front(overrides, cfg, config_dir)
+    if job == "forget" and not any(o.startswith("recipe=") for o in overrides):
+        overrides.insert(0, f"recipe={DEFAULT_FORGET_RECIPE}")
+    _sweep(job, overrides, cfg, [a for group in classes or [] for a in ("--classes", group)])
+
+
+@app.command("export", epilog="Examples:\n\n  sparsetune export run=runs/20261127-101500-lora_llama --format merged\n\n"
+             "  sparsetune export run=runs/20261127-101500-lora_llama --format peft --out lora-peft\n\n"
+             "  sparsetune export run=runs/20261127-101500-s2ft_llama --format merged --out s2ft-merged")
+def export(
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="run=RUN_DIR", show_default=False,
+                                                    help="The finished run folder to export."),
+    format_: str = typer.Option("merged", "--format", metavar="merged|adapter|peft",
+                                help="merged: a stock HF folder; adapter: the method's own export; "
+                                "peft: a PEFT adapter folder (LoRA/DoRA)."),
+    out: Optional[str] = typer.Option(None, "--out", metavar="DIR", show_default=False,
+                                      help="Destination folder (default RUN/export-FORMAT); must not exist or be empty."),
+) -> None:
+    """Export a finished run (`run=DIR`) as a portable folder with a model card (README.md)."""
+    overrides = _front(overrides, False, None)
+    run = next((o.split("=", 1)[1] for o in overrides if o.startswith("run=")), None)
+    extra = [o for o in overrides if not o.startswith("run=")]
+    if not run:
+        fail("export needs run=RUN_DIR, e.g. sparsetune export run=runs/20261127-101500-lora_llama --format merged")
+    if extra:
+        fail(f"export takes only run=DIR, --format and --out; got: {' '.join(extra)}")
+    from sparsetune.jobs.export import FORMATS, export_run
+
+    if format_ not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, got '{format_}'")
+    dest = export_run(run, format_, out)
+    typer.echo(f"exported {format_} to {dest}")
 
 
 @app.command(epilog="Examples:\n\n  sparsetune bench --list\n\n  sparsetune bench lora --quick\n\n"
@@ -262,9 +336,11 @@ def _usage_line(exc: Exception, args: list[str] | None = None) -> str:
     if where == "sparsetune" and command in {c.name or c.callback.__name__ for c in app.registered_commands}:
         where = f"sparsetune {command}"
     if getattr(exc, "option_name", None) in MULTIRUN:
-        command = f"`{where}`" if where != "sparsetune" else "sparsetune"
-        return (f"error: {exc.option_name}: sweeps (Hydra multirun) are not supported yet by {command}; "
-                "run one command per setting")
+        if where == "sparsetune":
+            return (f"error: {exc.option_name}: sweeps (Hydra multirun) go after the command, e.g. "
+                    "sparsetune train -m method.r=4,8 seed=0,1 (train, prune, forget, eval)")
+        return (f"error: {exc.option_name}: `{where}` does not sweep; sweeps (-m) work with "
+                "train, prune, forget and eval")
     message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
     message = " ".join(str(message).split())
     message = message if message.endswith(("?", ".")) else message + "."

@@ -110,7 +110,7 @@ CASES = [
     (["bench"], "NAME"),
     (["bench", "nope"], "unknown benchmark"),
     (["-m"], "sweeps"),
-    (["train", "--multirun"], "not supported"),
+    (["train", "--multirun"], "nothing to sweep"),
     (["forget", "--classes", "dog"], "no class named 'dog'"),
 ]
 

@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, str] = {
     "pat": "sparsetune.bench.pat",
     "evit": "sparsetune.bench.evit",
     "spt": "sparsetune.bench.spt",
+    "spt_model": "sparsetune.bench.spt_model",
 }
 
 

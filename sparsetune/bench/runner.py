@@ -209,4 +209,52 @@ def run_benchmark(name: str, quick: bool = False, out: str | None = None, overri
     if out:
         Path(out).write_text(json.dumps(results, indent=2) + "\n")
         console.print(f"results written to {out}")
+    log_to_wandb(results, list(overrides or []))
     return results
+
+
+def bench_tables(results: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{block: {variant: {metric: value}}}: medians and ratios, each ratio's spread as `_min`/`_max`."""
+    tables: dict[str, dict[str, dict[str, Any]]] = {}
+    for block_name, block in results["blocks"].items():
+        rows = tables.setdefault(block_name, {})
+        for vname, values in block["variants"].items():
+            row = {k: v for k, v in values.items() if k not in ("rounds", "errors") and not k.endswith("_range")
+                   and (_is_number(v) or isinstance(v, str))}
+            for key, spread in values.items():
+                if key.endswith("_range") and spread:
+                    row[f"{key[:-6]}_min"], row[f"{key[:-6]}_max"] = spread
+            rows[vname] = row
+    return tables
+
+
+def log_to_wandb(results: dict[str, Any], overrides: list[str]) -> None:
+    """One W&B run per bench invocation (job_type bench, under `<runs root>/bench/wandb`): each block
+    as a table `bench/<block>` (one row per variant) and in the summary; skipped when W&B is off."""
+    if os.environ.get("WANDB_MODE") == "disabled":
+        return
+    import time
+
+    from omegaconf import OmegaConf
+
+    from sparsetune.engine.logging import build_logger, log_results_table
+    from sparsetune.jobs.config import compose_job
+    from sparsetune.paths import runs_root
+
+    # only the logging keys: the rest are the variants' (method.r=8 may not fit the default method)
+    cfg = compose_job([o for o in overrides if o.lstrip("+~").startswith(("logger.", "logger=", "run_dir="))])
+    if "wandb" not in cfg.logger.backends or (os.environ.get("WANDB_MODE") or cfg.logger.wandb_mode) == "disabled":
+        return
+    name = results["benchmark"]
+    folder = runs_root(cfg.run_dir) / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    lcfg = OmegaConf.merge(cfg.logger, {"backends": ["wandb"], "group": cfg.logger.group or f"bench-{name}"})
+    config = {k: results[k] for k in ("benchmark", "quick", "n_rounds", "device")} | {"overrides": overrides}
+    logger = build_logger(lcfg, folder, config, f"bench-{name}-{time.strftime('%Y%m%d-%H%M%S')}", job="bench")
+    try:
+        tables = bench_tables(results)
+        for block_name, rows in tables.items():
+            log_results_table(logger, f"bench/{block_name}", rows, index="variant")
+        logger.summary({"bench": tables})
+    finally:
+        logger.close()

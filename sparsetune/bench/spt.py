@@ -50,6 +50,30 @@ def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
     )
 
 
+MODEL_MEASURE = "sparsetune.bench.spt:measure_model"
+
+
+def model_benchmark(quick: bool, overrides: list[str]) -> Benchmark:
+    """`sparsetune bench spt_model`: the whole SmolLM2-135M (its exact shape, random weights: no package
+    needed, and step time / memory do not depend on the weights) at batch 1, S = 1024 (`--quick`: 256):
+    LoRA r16 on every linear with SDPA (the baseline) and eager attention, and SPT."""
+    common = ["model=smollm2_135m_shape", "logger=quiet", *overrides]
+    lora = ["method=lora", "method.r=16", f"method.target_modules={ALL_LINEARS}"]
+    spt = ["method=spt", "method.warmup_ratio=0.0", "method.kmeans_init=false"]
+    seq = 256 if quick else 1024
+    steps = {"warmup": 1, "steps": 2}
+    return Benchmark(
+        name="spt_model",
+        variants=[Variant("lora_sdpa", MODEL_MEASURE, [*lora, "model.attn_implementation=sdpa", *common]),
+                  Variant("lora_eager", MODEL_MEASURE, [*lora, "model.attn_implementation=eager", *common]),
+                  Variant("spt", MODEL_MEASURE, [*spt, "model.attn_implementation=sdpa", *common])],
+        settings=[Setting(f"smollm2_1x{seq}", {"batch": 1, "seq": seq, **steps})],
+        baseline="lora_sdpa",
+        ratio_metrics=["step_time_s", "peak_memory_mb", "saved_activation_mb"],
+        extra_ratios=[("spt", "lora_eager")],
+    )
+
+
 def _find(model: torch.nn.Module, suffix: str) -> torch.nn.Module:
     for name, module in model.named_modules():
         if name.endswith(suffix):
@@ -89,11 +113,36 @@ def saved_mb(model: torch.nn.Module, fn) -> float:
     return sum(seen.values()) / 2**20
 
 
+def _train_steps(model, method, cfg, settings: dict[str, Any], device: str, vocab: int):
+    """fwd + bwd + AdamW steps on random tokens: (median step time, peak memory MB, batch, step-loss fn)."""
+    from sparsetune.engine.losses import causal_lm_loss
+    from sparsetune.engine.measure import StepTimer, peak_memory_mb, reset_peak_memory
+    from sparsetune.engine.optim import build_optimizer
+
+    model.train()
+    optimizer = build_optimizer(method, model, cfg.trainer)
+    batch, seq, warmup = settings["batch"], settings["seq"], settings.get("warmup", 2)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (batch, seq), generator=gen).to(device)
+    data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+    def step_loss():
+        loss_sum, n, outputs = causal_lm_loss(model, data)
+        return loss_sum / n + sum(method.extra_loss(model, data, outputs).values())
+
+    timer = StepTimer(device)
+    reset_peak_memory(device)
+    for _ in range(warmup + settings.get("steps", 5)):
+        with timer.step():
+            step_loss().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return timer.median(skip_warmup=warmup), peak_memory_mb(device), step_loss
+
+
 def measure_block(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     from sparsetune.bench.worker import worker_setup
-    from sparsetune.engine.losses import causal_lm_loss
-    from sparsetune.engine.measure import StepTimer, count_parameters, peak_memory_mb, reset_peak_memory
-    from sparsetune.engine.optim import build_optimizer
+    from sparsetune.engine.measure import StepTimer, count_parameters
     from sparsetune.methods import build_method
 
     device = worker_setup(cfg, settings)
@@ -101,24 +150,9 @@ def measure_block(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     model = build_block_model(settings, impl, int(cfg.seed))
     method = build_method(cfg.method)
     model = method.apply(model, MethodContext.of(model)).to(device)
-    model.train()
-    optimizer = build_optimizer(method, model, cfg.trainer)
+    step, peak, step_loss = _train_steps(model, method, cfg, settings, device, vocab=256)
     batch, seq, warmup = settings["batch"], settings["seq"], settings.get("warmup", 2)
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, 256, (batch, seq), generator=gen).to(device)
-    data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
-    timer = StepTimer(device)
-    reset_peak_memory(device)
-    for _ in range(warmup + settings.get("steps", 5)):
-        with timer.step():
-            loss_sum, n, outputs = causal_lm_loss(model, data)
-            loss = loss_sum / n
-            for extra in method.extra_loss(model, data, outputs).values():
-                loss = loss + extra
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    peak = peak_memory_mb(device)
+    gen = torch.Generator().manual_seed(1)
 
     # attention / FFN split: forward + backward of each module alone on the block's input shape
     attn, mlp, rotary = _find(model, "layers.0.self_attn"), _find(model, "layers.0.mlp"), _find(model, "rotary_emb")
@@ -127,9 +161,6 @@ def measure_block(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     mask = None
     if impl == "eager":  # eager attention needs the causal mask spelled out (SDPA and SPT are causal by themselves)
         mask = torch.full((seq, seq), float("-inf"), device=device).triu(1)[None, None]
-    def step_loss():
-        loss_sum, n, outputs = causal_lm_loss(model, data)
-        return loss_sum / n + sum(method.extra_loss(model, data, outputs).values())
 
     split = {"saved_activation_mb": saved_mb(model, step_loss)}
     for key, fn in (("attn", lambda: attn(hidden_states=x, position_embeddings=pos, attention_mask=mask)[0]),
@@ -144,7 +175,30 @@ def measure_block(cfg, settings: dict[str, Any]) -> dict[str, Any]:
         x.grad = None
         split[f"{key}_time_s"] = t.median(skip_warmup=warmup)
     trainable, total = count_parameters(model)
-    step = timer.median(skip_warmup=warmup)
     return {"step_time_s": step, "peak_memory_mb": peak, **split, "trainable_params": trainable,
             "total_params": total, "tokens_per_s": batch * seq / step, "dtype": "float32",
             "attn_implementation": impl, "threads": torch.get_num_threads()}
+
+
+def measure_model(cfg, settings: dict[str, Any]) -> dict[str, Any]:
+    """The whole model `cfg.model` (SmolLM2-135M's shape by default): step time, peak memory and the
+    MB autograd saves in one training forward."""
+    from sparsetune.bench.worker import worker_setup
+    from sparsetune.engine.measure import count_parameters
+    from sparsetune.methods import build_method
+    from sparsetune.models import load_model
+
+    device = worker_setup(cfg, settings)
+    model, _ = load_model(cfg.model)
+    model.config._attn_implementation = cfg.model.attn_implementation
+    method = build_method(cfg.method)
+    model = method.apply(model, MethodContext.of(model)).to(device)
+    vocab = int(model.config.vocab_size)
+    step, peak, step_loss = _train_steps(model, method, cfg, settings, device, vocab)
+    saved = saved_mb(model, step_loss)
+    trainable, total = count_parameters(model)
+    batch, seq = settings["batch"], settings["seq"]
+    return {"step_time_s": step, "peak_memory_mb": peak, "saved_activation_mb": saved,
+            "saved_mb_per_layer": saved / int(model.config.num_hidden_layers), "trainable_params": trainable, "total_params": total,
+            "tokens_per_s": batch * seq / step, "dtype": "float32",
+            "attn_implementation": cfg.model.attn_implementation, "threads": torch.get_num_threads()}

@@ -25,6 +25,7 @@ SCHEDULES: tuple[str, ...] = ("linear", "cosine", "constant", "constant_with_war
                                "polynomial", "inverse_sqrt")
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "cuda:N", "mps")
+STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
 DATA_KINDS: tuple[str, ...] = ("text", "vision")
 LOGGER_BACKENDS: tuple[str, ...] = ("jsonl", "console", "wandb")
 WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
@@ -138,6 +139,15 @@ def check_values(cfg) -> None:
     v = g(t + "num_workers")
     if v is not None:
         _need(t + "num_workers", v, _int_at_least(0)(v), "must be an integer >= 0")
+    v = g(t + "nproc")
+    if v is not None:
+        _need(t + "nproc", v, _int_at_least(1)(v), "must be an integer >= 1 (processes to train with)")
+    v = g(t + "strategy")
+    if v is not None:
+        _one_of(t + "strategy", v, STRATEGIES)
+    if g(t + "precision") == "fp16" and str(g(t + "device")) in ("cpu", "mps"):
+        raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (trainer.device={g(t + 'device')}); "
+                          "use trainer.precision=bf16 on the CPU")
 
     for key in ("seed", "data.split_seed"):
         v = g(key)
@@ -181,6 +191,20 @@ def check_config(cfg) -> None:
     """The whole validation pass: resolve every interpolation, then check every value."""
     resolve_all(cfg)
     check_values(cfg)
+    check_sweep(cfg)
+
+
+def check_sweep(cfg) -> None:
+    """`sweep.*` (sparsetune/jobs/sweep.py); the launcher name is checked against Hydra's plugins there."""
+    v = _get(cfg, "sweep.jobs", 1)
+    _need("sweep.jobs", v, _int_at_least(1)(v), "must be an integer >= 1 (points run at once)")
+    for key in ("sweep.name", "sweep.metric", "sweep.x", "sweep.launcher", "sweep.dir"):
+        v = _get(cfg, key)
+        _need(key, v, v is None or (isinstance(v, str) and v.strip() != ""), "must be a non-empty string, or null")
+    for key in ("sweep.name", "sweep.launcher"):
+        v = _get(cfg, key)
+        _need(key, v, v is None or not re.search(r"[/\\]|\.\.", v), "may not contain path parts "
+              "(sweep.dir=PATH picks the folder)")
 
 
 # ------------------------------------------------------------------------------------ trust

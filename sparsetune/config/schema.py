@@ -76,7 +76,8 @@ class TrainerConfig:
     # linear | cosine | constant | constant_with_warmup | cosine_with_restarts | polynomial | inverse_sqrt
     schedule: str = "linear"
     max_grad_norm: Optional[float] = 1.0
-    precision: str = "fp32"  # fp32 | bf16
+    # fp32 | bf16 (autocast on CUDA and CPU) | fp16 (CUDA autocast + torch.amp GradScaler)
+    precision: str = "fp32"
     eval_every: int = 0  # steps; 0 = only at the end
     save_every: int = 50  # steps; 0 = only at the end
     log_every: int = 1
@@ -88,6 +89,11 @@ class TrainerConfig:
     gradient_checkpointing: bool = False
     # gated MLPs keep 2 of their 3 wide intermediates for backward (train/lean_mlp.py); same gradients
     lean_mlp: bool = True
+    # processes to train with: >1 re-launches the job through torchrun's elastic launcher (one per GPU,
+    # or gloo on CPU). Under torchrun/accelerate the launcher's WORLD_SIZE wins (engine/distributed.py)
+    nproc: int = 1
+    # ddp (every method) | fsdp (FSDP2 fully_shard per block: full, lora, dora, pat)
+    strategy: str = "ddp"
 
 
 @dataclass
@@ -124,6 +130,8 @@ class LoggerConfig:
     project: str = "sparsetune"
     entity: Optional[str] = None
     tags: list[str] = field(default_factory=list)
+    group: Optional[str] = None  # W&B group (e.g. one sweep)
+    job_type: Optional[str] = None  # W&B job_type; default: the job's name (train, prune, forget, eval, bench, export)
 
 
 @dataclass
@@ -146,6 +154,23 @@ class ForgetConfig:
 
 
 @dataclass
+class SweepConfig:
+    """`sparsetune train -m …` (Hydra multirun): how the grid's points run and are summarised."""
+
+    jobs: int = 1  # points run at once by the local pool (each its own process; torch threads split)
+    # sweep folder; default <runs root>/sweeps/<name>. Rerunning into the same folder skips finished points
+    dir: Optional[str] = None
+    name: Optional[str] = None  # folder name and W&B group; default <YYYYmmdd-HHMMSS>-<recipe or job>
+    # summary.json key to tabulate and plot (eval/<task>/<metric>, train_loss, …); default: the
+    # held-out average score if there is one, else the first eval metric, else train_loss
+    metric: Optional[str] = None
+    x: Optional[str] = None  # swept key on the plot's x axis; default the first swept key other than seed
+    # local: a pool of `jobs` subprocesses here; else a Hydra launcher plugin (hydra/launcher=NAME sets it),
+    # e.g. submitit_slurm (pip install 'sparsetune[slurm]')
+    launcher: str = "local"
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -155,6 +180,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     forget: ForgetConfig = field(default_factory=ForgetConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     recipe: Optional[str] = None
     description: str = ""
     # after training, also copy export/ to $SPARSETUNE_CACHE/models/<cache_as> (e.g. the ViT base)

@@ -1,5 +1,8 @@
-"""The training loop every job shares: accumulation, clipping, autocast, schedule, periodic eval,
-atomic checkpoints, exact resume and a NaN/Inf guard."""
+"""The training loop every job shares: accumulation, clipping, autocast (bf16, fp16 with a grad
+scaler), schedule, periodic eval, atomic checkpoints, exact resume and a NaN/Inf guard — in one
+process or in each rank of a torch.distributed group (engine/distributed.py), where rank r of W
+takes every W-th micro-batch of the same seeded order, so W ranks × grad_accum g make the same
+optimiser step as one process with W·g accumulation."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 
 import torch
 
+from sparsetune.engine import distributed as dist
 from sparsetune.engine.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -21,7 +25,7 @@ from sparsetune.engine.checkpoint import (
     set_rng_state,
 )
 from sparsetune.engine.measure import peak_memory_mb
-from sparsetune.errors import TrainingDivergedError
+from sparsetune.errors import ConfigError, TrainingDivergedError
 
 
 @dataclass
@@ -49,11 +53,18 @@ class BatchStream:
     only when a batch is handed out, so a checkpoint records exactly what was consumed. Prefetched
     batches for other positions (after a restore rewrote `state`) are dropped and loaded again.
     Threads, not processes: collating is mostly tensor work, and nothing is pickled or forked.
+
+    Ranks (`rank` of `world`): the position in `state` is global, the same on every rank; rank r takes
+    the micro-batches at global offsets r, r + W, r + 2W, … of the one seeded order, and each `next()`
+    moves the global position on by W. So the micro-batches of one optimiser step across all ranks are
+    exactly those one process with W times the accumulation would use, and a checkpoint's position is
+    valid for any world size.
     """
 
     def __init__(self, dataset, collate: Callable, batch_size: int, seed: int, state: LoopState,
-                 num_workers: int = 0):
+                 num_workers: int = 0, rank: int = 0, world: int = 1):
         self.dataset, self.collate, self.batch_size, self.seed, self.state = dataset, collate, batch_size, seed, state
+        self.rank, self.world = rank, world
         n = len(dataset)
         self.per_epoch = n // batch_size if n >= batch_size else 1
         self._orders: dict[int, list[int]] = {}
@@ -68,6 +79,12 @@ class BatchStream:
     def _position(self, epoch: int, index: int) -> tuple[int, int]:
         return (epoch + 1, 0) if index >= self.per_epoch else (epoch, index)
 
+    def _advance(self, pos: tuple[int, int], k: int) -> tuple[int, int]:
+        """The global position `k` micro-batches after `pos` (crossing epoch ends as one process would)."""
+        for _ in range(k):
+            pos = self._position(pos[0], pos[1] + 1)
+        return pos
+
     def _indices(self, epoch: int, index: int) -> list[int]:
         if epoch not in self._orders:
             self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
@@ -78,7 +95,7 @@ class BatchStream:
         return self.collate([self.dataset[i] for i in idx])
 
     def _prefetch(self, epoch: int, index: int) -> None:
-        """Keep futures for the next 2 x num_workers positions from (epoch, index), and only those."""
+        """Keep futures for this rank's next 2 x num_workers positions from (epoch, index), and only those."""
         from concurrent.futures import ThreadPoolExecutor
 
         if self._pool is None:
@@ -86,7 +103,7 @@ class BatchStream:
         wanted, pos = [], (epoch, index)
         for _ in range(2 * self.num_workers):
             wanted.append(pos)
-            pos = self._position(pos[0], pos[1] + 1)
+            pos = self._advance(pos, self.world)
         for key in [k for k in self._pending if k not in wanted]:
             self._pending.pop(key).cancel()
         for key in wanted:
@@ -95,15 +112,17 @@ class BatchStream:
 
     def next(self) -> dict[str, torch.Tensor]:
         st = self.state
-        epoch, index = self._position(st.epoch, st.batch_index)
+        pos = self._position(st.epoch, st.batch_index)  # the next global micro-batch
+        mine = self._advance(pos, self.rank)
         if not self.num_workers:
-            batch = self._load(self._indices(epoch, index))
+            batch = self._load(self._indices(*mine))
         else:
-            self._prefetch(epoch, index)
-            batch = self._pending.pop((epoch, index)).result()
-        st.epoch, st.batch_index = epoch, index + 1
+            self._prefetch(*mine)
+            batch = self._pending.pop(mine).result()
+        last = self._advance(pos, self.world - 1)  # the last one any rank takes this round
+        st.epoch, st.batch_index = last[0], last[1] + 1
         if self.num_workers:
-            self._prefetch(*self._position(epoch, index + 1))
+            self._prefetch(*self._advance(mine, self.world))
         return batch
 
     def close(self) -> None:
@@ -114,6 +133,23 @@ class BatchStream:
             self._pending.clear()
             self._pool.shutdown(wait=False)
             self._pool = None
+
+
+class LossStep(torch.nn.Module):
+    """One micro-batch's task loss and the method's regularisers as a module.
+
+    DDP and FSDP2 act through the forward of the module they wrap; the loss functions call parts of
+    the model (body, then the output head on labelled positions only), so the wrapped module is this
+    one, and every parameter a step uses (regularisers included) is reached inside its forward."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: Callable, method):
+        super().__init__()
+        self.model, self.loss_fn, self.method = model, loss_fn, method
+
+    def forward(self, batch: dict[str, Any]):
+        loss_sum, count, outputs = self.loss_fn(self.model, batch)
+        extras = self.method.extra_loss(self.model, batch, outputs)
+        return loss_sum, count, outputs, extras
 
 
 def _to(batch: dict[str, Any], device) -> dict[str, Any]:
@@ -130,28 +166,59 @@ def _units(batch: dict[str, torch.Tensor]) -> int:
 class TrainLoop:
     def __init__(self, *, model, method, optimizer, scheduler, stream: BatchStream, loss_fn, tcfg,
                  total_steps: int, logger, checkpoint_dir, device, evaluate: Callable | None = None,
-                 progress=None, extra_state: Callable[[], dict] | None = None):
+                 progress=None, extra_state: Callable[[], dict] | None = None, step_module=None):
+        """`step_module`: the `LossStep` of `model`, wrapped in DDP or sharded with FSDP2 when training
+        in several processes (engine/distributed.py); a plain `LossStep` by default."""
         self.model, self.method, self.optimizer, self.scheduler = model, method, optimizer, scheduler
         self.stream, self.loss_fn, self.tcfg, self.total_steps = stream, loss_fn, tcfg, total_steps
         self.logger, self.checkpoint_dir, self.device = logger, checkpoint_dir, device
         self.evaluate, self.progress, self.extra_state = evaluate, progress, extra_state
+        self.step_module = step_module if step_module is not None else LossStep(model, loss_fn, method)
+        self.sharded = any(dist.is_sharded(p) for p in model.parameters())
         self.state = stream.state
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.scaler = None
+        if tcfg.precision == "fp16":
+            if torch.device(device).type != "cuda":
+                raise ConfigError("trainer.precision=fp16 needs a CUDA device; use trainer.precision=bf16 on the CPU")
+            if self.sharded:
+                from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+                self.scaler = ShardedGradScaler()  # all-reduces found-inf across the shards
+            else:
+                self.scaler = torch.amp.GradScaler("cuda")
 
     # --- checkpoints -------------------------------------------------------------------------
     def checkpoint(self) -> None:
-        state = {
-            "loop": asdict(self.state),
-            "model": {k: v.detach().cpu().clone() for k, v in self.method.trainable_state_dict(self.model).items()},
-            "method": self.method.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(),
-            "total_steps": self.total_steps,
-        }
-        if self.extra_state:
-            state.update(self.extra_state())
-        save_checkpoint(self.checkpoint_dir, self.state.step, state)
+        """Every rank calls this (FSDP gathers full tensors collectively); rank 0 alone writes, so a
+        checkpoint always holds full, unsharded state whatever the world size."""
+        model = {k: dist.full_tensor(v.detach()).cpu().clone()
+                 for k, v in self.method.trainable_state_dict(self.model).items()}
+        if self.sharded:  # full optimiser state keyed by parameter name (DCP's state-dict API)
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            optim = {"format": "fqn-full", "state": get_optimizer_state_dict(
+                self.step_module, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))}
+        else:
+            optim = self.optimizer.state_dict()
+        if dist.is_main():
+            state = {
+                "loop": asdict(self.state),
+                "model": model,
+                "method": self.method.state_dict(),
+                "optimizer": optim,
+                "scheduler": self.scheduler.state_dict(),
+                "rng": rng_state(),
+                "total_steps": self.total_steps,
+                "world_size": dist.world_size(),
+                "grad_accum": int(self.tcfg.grad_accum),
+            }
+            if self.scaler is not None:
+                state["scaler"] = self.scaler.state_dict()
+            if self.extra_state:
+                state.update(self.extra_state())
+            save_checkpoint(self.checkpoint_dir, self.state.step, state)
+        dist.barrier()
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         missing = set(ckpt["model"]) - {n for n, _ in self.model.named_parameters()}
@@ -160,11 +227,24 @@ class TrainLoop:
         with torch.no_grad():
             params = dict(self.model.named_parameters())
             for name, value in ckpt["model"].items():
-                params[name].copy_(value)
+                dist.load_into(params[name], value)
+        optim = ckpt["optimizer"]
         try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if isinstance(optim, dict) and optim.get("format") == "fqn-full":
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+                set_optimizer_state_dict(self.step_module, self.optimizer, optim_state_dict=optim["state"],
+                                         options=StateDictOptions(full_state_dict=True))
+            elif self.sharded:
+                raise CheckpointError("this checkpoint was written without FSDP; resume it with trainer.strategy=ddp")
+            else:
+                self.optimizer.load_state_dict(optim)
             self.scheduler.load_state_dict(ckpt["scheduler"])
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            if self.scaler is not None and "scaler" in ckpt:
+                self.scaler.load_state_dict(ckpt["scaler"])
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
             raise CheckpointError(f"checkpoint does not match this run's optimiser/schedule: {exc}") from None
         if ckpt.get("total_steps") not in (None, self.total_steps) and getattr(self.scheduler, "lr_lambdas", None):
             # the run was extended (trainer.max_steps on resume): the schedule is rebuilt for the new
@@ -181,33 +261,55 @@ class TrainLoop:
 
     # --- one optimiser step ------------------------------------------------------------------
     def _autocast(self):
-        if self.tcfg.precision == "bf16":
-            return torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16)
+        if self.tcfg.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.tcfg.precision == "bf16" else torch.float16
+            return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)
         return contextlib.nullcontext()
+
+    def _no_sync(self, last: bool):
+        """DDP all-reduces on the last micro-batch of a step only; the others accumulate locally."""
+        no_sync = getattr(self.step_module, "no_sync", None)
+        return no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
 
     def train_step(self) -> dict[str, float]:
         micro = [_to(self.stream.next(), self.device) for _ in range(self.tcfg.grad_accum)]
-        units = max(1, sum(_units(mb) for mb in micro))
+        world = dist.world_size()
+        # the loss is divided by the units of the whole optimiser step over all ranks; DDP/FSDP average
+        # gradients over ranks, hence the factor `world`: the step is exactly one process's W·g step
+        local_units = sum(_units(mb) for mb in micro)
+        units = max(1, int(dist.all_reduce_sum([local_units])[0]))
         task_loss, extras_log = 0.0, {}
         start = time.perf_counter()
-        for mb in micro:
-            with self._autocast():
-                loss_sum, _, outputs = self.loss_fn(self.model, mb)
-                extras = self.method.extra_loss(self.model, mb, outputs)
-            loss = loss_sum / units
-            for name, value in extras.items():
-                loss = loss + value / len(micro)
-                extras_log[name] = extras_log.get(name, 0.0) + float(value.detach()) / len(micro)
-            loss.backward()
+        for i, mb in enumerate(micro):
+            with self._no_sync(i == len(micro) - 1):
+                with self._autocast():
+                    loss_sum, _, _, extras = self.step_module(mb)
+                loss = loss_sum * world / units
+                for name, value in extras.items():
+                    loss = loss + value / len(micro)
+                    extras_log[name] = extras_log.get(name, 0.0) + float(value.detach()) / len(micro)
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             task_loss += float(loss_sum.detach()) / units
+        if world > 1:  # what is logged is the step's loss over all ranks (extras: their mean)
+            names = sorted(extras_log)
+            sums = dist.all_reduce_sum([task_loss, *(extras_log[n] for n in names)])
+            task_loss = sums[0]
+            extras_log = {n: v / world for n, v in zip(names, sums[1:])}
         if not math.isfinite(task_loss):
             self._diverged(f"loss is {task_loss}")
         grad_norm = None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.tcfg.max_grad_norm:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.tcfg.max_grad_norm))
-            if not math.isfinite(grad_norm):
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.tcfg.max_grad_norm)
+            grad_norm = float(dist.full_tensor(norm))
+            if not math.isfinite(grad_norm) and self.scaler is None:  # fp16: the scaler skips the step
                 self._diverged(f"gradient norm is {grad_norm}")
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if torch.device(self.device).type == "cuda":
@@ -250,11 +352,12 @@ class TrainLoop:
             st.throughputs.append(metrics.get("tokens_per_s", metrics.get("images_per_s", 0.0)))
             last = st.step == self.total_steps
             if self.evaluate and self.tcfg.eval_every and st.step % self.tcfg.eval_every == 0 and not last:
-                results = self.evaluate(self.model)
+                results = self.evaluate(self.model)  # rank 0 only (see jobs/train.py); the others wait
                 st.last_eval = results
                 metrics.update({f"eval/{t}/{m}": v for t, r in results.items() for m, v in r.items()
                                 if isinstance(v, (int, float))})
                 self.model.train()
+                dist.barrier()
             if st.step % max(1, self.tcfg.log_every) == 0 or last:
                 self.logger.log(metrics, st.step)
             if (self.tcfg.save_every and st.step % self.tcfg.save_every == 0) or last:

@@ -1,4 +1,5 @@
-"""Continual-forgetting figures from per-class accuracy: Acc_r, Acc_f, Acc_o and the H-mean.
+"""Continual-forgetting figures from per-class accuracy: Acc_r, Acc_f, Acc_o and the H-mean; and the
+heat map of group norms per task (which adapter groups group sparsity kept).
 
 Accuracies over a class set are the mean of per-class accuracies (class-balanced; Fashion-MNIST's
 test split has 1,000 images per class, so this equals the sample-weighted figure there).
@@ -35,3 +36,39 @@ def task_metrics(now: Sequence[float | None], before: Sequence[float | None], fo
         "acc_f_pre": acc_f_pre,
         "h_mean": h_mean(acc_f_pre, acc_f, acc_r),
     }
+
+
+def group_norm_grid(reports: Sequence[dict]) -> tuple[list[str], list[list[float]]]:
+    """(group names, one row of norms per task) from the tasks' group reports ({"group_norms": {name:
+    norm}}); names in first-seen order, NaN where a task has no such group."""
+    names: list[str] = []
+    for rep in reports:
+        names.extend(n for n in rep.get("group_norms", {}) if n not in names)
+    rows = [[float(rep.get("group_norms", {}).get(n, float("nan"))) for n in names] for rep in reports]
+    return names, rows
+
+
+def plot_group_norms(names: Sequence[str], rows: Sequence[Sequence[float]], task_labels: Sequence[str],
+                     path, title: str = "LoRA group norms after each task"):
+    """Heat map of group norms, task x group (the paper's picture of which groups survive); exact zeros
+    are printed as 0 in their cell. Written with matplotlib's Figure API (no global pyplot state)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1.2 + 0.9 * max(1, len(names)), 1.0 + 0.55 * max(1, len(rows))), dpi=120)
+    ax = fig.add_subplot()
+    image = ax.imshow(rows, cmap="viridis", aspect="auto", vmin=0.0)
+    ax.set_xticks(range(len(names)), labels=list(names), rotation=45 if len(names) > 6 else 0, ha="right"
+                  if len(names) > 6 else "center")
+    ax.set_yticks(range(len(rows)), labels=list(task_labels))
+    top = max((v for r in rows for v in r if v == v), default=0.0)
+    for i, row in enumerate(rows):
+        for j, v in enumerate(row):
+            if v == v:
+                text = "0" if v == 0 else f"{v:.2g}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                        color="white" if v < 0.5 * top else "black")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, label="‖group‖₂")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path

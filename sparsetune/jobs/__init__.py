@@ -19,14 +19,23 @@ def run_job(cfg, overrides: list[str], job: str = "train") -> dict[str, Any]:
         raise ConfigError(f"method '{cfg.method.name}' does not support `{job}`; methods that do: "
                           f"{', '.join(serving) or 'none yet'}")
     from sparsetune.engine.offline import configure_network
+    from sparsetune.jobs.launch import check_distributed, needs_spawn, spawn
     from sparsetune.jobs.vision_base import ensure_vision_base
 
+    check_distributed(cfg, job)
     configure_network(cfg)  # before anything loads: building the ViT base must stay offline too
-    ensure_vision_base(cfg.model)
-    if job == "forget":
-        from sparsetune.jobs.forget import run_forget
+    ensure_vision_base(cfg.model)  # once, in the parent, before trainer.nproc=N processes start
+    if needs_spawn(cfg):
+        return spawn(cfg, overrides, job)
+    from sparsetune.engine.distributed import teardown
 
-        return run_forget(cfg, overrides, job)
-    from sparsetune.jobs.train import run_train
+    try:
+        if job == "forget":
+            from sparsetune.jobs.forget import run_forget
 
-    return run_train(cfg, overrides, job)
+            return run_forget(cfg, overrides, job)
+        from sparsetune.jobs.train import run_train
+
+        return run_train(cfg, overrides, job)
+    finally:
+        teardown()  # leave the process group (torchrun / accelerate / trainer.nproc children)

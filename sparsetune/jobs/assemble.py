@@ -7,10 +7,12 @@ no half-made run behind and never touches an existing one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from sparsetune.engine import distributed as dist
 from sparsetune.engine.grad_checkpoint import enable_gradient_checkpointing
 from sparsetune.engine.lean_mlp import make_mlps_lean
 from sparsetune.engine.progress import console
@@ -56,6 +58,10 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
 
     `method_state` (from a checkpoint) is loaded before `apply`, so a resumed method rebuilds exactly
     the same structure (selected indices, masks) before its tensors are restored.
+
+    In a process group (torchrun, `trainer.nproc=N`) every rank builds the same model from the same
+    seed on its own device; only rank 0 creates (or reopens) the run folder, and the others get its
+    path from rank 0.
     """
     from sparsetune.data import build_train_dataset, load_splits
     from sparsetune.engine.offline import configure_network
@@ -68,7 +74,10 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
     seed_everything(cfg.seed)
     if create_run and not cfg.resume:
         check_run_environment(cfg)  # runs root usable before any data or model is loaded
-    device = resolve_device(cfg.trainer.device)
+    device = dist.init(resolve_device(cfg.trainer.device))  # joins the launcher's group, if any
+    if cfg.trainer.precision == "fp16" and not device.startswith("cuda"):
+        raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (this run is on {device}); "
+                          "use trainer.precision=bf16 on the CPU")
     splits = load_splits(cfg.data)
     model, tokenizer = load_model(cfg.model)
     method = build_method(cfg.method)
@@ -93,7 +102,10 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
     run = None
     if create_run:
         check_eval_tasks(cfg)  # unknown or unreachable lm-eval tasks fail now, not after training
-        run = RunFolder.open(cfg.resume) if cfg.resume else RunFolder.create(cfg, overrides, job)
+        if dist.is_main():
+            run = RunFolder.open(cfg.resume) if cfg.resume else RunFolder.create(cfg, overrides, job)
+        run = RunFolder(Path(dist.broadcast_object(str(run.path) if dist.is_main() else None)))
         ctx.run_dir = run.path
-        console.print(f"[bold]run folder:[/bold] {run.path}")
+        if dist.is_main():
+            console.print(f"[bold]run folder:[/bold] {run.path}")
     return Job(cfg, run, model, tokenizer, method, ctx, splits, device, dataset, collate)

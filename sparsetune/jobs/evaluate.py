@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,12 +31,10 @@ def _apply_overrides(cfg, overrides: list[str]):
 def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     """Rebuild the run's model from its config and final checkpoint, evaluate the held-out split,
     and record the results in its summary.json."""
-    from sparsetune.engine.checkpoint import latest_checkpoint, load_checkpoint
     from sparsetune.engine.offline import configure_network
     from sparsetune.engine.run_folder import RunFolder
     from sparsetune.eval.report import print_table
     from sparsetune.eval.suite import evaluate_model
-    from sparsetune.jobs.assemble import setup
     from sparsetune.jobs.config import load_run_config
     from sparsetune.jobs.vision_base import ensure_vision_base
 
@@ -45,18 +44,9 @@ def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     ensure_vision_base(cfg.model)
     model, tokenizer, splits, source, method = _from_export(cfg, run)
     if model is None:
-        path = latest_checkpoint(run.checkpoints)
-        if path is None:
+        job, path = from_checkpoint(cfg, run)
+        if job is None:
             raise UserError(f"run has no export or checkpoint to evaluate: {run.path}")
-        ckpt = load_checkpoint(path)  # verified safetensors + JSON; never unpickles (a legacy state.pt is refused)
-        job = setup(cfg, [], "eval", method_state=ckpt["method"], create_run=False)
-        params = dict(job.model.named_parameters())
-        unknown = sorted(set(ckpt["model"]) - set(params))
-        if unknown:
-            raise UserError(f"checkpoint {path.name} does not match the run's model: unknown tensors {unknown[:3]}")
-        with torch.no_grad():
-            for name, value in ckpt["model"].items():
-                params[name].copy_(value)
         model, tokenizer, splits, source = job.method.prepare_for_eval(job.model), job.tokenizer, job.splits, path
         method = job.method
     console.print(f"evaluating {run.path} (from {source})")
@@ -74,17 +64,47 @@ def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     return results
 
 
+def from_checkpoint(cfg, run):
+    """(Job, checkpoint path) with the run's model rebuilt as it was at its last checkpoint (method
+    applied, trained tensors loaded); (None, None) when the run has no checkpoint."""
+    from sparsetune.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from sparsetune.jobs.assemble import setup
+
+    path = latest_checkpoint(run.checkpoints)
+    if path is None:
+        return None, None
+    ckpt = load_checkpoint(path)  # verified safetensors + JSON; never unpickles (a legacy state.pt is refused)
+    job = setup(cfg, [], "eval", method_state=ckpt["method"], create_run=False)
+    params = dict(job.model.named_parameters())
+    unknown = sorted(set(ckpt["model"]) - set(params))
+    if unknown:
+        raise UserError(f"checkpoint {path.name} does not match the run's model: unknown tensors {unknown[:3]}")
+    with torch.no_grad():
+        for name, value in ckpt["model"].items():
+            params[name].copy_(value)
+    return job, path
+
+
 def log_eval(cfg, run_path, results: dict[str, Any], points: dict[str, Any] | None, step: int = 0) -> None:
     """Eval results (and eval points) to the run's metric loggers: a metrics.jsonl record and a W&B run
-    named `<run>-eval` (offline by default); the tables are printed by the caller."""
+    named `<run>-eval` (offline by default, job_type eval, in the run's group) with the per-task results
+    and the eval points as tables; the console tables are printed by the caller."""
     from omegaconf import OmegaConf
 
-    from sparsetune.engine.logging import build_logger
+    from sparsetune.engine.logging import build_logger, log_results_table
     from sparsetune.jobs.common import eval_log
 
     lcfg = OmegaConf.merge(cfg.logger, {"backends": [b for b in cfg.logger.backends if b != "console"]})
-    logger = build_logger(lcfg, run_path, OmegaConf.to_container(cfg, resolve=True), f"{run_path.name}-eval")
+    logger = build_logger(lcfg, run_path, OmegaConf.to_container(cfg, resolve=True), f"{run_path.name}-eval",
+                          job="eval")
     try:
+        # tables first: the scalar record stays the last line of metrics.jsonl, as after a training eval
+        log_results_table(logger, "eval/results", results, step)
+        if points:
+            log_results_table(logger, "eval/points", points, step, index="point")
+            plot = Path(run_path) / "eval_points.png"
+            if plot.exists():
+                logger.log_image("eval/points_plot", plot, step)
         logger.log(eval_log(results), step)
         if points:
             logger.summary({"eval_points": points})

@@ -24,7 +24,7 @@ from sparsetune.engine.progress import console, training_progress
 from sparsetune.engine.run_folder import RunFolder
 from sparsetune.engine.selection import BestState
 from sparsetune.errors import ConfigError
-from sparsetune.eval.forgetting import class_mean, task_metrics
+from sparsetune.eval.forgetting import class_mean, group_norm_grid, plot_group_norms, task_metrics
 from sparsetune.eval.report import print_table
 from sparsetune.eval.suite import check_eval_tasks
 from sparsetune.eval.vision import evaluate_vision
@@ -34,7 +34,8 @@ from sparsetune.jobs.train import total_steps
 from sparsetune.methods.base import ForgetTask
 
 TABLE_COLUMNS = ("classes", "acc_r", "acc_f", "acc_o", "h_mean", "acc_f_pre", "acc_r_base", "trainable_share",
-                 "groups_surviving", "steps", "wall_time_s")
+                 "groups", "steps", "wall_time_s")
+HEATMAP = "group_norms.png"
 
 
 class TaskLogger:
@@ -66,6 +67,32 @@ def task_trainer_config(cfg, method):
     for key, value in method.trainer_overrides().items():
         tcfg[key] = value
     return tcfg
+
+
+def table_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The printed cells of one row: surviving groups as "k/n" (what group sparsity kept)."""
+    cells = {c: row.get(c) for c in TABLE_COLUMNS}
+    if "groups_surviving" in row:
+        cells["groups"] = f"{row['groups_surviving']}/{row.get('groups_total', '?')}"
+    return cells
+
+
+def report_groups(results: list[dict[str, Any]], run_dir, logger, step: int | None = None) -> dict[str, Any]:
+    """Group norms per task x group: a heat map in the run folder, an image and a table for the
+    logger (W&B); returns what the summary records. Nothing for methods without groups."""
+    reports = [r.get("groups", {}) for r in results]
+    if not any(rep.get("group_norms") for rep in reports):
+        return {}
+    names, grid = group_norm_grid(reports)
+    labels = [f"task {r['task']} ({r['classes']})" for r in results]
+    path = plot_group_norms(names, grid, labels, run_dir / HEATMAP)
+    if getattr(logger, "log_image", None):
+        logger.log_image("forget/group_norms", path, step)
+    if getattr(logger, "log_table", None):
+        logger.log_table("forget/group_norms", ["task", "classes", *names],
+                         [[r["task"], r["classes"], *row] for r, row in zip(results, grid)], step)
+    return {"groups_surviving_per_task": [rep.get("groups_surviving") for rep in reports],
+            "group_norms_per_task": [rep.get("group_norms") for rep in reports], "group_norms_png": HEATMAP}
 
 
 def check_forget_job(cfg, model, splits) -> None:
@@ -158,7 +185,9 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
             rows.append(row)
             results.append({**row, "forgotten": forgotten, "earlier": earlier,
                             "per_class_test": test_now, **({"groups": report} if report else {})})
-            logger.log({f"forget/{k}": v for k, v in row.items() if isinstance(v, (int, float))}, offset + steps)
+            per_task = {f"forget/{k}": v for k, v in row.items() if isinstance(v, (int, float))}
+            per_task.update({f"forget/group_norm/{n}": v for n, v in report.get("group_norms", {}).items()})
+            logger.log(per_task, offset + steps)
             offset += steps
             test_before = test_now
             if val_pool is not None:
@@ -168,6 +197,7 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
         if cfg.cache_as:
             publish(run.export, cfg.cache_as)
         last = results[-1]
+        groups = report_groups(results, run.path, logger, offset)
         summary = {
             "recipe": cfg.recipe, "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name,
             "device": device, "trainable_params": last["trainable_params"], "total_params": base_total,
@@ -180,15 +210,15 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
             "acc_r": last["acc_r"], "acc_f": last["acc_f"], "acc_o": last["acc_o"], "h_mean": last["h_mean"],
             "tasks": results,
             "eval": {cfg.data.name: {"top1_retained": last["acc_r"], "top1_forgotten": last["acc_f"]}},
+            **groups,
             **method.metrics(),
         }
         run.write_summary(summary)
-        logger.summary({k: v for k, v in summary.items() if k not in ("tasks", "base")})
+        logger.summary({k: v for k, v in summary.items() if k not in ("tasks", "base", "group_norms_per_task")})
     finally:
         logger.close()
     show_method_output(method)
     print_table(f"continual forgetting: {cfg.method.name} on {cfg.model.name} (test split)",
-                {("base" if r["task"] == 0 else f"task {r['task']}"): {c: r.get(c) for c in TABLE_COLUMNS}
-                 for r in rows})
+                {("base" if r["task"] == 0 else f"task {r['task']}"): table_row(r) for r in rows})
     console.print(f"[bold]run folder:[/bold] {run.path}")
     return summary

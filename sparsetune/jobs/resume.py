@@ -8,6 +8,10 @@ Overrides accepted with `resume=` are those that cannot change the run's results
   `trainer.max_steps` gives at that step (for linear/cosine decay it therefore jumps up at the resume
   point, since the same step is earlier in a longer schedule). Not accepted for epoch-based runs.
 - `trainer.eval_every`, `trainer.save_every`, `trainer.log_every`, `trainer.device`, `trainer.threads`
+- `trainer.nproc` and `trainer.grad_accum` (or torchrun's process count), as long as processes ×
+  grad_accum stays what the checkpoint was trained with: then every optimiser step sees the same
+  micro-batches (engine/loop.py), so a 2-process run may continue in 1 process with twice the
+  accumulation, or the other way round. Checkpoints hold full, unsharded state, so any count works.
 - `logger.*`, `eval.*`
 
 Anything else is refused with one line that lists the accepted keys. Accepted overrides are written to
@@ -23,7 +27,7 @@ from sparsetune.engine.run_folder import RunFolder, atomic_write_text
 from sparsetune.errors import UserError
 
 RESUME_KEYS = ("trainer.max_steps", "trainer.eval_every", "trainer.save_every", "trainer.log_every",
-               "trainer.device", "trainer.threads")
+               "trainer.device", "trainer.threads", "trainer.nproc", "trainer.grad_accum")
 RESUME_PREFIXES = ("logger.", "eval.")
 ACCEPTED = ", ".join([*RESUME_KEYS, *(p + "*" for p in RESUME_PREFIXES)])
 
@@ -73,6 +77,19 @@ def load_resume_checkpoint(cfg) -> dict[str, Any]:
                              warn=lambda msg: console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False,
                                                           soft_wrap=True))
     return ckpt
+
+
+def check_world(ckpt: dict[str, Any], cfg) -> None:
+    """Processes × grad_accum must match the checkpoint's (the micro-batches of each step); one line if not."""
+    from sparsetune.engine.distributed import env_world, launched
+
+    world = env_world().size if launched() else int(cfg.trainer.nproc)
+    old_world, old_accum = int(ckpt.get("world_size") or 1), int(ckpt.get("grad_accum") or cfg.trainer.grad_accum)
+    if world * int(cfg.trainer.grad_accum) != old_world * old_accum:
+        raise UserError(f"this run was trained with {old_world} process(es) x trainer.grad_accum={old_accum} = "
+                        f"{old_world * old_accum} micro-batches per step; resume with processes x grad_accum equal "
+                        f"to that (now {world} x {cfg.trainer.grad_accum}), e.g. trainer.nproc={old_world} "
+                        f"trainer.grad_accum={old_accum}")
 
 
 def record_resume(run: RunFolder, cfg, overrides: list[str]) -> None:

@@ -59,6 +59,14 @@ class LoRA(Method):
         model.save_pretrained(path)
         return path
 
+    def export_merged(self, model, path: Path) -> Path:
+        """A stock HF folder: the adapter merged into the base weights by PEFT's `merge_and_unload`
+        (in place: `model` is the merged stock model afterwards)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        model.merge_and_unload().save_pretrained(path)
+        return path
+
 
 @dataclass
 class DoRAConfig(LoRAConfig):

@@ -119,7 +119,7 @@ def test_config_only_compose_uses_registered_method_schemas():
 
 def test_recipes_still_compose_with_their_values():
     cfg = compose_job(["recipe=gslora_vit"])
-    assert cfg.method.name == "gslora" and cfg.method.r == 8 and cfg.method.group_alpha == pytest.approx(1e-3)
+    assert cfg.method.name == "gslora" and cfg.method.r == 8 and cfg.method.group_alpha == pytest.approx(50.0)
     cfg = compose_job(["method=gslora_full"])
     assert cfg.method.train == "full" and cfg.method.group_alpha == 0.0 and cfg.method.lr == pytest.approx(1e-4)
     cfg = compose_job(["method=pat"])

@@ -90,6 +90,7 @@ def test_group_lasso_and_alpha_warmup():
 def test_method_extra_loss_adds_each_term_with_its_weight():
     cfg, model = tiny("tiny_vit")
     cfg.method.beta, cfg.method.group_alpha, cfg.method.sparsity_warmup = 0.5, 0.01, 0.0
+    cfg.method.proximal = False  # the paper's form: group lasso as a loss term
     method = build_method(cfg.method)
     method.apply(model, MethodContext.of(model))
     method.start_task(model)

@@ -85,6 +85,18 @@ def test_pruned_model_equals_masked_model(name, cfg):
     assert tied == (name in ("tiny_llama", "tiny_gemma") and cfg.get("embed_hsm") != "full")
 
 
+@pytest.mark.parametrize("round_to,expect", [(1, 45), (8, 48), (16, 48), (32, 32)])
+def test_round_to_keeps_an_aligned_width_and_the_pruned_model_still_equals_the_masked_one(round_to, expect):
+    # Qwen2 accepts any width (explicit head_dim), so only round_to decides: 64 * 0.7 = 44.8
+    pat, model = trained_pat("tiny_qwen2", steps=1, prune_ratio=0.3, round_to=round_to)
+    ids = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        pruned = pat.prepare_for_eval(model)
+        torch.testing.assert_close(pruned(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+    assert pat.n_keep == expect == pruned.config.hidden_size and expect % round_to == 0
+    assert int(pat.mask.hard_gate().sum()) == expect
+
+
 def test_parameter_count_formula():
     pat, model = trained_pat("tiny_qwen2", steps=1)
     pruned = pat.prepare_for_eval(model)

@@ -75,7 +75,25 @@ def proximal_step(groups: list[Group], threshold: float, optimizer: torch.optim.
 
 
 @torch.no_grad()
+def snap_to_zero(groups: list[Group], below: float) -> list[str]:
+    """Set every group whose norm is below `below` x the largest group norm exactly to zero; returns
+    their names. The paper's subgradient drives unneeded groups to ~0.03% of the needed ones (Adam
+    keeps them hovering at about the learning rate), never to exact zeros: snapping them before the
+    merge makes "zeroed" literal. Relative, so it does not depend on the adapter's scale."""
+    norms = [float(g.norm()) for g in groups]
+    cut = below * max(norms, default=0.0)
+    gone = []
+    for g, norm in zip(groups, norms):
+        if norm < cut:
+            for p in g.params:
+                p.zero_()
+            gone.append(g.name)
+    return gone
+
+
+@torch.no_grad()
 def surviving(groups: list[Group], tol: float = 0.0) -> dict[str, float]:
-    """{group name: norm} of the groups whose norm is above `tol` (exactly non-zero by default)."""
+    """{group name: norm} of the groups whose norm is at least `tol` and non-zero (exactly non-zero
+    by default)."""
     norms = {g.name: float(g.norm()) for g in groups}
-    return {n: v for n, v in norms.items() if v > tol}
+    return {n: v for n, v in norms.items() if v > 0 and v >= tol}

@@ -53,11 +53,16 @@ def kl_to_prototype(features: torch.Tensor, labels: torch.Tensor, prototypes: to
 
 
 def prototype_pull(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """Retained samples stay close to their class prototype: mean KL."""
+    """Retained samples stay close to their class prototype: mean KL (0 for no samples)."""
+    if not len(labels):
+        return features.float().sum() * 0.0
     return kl_to_prototype(features, labels, prototypes).mean()
 
 
 def prototype_push(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
                    bnd: float) -> torch.Tensor:
-    """Forgotten samples move away from their old prototype until KL reaches bnd: mean ReLU(bnd - KL)."""
+    """Forgotten samples move away from their old prototype until KL reaches bnd: mean ReLU(bnd - KL)
+    (0 for no samples)."""
+    if not len(labels):
+        return features.float().sum() * 0.0
     return F.relu(bnd - kl_to_prototype(features, labels, prototypes)).mean()

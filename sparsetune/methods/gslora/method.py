@@ -23,9 +23,9 @@ from sparsetune.methods.gslora.config import (
     NoSparsityConfig,
     RetrainConfig,
 )
-from sparsetune.methods.gslora.groups import build_groups, group_lasso, proximal_step, surviving
+from sparsetune.methods.gslora.groups import build_groups, group_lasso, proximal_step, snap_to_zero, surviving
 from sparsetune.methods.gslora.lora import attach, merge, target_linears
-from sparsetune.methods.gslora.prototypes import HeadInput, class_prototypes, features
+from sparsetune.methods.gslora.prototypes import HeadInput, carry_over, class_prototypes, features
 
 TRAIN_MODES = ("lora", "full", "retrain")
 
@@ -44,6 +44,8 @@ class GSLoRA(ForgettingMethod):
         if cfg.forget_loss not in losses.FORGET_LOSSES:
             raise ConfigError(f"method.forget_loss: unknown '{cfg.forget_loss}'; available: "
                               f"{', '.join(losses.FORGET_LOSSES)}")
+        if cfg.zero_below < 0:
+            raise ConfigError(f"method.zero_below must be >= 0, got {cfg.zero_below}")
         if cfg.r < 1:
             raise ConfigError(f"method.r must be at least 1, got {cfg.r}")
         self.arch = None
@@ -51,6 +53,7 @@ class GSLoRA(ForgettingMethod):
         self.groups: list = []
         self.targets: dict = {}
         self.prototypes: torch.Tensor | None = None
+        self.proto_known: torch.Tensor | None = None  # classes that have a prototype
         self.capture: HeadInput | None = None
         self.alpha_now = 0.0
         self.zeroed: list[str] = []
@@ -82,13 +85,16 @@ class GSLoRA(ForgettingMethod):
         return int(self.cfg.sparsity_warmup * total_steps) if sparse else 0
 
     def start_task(self, model: nn.Module, task: ForgetTask | None = None) -> None:
-        """Fresh trainable state for the next task; prototypes from the model entering the task."""
+        """Fresh trainable state for the next task; prototypes from the model entering the task (for
+        classes forgotten earlier: from the last task start at which they were known)."""
         cfg = self.cfg
         self.alpha_now, self.zeroed = 0.0, []
         if cfg.prototypes and task is not None:
             device = self.ctx.device if self.ctx is not None else None
-            self.prototypes = class_prototypes(model, task.batches(), int(model.config.num_labels), cfg.proto_on,
-                                               self.capture, device=device).to(device)
+            protos, known = class_prototypes(model, task.batches(), int(model.config.num_labels), cfg.proto_on,
+                                             self.capture, device=device)
+            protos, known = carry_over(protos, known, self.prototypes, self.proto_known, list(task.earlier))
+            self.prototypes, self.proto_known = protos.to(device), known.to(device)
         if cfg.train == "retrain":
             reinitialise(model)
         if cfg.train == "lora":
@@ -103,6 +109,7 @@ class GSLoRA(ForgettingMethod):
         """Merge the adapter into the weights explicitly; report which groups survived."""
         report: dict[str, Any] = {}
         if self.wrapped:
+            snap_to_zero(self.groups, self.cfg.zero_below)
             with torch.no_grad():
                 norms = {g.name: float(g.norm()) for g in self.groups}
             alive = sorted(n for n, v in norms.items() if v > 0)
@@ -118,20 +125,30 @@ class GSLoRA(ForgettingMethod):
         use_protos = cfg.prototypes and self.prototypes is not None
         if use_protos and cfg.proto_retain_weight:
             feats_r = features(outputs, self.capture, cfg.proto_on)  # captured by the engine's forward
+            feats_r, labels_r = self._with_prototype(feats_r, batch["labels"])
             terms["proto_retain"] = cfg.proto_retain_weight * losses.prototype_pull(
-                feats_r, batch["labels"], self.prototypes)
+                feats_r, labels_r, self.prototypes)
         if "forget_pixel_values" in batch and (cfg.beta or (use_protos and cfg.proto_forget_weight)):
             out_f = model(pixel_values=batch["forget_pixel_values"])
             if cfg.beta:
                 forget = losses.FORGET_LOSSES[cfg.forget_loss]
                 terms["forget"] = cfg.beta * forget(out_f.logits, batch["forget_labels"], self.bnd)
             if use_protos and cfg.proto_forget_weight:
-                feats_f = features(out_f, self.capture, cfg.proto_on)
+                feats_f, labels_f = self._with_prototype(features(out_f, self.capture, cfg.proto_on),
+                                                         batch["forget_labels"])
                 terms["proto_forget"] = cfg.proto_forget_weight * losses.prototype_push(
-                    feats_f, batch["forget_labels"], self.prototypes, cfg.proto_bnd)
+                    feats_f, labels_f, self.prototypes, cfg.proto_bnd)
         if self.groups and self.alpha_now and not cfg.proximal:
             terms["sparsity"] = self.alpha_now * group_lasso(self.groups)
         return terms
+
+    def _with_prototype(self, feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Only samples whose class has a prototype take part in the prototype terms (a class never
+        seen by any task start has none; its zero row would be meaningless)."""
+        if self.proto_known is None:
+            return feats, labels
+        keep = self.proto_known.to(labels.device)[labels]
+        return (feats, labels) if bool(keep.all()) else (feats[keep], labels[keep])
 
     def on_step(self, step: int, total_steps: int) -> None:
         self.alpha_now = losses.sparsity_weight(step, total_steps, self.cfg.group_alpha, self.cfg.sparsity_warmup)
@@ -143,7 +160,10 @@ class GSLoRA(ForgettingMethod):
     def metrics(self) -> dict[str, float]:
         if not self.groups:
             return {"bnd": self.bnd}
-        return {"bnd": self.bnd, "gs_alpha": self.alpha_now, "groups_surviving": float(len(surviving(self.groups)))}
+        norms = surviving(self.groups)
+        cut = self.cfg.zero_below * max(norms.values(), default=0.0)
+        return {"bnd": self.bnd, "gs_alpha": self.alpha_now,
+                "groups_surviving": float(sum(v >= cut for v in norms.values()))}
 
     def prepare_for_eval(self, model: nn.Module) -> nn.Module:
         return model  # the unmerged adapter computes the same function; merging is end_task's job

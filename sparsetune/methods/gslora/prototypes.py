@@ -5,6 +5,12 @@ the classifier's input (the CLS embedding after the final norm; DeiT: the CLS he
 paper's face model has an embedding backbone and a CosFace head, so its prototypes are embeddings;
 an HF classifier exposes logits directly and the KL terms read more naturally on class
 distributions, hence the default. Both go through the same softmax-KL (losses.kl_to_prototype).
+
+Classes forgotten in an earlier task are absent from a later task's data, but (with
+`forget.revisit_earlier`) still in its forgotten half. They keep the prototype computed when the model
+last knew them (`carry_over`): the push term then keeps them away from where they used to sit. A
+zero row instead would compare against a uniform distribution, whose KL (at most ln K) can never
+reach BND_pro, so the hinge would never be met.
 """
 
 from __future__ import annotations
@@ -42,9 +48,9 @@ def features(outputs, capture: HeadInput | None, on: str) -> torch.Tensor:
 
 @torch.no_grad()
 def class_prototypes(model: nn.Module, batches, num_classes: int, on: str, capture: HeadInput | None,
-                     device=None) -> torch.Tensor:
-    """[num_classes, D] mean representation per class over `batches` ({"pixel_values", "labels"});
-    rows of absent classes stay zero."""
+                     device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """([num_classes, D] mean representation per class over `batches` ({"pixel_values", "labels"}),
+    [num_classes] bool: which classes had samples). Rows of absent classes are zero."""
     training = model.training
     model.eval()
     sums, counts = None, torch.zeros(num_classes)
@@ -58,4 +64,17 @@ def class_prototypes(model: nn.Module, batches, num_classes: int, on: str, captu
             counts += torch.bincount(batch["labels"], minlength=num_classes).float()
     finally:
         model.train(training)
-    return sums / counts.clamp_min(1).unsqueeze(1)
+    return sums / counts.clamp_min(1).unsqueeze(1), counts > 0
+
+
+def carry_over(new: torch.Tensor, new_known: torch.Tensor, old: torch.Tensor | None,
+               old_known: torch.Tensor | None, classes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`new` with the rows of `classes` (earlier-forgotten) taken from `old`, the prototypes of the
+    previous task start, which reach back to when each class was last known."""
+    if old is None or not classes:
+        return new, new_known
+    rows = torch.tensor(classes, dtype=torch.long)
+    new, new_known = new.clone(), new_known.clone()
+    new[rows] = old[rows].to(new)
+    new_known[rows] = old_known[rows].to(new_known.device)
+    return new, new_known

@@ -4,6 +4,11 @@ The comparison the PAT paper makes (LLM-Pruner / SliceGPT style, prune -> fine-t
 (weight magnitude or calibration activations) picks exactly the N channels PAT would keep (same rounding
 rules), `prune_hidden` cuts them out of the dense model with no training, and LoRA (PEFT) then tunes
 the smaller stock model. The export is that model with LoRA merged: a stock HF checkpoint, like PAT's.
+
+RMSNorm after the cut: the dense model's dropped channels are not zero, so neither slicing the gains as
+they are (`none`) nor PAT's exact fold (`exact`: gains x sqrt(d/d'), eps x d/d', exact when the dropped
+channels carry nothing) is exact. Without a correction every norm output shrinks by up to sqrt(d'/d),
+which a low-rank LoRA cannot undo; `auto` keeps whichever gives the lower loss on calibration batches.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from .importance import KINDS, hidden_importance, top_channels
 from .merge import check_supported, prune_hidden
 
 BASES = ("lora", "dora", "full")
+NORM_CORRECTIONS = ("exact", "none", "auto")
 
 
 @dataclass
@@ -38,6 +44,9 @@ class PruneLoRAConfig(MethodConfig):
     calibration_batches: int = 4  # training batches for activation importance
     round_to: int = 1
     align_heads: Any = "auto"
+    # RMSNorm gains/eps after the cut: exact = PAT's fold (g x sqrt(d/d'), eps x d/d') | none = sliced as
+    # they are | auto = the lower LM loss of the two on calibration_batches (exact without batches)
+    norm_correction: str = "auto"
     base: str = "lora"  # what trains on the pruned model: lora | dora | full
     lora_r: int = 20
     lora_alpha: float = 4.0
@@ -49,6 +58,8 @@ class PruneLoRAConfig(MethodConfig):
 def check_config(cfg) -> None:
     if cfg.importance not in KINDS:
         raise ConfigError(f"method.importance: '{cfg.importance}' is not one of {' | '.join(KINDS)}")
+    if cfg.norm_correction not in NORM_CORRECTIONS:
+        raise ConfigError(f"method.norm_correction: '{cfg.norm_correction}' is not one of {' | '.join(NORM_CORRECTIONS)}")
     if cfg.base not in BASES:
         raise ConfigError(f"method.base: '{cfg.base}' is not one of {' | '.join(BASES)}")
     if not 0.0 < float(cfg.prune_ratio) < 1.0:
@@ -80,6 +91,9 @@ class PruneLoRA(Method):
         self.baseline: dict[str, Any] | None = None
         self.exported: dict[str, Any] = {}
         self._pending_keep: list[int] | None = None
+        self._pending_norm: str | None = None
+        self.norm_used: str | None = None  # exact | none, what the pruned model got
+        self.prune_losses: dict[str, float] = {}  # untuned pruned model's calibration loss per correction
         self._merged: tuple | None = None  # (parameter-version key, merged stock model)
 
     # ------------------------------------------------------------------ apply
@@ -103,10 +117,28 @@ class PruneLoRA(Method):
             self.keep = torch.tensor(self._pending_keep, dtype=torch.long)
         else:
             self.keep = top_channels(self.importance(model, arch), self.n_keep)
-        # a dense model's dropped channels are not zero: slice the norm gains as they are (no sqrt(d/d') fix)
-        pruned = prune_hidden(model, arch, self.keep, assume_zero=False)
+        pruned = self._prune(model, arch)
         self.params_after = sum(p.numel() for p in pruned.parameters())
         return self._apply_base(pruned, get_arch(pruned))
+
+    def _prune(self, model: nn.Module, arch) -> nn.Module:
+        """The stock pruned model with the configured norm correction (auto: measured, the lower loss wins)."""
+        mode = self._pending_norm or self.cfg.norm_correction
+        if mode == "auto" and self.ctx.calibration_batches is None:
+            mode = "exact"  # nothing to measure on: PAT's fold, exact when the dropped channels are small
+        if mode != "auto":
+            self.norm_used = mode
+            return prune_hidden(model, arch, self.keep, assume_zero=mode == "exact")
+        batches = self.ctx.calibration_batches(int(self.cfg.calibration_batches))
+        best = None
+        for candidate in ("exact", "none"):
+            pruned = prune_hidden(model, arch, self.keep, assume_zero=candidate == "exact")
+            self.prune_losses[candidate] = lm_loss(pruned, batches)
+            if best is None or self.prune_losses[candidate] < self.prune_losses[best[0]]:
+                best = (candidate, pruned)
+            del pruned
+        self.norm_used = best[0]
+        return best[1]
 
     def importance(self, model: nn.Module, arch) -> torch.Tensor:
         batches = None
@@ -132,17 +164,21 @@ class PruneLoRA(Method):
     def metrics(self) -> dict[str, Any]:
         if self.keep is None:
             return {}
+        losses = {f"prune_loss_{k}": v for k, v in self.prune_losses.items()}
         return {"kept_hidden": self.n_keep, "hidden_size": self.hidden, "params_before": self.params_before,
-                "params_after": self.params_after, **self.exported}
+                "params_after": self.params_after, "norm_correction_exact": int(self.norm_used == "exact"),
+                **losses, **self.exported}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"keep": None if self.keep is None else self.keep.tolist(), "n_keep": self.n_keep}
+        return {"keep": None if self.keep is None else self.keep.tolist(), "n_keep": self.n_keep,
+                "norm_correction": self.norm_used}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Before apply() (the engine's resume order): the same channels are pruned again."""
         keep = state.get("keep")
         if self.keep is None:
             self._pending_keep = None if keep is None else list(keep)
+            self._pending_norm = state.get("norm_correction")  # auto's choice, not re-measured
         elif keep is not None and list(keep) != self.keep.tolist():
             raise ConfigError("checkpoint pruned other hidden channels than this model; resume before apply()")
 
@@ -165,7 +201,8 @@ class PruneLoRA(Method):
 
     def export(self, model: nn.Module, path: Path, tokenizer=None) -> Path:
         """A stock HF folder (hidden_size = d', LoRA merged) + pat.json, loadable with plain transformers."""
-        info = {"method": "prune_lora", "importance": self.cfg.importance, "hidden_size": self.hidden,
+        info = {"method": "prune_lora", "importance": self.cfg.importance, "norm_correction": self.norm_used,
+                "prune_losses": self.prune_losses, "hidden_size": self.hidden,
                 "kept_hidden": self.n_keep, "keep_index": self.keep.tolist()}
         self.exported = write_pruned_export(self.merged_model(model), path,
                                             tokenizer if tokenizer is not None else self.ctx.tokenizer,
@@ -177,3 +214,25 @@ class PruneLoRA(Method):
 
     def tables(self) -> dict[str, dict[str, dict[str, Any]]]:
         return baseline_tables(self.baseline)
+
+
+@torch.no_grad()
+def lm_loss(model: nn.Module, batches) -> float:
+    """Mean next-token cross-entropy over every attended token of `batches` (no labels needed)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        ids = batch["input_ids"].to(device)
+        att = batch.get("attention_mask")
+        att = torch.ones_like(ids) if att is None else att.to(device)
+        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
+        target = ids[:, 1:].masked_fill(att[:, 1:] == 0, -100)
+        total += float(nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100,
+                                                   reduction="sum"))
+        count += int((target != -100).sum())
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("lm_loss got no tokens")
+    return total / count

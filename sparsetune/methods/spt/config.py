@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import MethodConfig
 
 LORA_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+FFN_GATES = ("2p", "ste")
 
 
 @dataclass
@@ -36,6 +38,14 @@ class SPTConfig(MethodConfig):
     ffn_blocks: int = 4
     ffn_top_k: int = 2
     router_init_std: float = 0.02
+    # gate c on a selected block's output: "2p" (the paper: c = 2·p, so the task loss trains the router)
+    # or "ste" (straight-through: c = 1 forward, the gradient of 2·p backward). A linear router cannot
+    # hold every selected p at 1/2: on SmolLM2-135M the calibrated router's 2p gates spread 0.03-1.99
+    # and cost 3 nats of loss on their own (docs/methods/spt.md); "ste" keeps the router's gradient
+    # without scaling the frozen path, and with every block selected it is the dense FFN
+    ffn_gate: str = "2p"
+    # decoder layers whose FFN is routed (None: every layer, the paper); the others stay dense
+    ffn_layers: Optional[list[int]] = None
     # fit each router on the calibration batches (with kmeans_init) so it starts by picking each token's
     # blocks of largest output norm at gates 2p = 1 (not in the paper: a random router drops half of a
     # pretrained FFN at random, and the task loss alone moves it slowly)
@@ -65,6 +75,8 @@ def check_config(cfg) -> None:
         raise ConfigError(f"method.warmup_ratio: {cfg.warmup_ratio} must be between 0 and 1")
     if cfg.ffn_top_k > cfg.ffn_blocks:
         raise ConfigError(f"method.ffn_top_k: {cfg.ffn_top_k} exceeds method.ffn_blocks={cfg.ffn_blocks}")
+    if cfg.ffn_gate not in FFN_GATES:
+        raise ConfigError(f"method.ffn_gate: '{cfg.ffn_gate}' is not one of {' | '.join(FFN_GATES)}")
     if float(cfg.codebook_loss_weight) < 0:
         raise ConfigError("method.codebook_loss_weight: must be >= 0")
     for t in cfg.lora_targets:

@@ -144,10 +144,13 @@ class RoutedMLP(nn.Module):
         self.usage: torch.Tensor | None = None  # fraction of tokens per block, last routed forward
 
     def route(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(top-k block ids, gates 2p) per token."""
+        """(top-k block ids, gates) per token: gates 2p, or 1 with 2p's gradient (ffn_gate "ste")."""
         p = torch.sigmoid(F.linear(x2, self.router.weight.to(x2.dtype), self.router.bias.to(x2.dtype)))
         top_p, top_idx = p.topk(self.top_k, dim=-1)
-        return top_idx, 2.0 * top_p
+        gates = 2.0 * top_p
+        if self.cfg.ffn_gate == "ste":
+            gates = gates - gates.detach() + 1.0
+        return top_idx, gates
 
     @torch.no_grad()
     def _collect(self, x: torch.Tensor) -> None:

@@ -64,6 +64,10 @@ class SPT(Method):
         if arch.intermediate_size % int(self.cfg.ffn_blocks):
             raise ConfigError(f"method.ffn_blocks: {self.cfg.ffn_blocks} does not divide the FFN width "
                               f"{arch.intermediate_size}")
+        layers = self.cfg.ffn_layers
+        if layers is not None and any(not 0 <= int(i) < len(arch.blocks) for i in layers):
+            raise ConfigError(f"method.ffn_layers: {list(layers)} has an index outside the model's "
+                              f"{len(arch.blocks)} layers (0-{len(arch.blocks) - 1})")
         for b in arch.blocks:
             if self.cfg.sparse_attention and getattr(b.attn.module, "sliding_window", None):
                 raise UnsupportedModelError("SPT: sliding-window attention layers are not supported "
@@ -91,7 +95,7 @@ class SPT(Method):
                 wrapped = SPTAttention(b.attn.module, b.index, arch.head_dim, self.cfg, self.state, gen)
                 _set(model, arch.name_of(b.attn.module), wrapped)
                 self.attention.append(wrapped)
-            if self.cfg.routed_ffn:
+            if self.cfg.routed_ffn and (self.cfg.ffn_layers is None or b.index in self.cfg.ffn_layers):
                 routed = RoutedMLP(b.mlp.module, arch.hidden_size, self.cfg, self.state, gen, b.index)
                 _set(model, arch.name_of(b.mlp.module), routed)
                 self.ffn.append(routed)

@@ -1,0 +1,108 @@
+"""`python -m sparsetune.bench.spt_probe [--routing MODE] [--batches N] OVERRIDES…`: the loss of an SPT
+recipe's model before any training step (calibrated codebooks and routers, sparse path on), i.e. what
+sparse attention and the routed FFN cost a pretrained model on their own; with `--run RUN --heldout N`
+the held-out loss of a trained run (any method) on the first N test items.
+
+--routing: `router` (the method as configured), `unit` (the router's blocks, every gate 1) or `oracle`
+(per token the k-subset of blocks whose summed output is nearest the full FFN output, gates 1: the best
+any router can pick). Per-layer cost: `method.ffn_layers=[i]`. Loss = mean token cross-entropy on the
+answer tokens of N training batches (the 5th onwards, past the calibration batches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import types
+
+import torch
+import torch.nn.functional as F
+
+
+def oracle_blocks(mlp, x2: torch.Tensor, blocks: int, k: int) -> torch.Tensor:
+    """(T, k) block ids: per token the k-subset whose summed output is nearest the dense FFN output."""
+    h = mlp.act_fn(mlp.gate_proj(x2)) * mlp.up_proj(x2)
+    w = mlp.down_proj.weight
+    width = w.shape[1] // blocks
+    parts = torch.stack([F.linear(h[:, b * width:(b + 1) * width], w[:, b * width:(b + 1) * width])
+                         for b in range(blocks)], 1)  # (T, n, d)
+    subsets = list(itertools.combinations(range(blocks), k))
+    full = parts.sum(1)
+    err = torch.stack([(full - parts[:, list(c)].sum(1)).norm(dim=-1) for c in subsets], -1)
+    return torch.tensor(subsets, device=x2.device)[err.argmin(-1)]
+
+
+def set_routing(method, mode: str) -> None:
+    for m in method.ffn:
+        if mode == "router":
+            continue
+        stock = m.route
+
+        def route(self, x2, stock=stock):
+            top = stock(x2)[0] if mode == "unit" else oracle_blocks(self.mlp, x2, self.blocks, self.top_k)
+            return top, torch.ones(top.shape, dtype=x2.dtype, device=x2.device)
+
+        m.route = types.MethodType(route, m)
+
+
+def _job(overrides: list[str], run_dir: str | None):
+    """A recipe's job (method applied, calibrated, untrained) or a trained run rebuilt from its checkpoint."""
+    from sparsetune.jobs.assemble import setup
+    from sparsetune.jobs.config import compose_job
+
+    if run_dir is None:
+        cfg = compose_job(overrides)
+        return setup(cfg, overrides, create_run=False)
+    from sparsetune.engine.run_folder import RunFolder
+    from sparsetune.jobs.config import load_run_config
+    from sparsetune.jobs.evaluate import _apply_overrides, from_checkpoint
+
+    run = RunFolder.open(run_dir)
+    job, _ = from_checkpoint(_apply_overrides(load_run_config(run), overrides), run)
+    if job is None:
+        raise SystemExit(f"spt_probe: {run_dir} has no checkpoint")
+    return job
+
+
+def probe(overrides: list[str], routing: str = "router", batches: int = 3, run_dir: str | None = None,
+          heldout: int = 0) -> float:
+    """Mean answer-token loss; heldout > 0: on the first `heldout` test items (those `eval.limit` scores)."""
+    from sparsetune.data.text import TextDataset
+    from sparsetune.engine.losses import causal_lm_loss
+
+    job = _job(overrides, run_dir)
+    cfg = job.cfg
+    if cfg.method.name == "spt":
+        set_routing(job.method, routing)
+    elif routing != "router" or run_dir is None:
+        raise SystemExit("spt_probe: needs method=spt (e.g. recipe=spt_llama), or run=RUN of any method")
+    bs = cfg.trainer.batch_size
+    if heldout:
+        items = TextDataset(job.splits.test[:heldout], job.tokenizer, cfg.data.max_length, cfg.data.prompt_template)
+        data = [job.collate([items[i] for i in range(s, min(len(items), s + bs))]) for s in range(0, len(items), bs)]
+    else:
+        data = [job.collate([job.dataset[i] for i in range(b * bs, (b + 1) * bs)]) for b in range(4, 4 + batches)]
+    job.model.eval()  # eval mode runs the sparse path (sparse_eval) and no dropout
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in data:
+            loss_sum, n, _ = causal_lm_loss(job.model, {k: v.to(job.device) for k, v in batch.items()})
+            total, count = total + float(loss_sum), count + n
+    return total / count
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m sparsetune.bench.spt_probe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--routing", choices=("router", "unit", "oracle"), default="router")
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--run", default=None, help="a trained run folder (rebuilt from its last checkpoint)")
+    parser.add_argument("--heldout", type=int, default=0, help="loss on the first N held-out test items")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    loss = probe(args.overrides, args.routing, args.batches, args.run, args.heldout)
+    what = f"held-out ({args.heldout} items)" if args.heldout else "training-batch"
+    print(f"{what} loss {loss:.3f} ({args.run or 'untrained'}; routing {args.routing}; {' '.join(args.overrides)})")
+
+
+if __name__ == "__main__":
+    main()

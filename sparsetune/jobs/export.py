@@ -1,0 +1,263 @@
+"""`sparsetune export run=DIR --format merged|adapter|peft`: a finished run as a portable folder.
+
+- merged: a stock Hugging Face folder that plain `from_pretrained` loads, logits equal to the
+  training-time model. LoRA/DoRA are merged with PEFT's `merge_and_unload`, S²FT's deltas are fused
+  (and its co-permutation undone) by `S2FT.export_merged`, SPT's LoRA factors are merged and its sparse
+  attention and routed FFN dropped (the folder equals the SPT model run dense, `method.sparse_eval=false`;
+  the card says so). Full, PAT, prune-then-LoRA, the GS-LoRA family and EViT export a stock folder
+  already: it is copied as it is (EViT's token reorganisation is re-applied only by sparsetune).
+- adapter: the method's own format, what the run wrote to `export/`.
+- peft: a PEFT adapter folder (`PeftModel.from_pretrained`), for LoRA and DoRA only; other methods
+  are refused with one line (PEFT has no way to express them).
+
+Every folder carries a model card (README.md) and, when W&B is on, is logged as a W&B Artifact. The
+folder is written next to its destination and renamed into place, so a failed export leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sparsetune.errors import UserError
+
+FORMATS = ("merged", "adapter", "peft")
+PEFT_METHODS = ("lora", "dora")
+# methods whose `export/` is a stock HF folder already (merged = that folder as it is)
+STOCK_EXPORTS = ("full", "pat", "prune_lora", "gslora", "gslora_pp", "gslora_nogs", "gslora_full",
+                 "gslora_retrain", "evit")
+SPT_NOTE = ("SPT's sparse attention (PQ top-L key selection) and routed FFN have no stock Hugging Face "
+            "equivalent and are dropped: this folder is the SPT model run dense (LoRA merged), i.e. "
+            "`method.sparse_eval=false`. The sparse model is the `adapter` format (`sparsetune eval run=...`).")
+
+
+def refusal(method: str, fmt: str) -> str | None:
+    """The one-line reason a method cannot be exported in a format, or None."""
+    if fmt not in FORMATS:
+        return f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'"
+    if fmt == "peft" and method not in PEFT_METHODS:
+        why = {"s2ft": "its update is a set of dense row/column slices (no low-rank factors)",
+               "spt": "its sparse attention and routed FFN are not PEFT modules"}.get(
+            method, "its export is a full model, not an adapter")
+        return (f"--format peft: PEFT cannot express method '{method}' ({why}); "
+                f"use --format merged or --format adapter")
+    return None
+
+
+def export_run(run_dir: str, fmt: str, out: str | None = None, command: str | None = None) -> Path:
+    """Write `run_dir`'s model in `fmt` to `out` (default `<run>/export-<fmt>`); returns the folder."""
+    from sparsetune.engine.offline import configure_network
+    from sparsetune.engine.run_folder import RunFolder
+    from sparsetune.engine.runtime import quiet_libraries
+    from sparsetune.jobs.config import load_run_config
+
+    run = RunFolder.open(run_dir)
+    cfg = load_run_config(run)
+    method = cfg.method.name
+    reason = refusal(method, fmt)
+    if reason:
+        raise UserError(reason)
+    dest = Path(out).expanduser().resolve() if out else run.path / f"export-{fmt}"
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UserError(f"{dest} exists and is not empty; remove it or pass --out NEW_FOLDER")
+    configure_network(cfg)
+    quiet_libraries()
+    staging = dest.parent / f".{dest.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        notes = _write(fmt, cfg, run, staging)
+        command = command or f"sparsetune export run={run.path} --format {fmt}" + (f" --out {out}" if out else "")
+        write_model_card(staging, cfg, run, fmt, command, notes)
+        if dest.exists():
+            dest.rmdir()  # empty (checked above)
+        os.replace(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _log_artifact(cfg, run, dest, fmt)
+    return dest
+
+
+# ------------------------------------------------------------------ writers
+def _write(fmt: str, cfg, run, path: Path) -> list[str]:
+    """Write the folder; returns notes for the model card."""
+    method = cfg.method.name
+    if fmt in ("adapter", "peft") or method in STOCK_EXPORTS:
+        _copy_run_export(cfg, run, path)
+        if fmt == "peft" and not (path / "adapter_config.json").exists():
+            raise UserError(f"{run.export} is not a PEFT adapter folder (no adapter_config.json)")
+        if method == "evit" and fmt == "merged":
+            return ["Plain `from_pretrained` gives the stock ViT (all tokens kept); EViT's token "
+                    "reorganisation is re-applied by sparsetune from `evit.json`."]
+        return []
+    meth, model, tokenizer = _training_model(cfg, run)
+    model.eval()
+    if method == "spt":
+        _spt_dense(meth, model).save_pretrained(path)
+        notes = [SPT_NOTE]
+    elif hasattr(meth, "export_merged"):
+        meth.export_merged(model, path)
+        notes = []
+    else:  # pragma: no cover - every method is listed above
+        raise UserError(f"--format merged is not available for method '{method}'")
+    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(path)
+    return notes
+
+
+def _copy_run_export(cfg, run, path: Path) -> None:
+    """The run's `export/` as it is; rebuilt from the last checkpoint when the run has none."""
+    if run.export.is_dir() and any(run.export.iterdir()):
+        shutil.copytree(run.export, path)
+        return
+    meth, model, _ = _training_model(cfg, run, allow_export=False)
+    meth.export(model, path)
+
+
+def _training_model(cfg, run, allow_export: bool = True):
+    """(method, model, tokenizer): the model as training left it, method applied. From the last
+    checkpoint; without one, from the run's export on a fresh stock base (a PEFT folder, or the
+    method's `load_export`)."""
+    from sparsetune.jobs.evaluate import from_checkpoint
+    from sparsetune.jobs.vision_base import ensure_vision_base
+
+    ensure_vision_base(cfg.model)  # only a rebuild needs the base (copies of export/ do not)
+    job, _ = from_checkpoint(cfg, run)
+    if job is not None:
+        return job.method, job.model, job.tokenizer
+    if allow_export and run.export.is_dir():
+        from sparsetune.engine.runtime import seed_everything
+        from sparsetune.methods import build_method
+        from sparsetune.models import load_model
+
+        seed_everything(cfg.seed)  # a `source=config` base is built from the seed
+        base, tokenizer = load_model(cfg.model)
+        method = build_method(cfg.method)
+        if (run.export / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            return method, PeftModel.from_pretrained(base, str(run.export)), tokenizer
+        model = method.load_export(base, run.export)
+        if model is not None:
+            return method, model, tokenizer
+    raise UserError(f"run has no checkpoint or loadable export to rebuild its model from: {run.path}")
+
+
+@torch.no_grad()
+def _spt_dense(method, model: torch.nn.Module) -> torch.nn.Module:
+    """In place: SPT's LoRA merged into each linear, its attention and FFN wrappers replaced by the
+    stock modules they wrap (the dense model; codebooks and routers are dropped)."""
+    from sparsetune.methods.spt.attention import SPTAttention
+    from sparsetune.methods.spt.ffn import LoRALinear, RoutedMLP
+
+    hook = getattr(method, "_hook", None)
+    if hook is not None:
+        hook.remove()
+        method._hook = None
+
+    def replace(kind, inner):
+        for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]:
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, inner(module))
+
+    def merged(lin: LoRALinear) -> torch.nn.Module:
+        lin.base.weight.copy_(lin.merged_weight())
+        return lin.base
+
+    replace(LoRALinear, merged)  # innermost first: the wrappers' paths are still valid
+    replace(SPTAttention, lambda m: m.attn)
+    replace(RoutedMLP, lambda m: m.mlp)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# ------------------------------------------------------------------ model card
+def _how_to_load(fmt: str, method: str, task: str) -> str:
+    auto = "AutoModelForImageClassification" if task == "image_classification" else "AutoModelForCausalLM"
+    if fmt == "peft" or (fmt == "adapter" and method in PEFT_METHODS):
+        return (f"```python\nfrom peft import PeftModel\nfrom transformers import {auto}\n\n"
+                f"base = {auto}.from_pretrained(BASE_MODEL)\nmodel = PeftModel.from_pretrained(base, \"THIS_FOLDER\")\n```")
+    if fmt == "merged" or method in STOCK_EXPORTS:
+        return f"```python\nfrom transformers import {auto}\n\nmodel = {auto}.from_pretrained(\"THIS_FOLDER\")\n```"
+    return ("sparsetune's own format: `sparsetune eval run=RUN_DIR` loads it on a fresh stock base "
+            f"(`{method}`'s `load_export`).")
+
+
+def _metric_rows(summary: dict[str, Any]) -> list[str]:
+    rows = [f"| {task} | {name} | {_fmt(value)} |" for task, metrics in (summary.get("eval") or {}).items()
+            if isinstance(metrics, dict) for name, value in metrics.items() if _is_number(value)]
+    rows += [f"| run | {key} | {_fmt(value)} |" for key, value in summary.items() if _is_number(value)]
+    return rows
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def write_model_card(path: Path, cfg, run, fmt: str, command: str, notes: list[str]) -> Path:
+    """README.md: method, base model, data, the run's metrics, how to load, the commands. A README the
+    method wrote itself (EViT, SPT) is kept below, under "Method notes"."""
+    method, model_cfg = cfg.method.name, cfg.model
+    base = model_cfg.name_or_path or model_cfg.name
+    summary = run.read_summary()
+    overrides = (run.path / "overrides.txt")
+    made_by = overrides.read_text().strip() if overrides.exists() else ""
+    library = "peft" if fmt == "peft" or (fmt == "adapter" and method in PEFT_METHODS) else "transformers"
+    own = (path / "README.md").read_text().strip() if (path / "README.md").exists() else ""
+    rows = _metric_rows(summary)
+    lines = [
+        "---", f"library_name: {library}", f"base_model: {base}", f"tags: [sparsetune, {method}]", "---", "",
+        f"# {run.path.name} ({method}, {fmt})", "",
+        "| | |", "|---|---|",
+        f"| method | `{method}` |", f"| base model | `{base}` (sparsetune model `{model_cfg.name}`, source {model_cfg.source}) |",
+        f"| data | `{cfg.data.name}` |", f"| format | {fmt} |", f"| recipe | {cfg.recipe or '-'} |", "",
+        "## Metrics", "",
+        *(["From the run's summary.json: held-out eval per task, then the run's own figures (`run` rows).", "",
+           "| task | metric | value |", "|---|---|---|", *rows]
+          if rows else ["The run recorded no metrics (summary.json has none)."]), "",
+        "## How to load", "", _how_to_load(fmt, method, model_cfg.task), "",
+        "## Provenance", "",
+        f"- this folder: `{command}`",
+        *([f"- the run: `sparsetune {made_by}`"] if made_by else []),
+        f"- method settings: `{json.dumps(_method_settings(cfg), default=str)}`", "",
+        *(["## Notes", "", *[f"- {n}" for n in notes], ""] if notes else []),
+        *(["## Method notes", "", own, ""] if own else []),
+    ]
+    (path / "README.md").write_text("\n".join(lines))
+    return path / "README.md"
+
+
+def _method_settings(cfg) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    m = cfg.method
+    return OmegaConf.to_container(m, resolve=True) if OmegaConf.is_config(m) else dict(m)
+
+
+# ------------------------------------------------------------------ W&B
+def _log_artifact(cfg, run, dest: Path, fmt: str) -> None:
+    """The export as a W&B model Artifact in its own run (job_type export) when W&B is on."""
+    from omegaconf import OmegaConf
+
+    from sparsetune.engine.logging import build_logger
+
+    if "wandb" not in cfg.logger.backends:
+        return
+    lcfg = OmegaConf.merge(cfg.logger, {"backends": ["wandb"]})
+    logger = build_logger(lcfg, run.path, OmegaConf.to_container(cfg, resolve=True), f"{run.path.name}-export",
+                          job="export")
+    try:
+        logger.log_artifact(dest, name=f"{run.path.name}-{fmt}".replace("/", "-"), kind="model",
+                            metadata={"format": fmt, "method": cfg.method.name, "base_model": cfg.model.name})
+    finally:
+        logger.close()
