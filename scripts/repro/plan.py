@@ -162,6 +162,7 @@ BENCHES: list[Bench] = [
     Bench("pat_bench", "bench pat", ("pat",), metrics=("prefill_tokens_per_s", "decode_tokens_per_s")),
     Bench("evit_bench", "bench evit", ("evit",), metrics=("images_per_s", "gmacs")),
     Bench("spt_bench", "bench spt", ("spt",), metrics=("step_time_s", "attn_time_s", "ffn_time_s", "saved_activation_mb")),
+    Bench("spt_bench", "bench spt_model", ("spt_model",), metrics=("step_time_s", "saved_activation_mb", "peak_memory_mb")),
 ]
 
 TABLES: list[Table] = [

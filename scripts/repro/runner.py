@@ -37,7 +37,7 @@ class Layout:
         return self.root / "runs" / run.table / slug(run.name) / f"seed{seed}"
 
     def bench_file(self, bench: Bench) -> Path:
-        return self.root / "bench" / f"{bench.table}.json"
+        return self.root / "bench" / f"{slug(bench.name)}.json"
 
     def log_file(self, table: str, name: str) -> Path:
         return self.root / "logs" / table / f"{slug(name)}.log"

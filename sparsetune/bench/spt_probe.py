@@ -5,7 +5,8 @@ the held-out loss of a trained run (any method) on the first N test items.
 
 --routing: `router` (the method as configured), `unit` (the router's blocks, every gate 1) or `oracle`
 (per token the k-subset of blocks whose summed output is nearest the full FFN output, gates 1: the best
-any router can pick). Per-layer cost: `method.ffn_layers=[i]`. Loss = mean token cross-entropy on the
+subset by output error, not necessarily by loss). Per-layer cost: `method.ffn_layers=[i]`. `--stats`: the selected gates (router)
+or the oracle subset's relative output error, per layer. Loss = mean token cross-entropy on the
 answer tokens of N training batches (the 5th onwards, past the calibration batches).
 """
 
@@ -17,6 +18,8 @@ import types
 
 import torch
 import torch.nn.functional as F
+
+from sparsetune.methods.spt.ffn import routed_ffn
 
 
 def oracle_blocks(mlp, x2: torch.Tensor, blocks: int, k: int) -> torch.Tensor:
@@ -32,17 +35,43 @@ def oracle_blocks(mlp, x2: torch.Tensor, blocks: int, k: int) -> torch.Tensor:
     return torch.tensor(subsets, device=x2.device)[err.argmin(-1)]
 
 
-def set_routing(method, mode: str) -> None:
+def set_routing(method, mode: str, stats: dict | None = None) -> None:
+    """Replace each routed FFN's routing by `mode`; `stats` (optional) collects per layer the selected
+    gates (router mode) and the best subset's relative output error (oracle mode)."""
     for m in method.ffn:
-        if mode == "router":
-            continue
         stock = m.route
 
         def route(self, x2, stock=stock):
+            if mode == "router":
+                top, gates = stock(x2)
+                if stats is not None:
+                    stats.setdefault(("gates", self.layer), []).append(gates.detach().flatten())
+                return top, gates
             top = stock(x2)[0] if mode == "unit" else oracle_blocks(self.mlp, x2, self.blocks, self.top_k)
+            if stats is not None and mode == "oracle":
+                full = self.mlp(x2)
+                kept = routed_ffn(x2, self.mlp, self.blocks, top, torch.ones(top.shape, dtype=x2.dtype))
+                stats.setdefault(("error", self.layer), []).append(
+                    ((full - kept).norm(dim=-1) / full.norm(dim=-1).clamp_min(1e-12)).detach().flatten())
             return top, torch.ones(top.shape, dtype=x2.dtype, device=x2.device)
 
         m.route = types.MethodType(route, m)
+
+
+def summarise(stats: dict) -> list[str]:
+    """One line per statistic: selected gates' range and per-layer std; oracle relative error per layer."""
+    lines = []
+    gates = {layer: torch.cat(v) for (kind, layer), v in stats.items() if kind == "gates"}
+    if gates:
+        allg = torch.cat(list(gates.values()))
+        stds = [float(g.std()) for g in gates.values()]
+        lines.append(f"selected gates: {float(allg.min()):.2f}-{float(allg.max()):.2f}, mean {float(allg.mean()):.2f}, "
+                     f"per-layer std {min(stds):.2f}-{max(stds):.2f}")
+    errors = {layer: float(torch.cat(v).mean()) for (kind, layer), v in stats.items() if kind == "error"}
+    if errors:
+        lines.append("oracle relative output error per layer: "
+                     + " ".join(f"{layer}:{e:.2f}" for layer, e in sorted(errors.items())))
+    return lines
 
 
 def _job(overrides: list[str], run_dir: str | None):
@@ -65,7 +94,7 @@ def _job(overrides: list[str], run_dir: str | None):
 
 
 def probe(overrides: list[str], routing: str = "router", batches: int = 3, run_dir: str | None = None,
-          heldout: int = 0) -> float:
+          heldout: int = 0, stats: dict | None = None) -> float:
     """Mean answer-token loss; heldout > 0: on the first `heldout` test items (those `eval.limit` scores)."""
     from sparsetune.data.text import TextDataset
     from sparsetune.engine.losses import causal_lm_loss
@@ -73,7 +102,7 @@ def probe(overrides: list[str], routing: str = "router", batches: int = 3, run_d
     job = _job(overrides, run_dir)
     cfg = job.cfg
     if cfg.method.name == "spt":
-        set_routing(job.method, routing)
+        set_routing(job.method, routing, stats)
     elif routing != "router" or run_dir is None:
         raise SystemExit("spt_probe: needs method=spt (e.g. recipe=spt_llama), or run=RUN of any method")
     bs = cfg.trainer.batch_size
@@ -97,11 +126,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--run", default=None, help="a trained run folder (rebuilt from its last checkpoint)")
     parser.add_argument("--heldout", type=int, default=0, help="loss on the first N held-out test items")
+    parser.add_argument("--stats", action="store_true", help="also print the selected gates (router) or the "
+                        "oracle's relative output error (oracle) per layer")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    loss = probe(args.overrides, args.routing, args.batches, args.run, args.heldout)
+    stats: dict | None = {} if args.stats else None
+    loss = probe(args.overrides, args.routing, args.batches, args.run, args.heldout, stats)
     what = f"held-out ({args.heldout} items)" if args.heldout else "training-batch"
     print(f"{what} loss {loss:.3f} ({args.run or 'untrained'}; routing {args.routing}; {' '.join(args.overrides)})")
+    for line in summarise(stats or {}):
+        print(line)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def test_measure_model_runs_spt_sparse_and_saves_less_than_eager_lora():
 
 
 def test_probe_oracle_drops_the_block_that_contributes_nothing_and_unit_routing_has_unit_gates():
-    from sparsetune.bench.spt_probe import oracle_blocks, set_routing
+    from sparsetune.bench.spt_probe import oracle_blocks, set_routing, summarise
     from sparsetune.methods.base import MethodContext
     from sparsetune.methods.spt import SPT, SPTConfig
     from sparsetune.models.tiny import tiny_preset
@@ -97,3 +97,7 @@ def test_probe_oracle_drops_the_block_that_contributes_nothing_and_unit_routing_
     set_routing(method, "unit")
     top, gates = mlp.route(x)
     assert torch.equal(top, want) and torch.equal(gates, torch.ones(10, 3))
+    stats: dict = {}
+    set_routing(method, "oracle", stats)
+    mlp.route(x)
+    assert summarise(stats) == ["oracle relative output error per layer: 0:0.00"]  # block 2 was empty
