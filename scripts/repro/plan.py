@@ -15,7 +15,7 @@ SEEDS = (0, 1)
 QUICK_TEXT = ("trainer.max_steps=3", "trainer.warmup_steps=1", "trainer.batch_size=4", "trainer.save_every=0",
               "data.train_size=48", "data.val_size=0", "data.test_size=12", "eval.batch_size=12")
 QUICK_SEEDS = (0,)
-QUICK_VISION_FORGET = ("forget.data_ratio=0.02", "trainer.epochs=1", "trainer.eval_every=0")
+QUICK_VISION_FORGET = ("forget.data_ratio=0.02", "trainer.eval_every=0")
 QUICK_VISION_TRAIN = ("trainer.max_steps=4", "trainer.warmup_steps=1", "trainer.save_every=0", "trainer.batch_size=32")
 QUICK_VISION_EVAL = ("eval.limit=200",)
 
@@ -34,6 +34,10 @@ class Run:
     # then `columns` are paths inside each item
     expand: str | None = None
     in_quick: bool = True  # QUICK mode runs this row (once, with seed 0)
+    # a second command on the finished run folder ("{run}"), e.g. scoring EViT keep rates with
+    # `sparsetune eval run={run}`; done once summary.json has `then_key`
+    then: tuple[str, ...] = ()
+    then_key: str | None = None
 
     @property
     def key(self) -> str:
@@ -79,7 +83,7 @@ S2FT_COLS = {**{f"on {label}": f"eval.{CROSS_TASKS[label]}.{metric}" for label, 
              "peak memory (MB)": "peak_memory_mb"}
 CROSS_EVAL = ("eval.include_path={tasks}", f"eval.tasks=[{','.join(CROSS_TASKS.values())}]")
 FORGET = {"task": "task", "classes": "classes", "Acc_r": "acc_r", "Acc_f": "acc_f", "Acc_o": "acc_o", "H": "h_mean",
-          "surviving groups": "surviving_groups"}
+          "groups kept": "groups"}
 
 S2FT_METHODS = {
     "full FT": ("recipe=full_llama",),
@@ -113,7 +117,7 @@ def _pat_runs() -> list[Run]:
         pct = int(round(ratio * 100))
         runs.append(Run("pat", f"PAT {pct}%", ("prune", "recipe=pat_llama", f"method.prune_ratio={ratio}"), PAT_COLS,
                         quick=PAT_QUICK, in_quick=pct == 25))
-        runs.append(Run("pat", f"prune→LoRA {pct}%", ("train", "recipe=pat_baseline_llama",
+        runs.append(Run("pat", f"prune→LoRA {pct}%", ("prune", "recipe=pat_baseline_llama",
                                                        f"method.prune_ratio={ratio}"), PAT_COLS, quick=PAT_QUICK,
                         in_quick=pct == 25))
     runs.append(Run("pat", "PAT 25% · frozen mask", ("prune", "recipe=pat_llama", "method.freeze_mask=true"), PAT_COLS,
@@ -137,7 +141,8 @@ def _evit_runs() -> list[Run]:
     return [Run("evit", "off the shelf (no fine-tuning)", ("eval", "recipe=evit_vit", "method.train=false"), EVIT_COLS,
                 quick=QUICK_VISION_EVAL, expand="eval_points", seeds=(0,)),
             Run("evit", "fine-tuned at keep 0.7", ("train", "recipe=evit_vit"), EVIT_COLS,
-                quick=(*QUICK_VISION_TRAIN, *QUICK_VISION_EVAL), expand="eval_points")]
+                quick=(*QUICK_VISION_TRAIN, *QUICK_VISION_EVAL), expand="eval_points",
+                then=("eval", "run={run}", "eval.points=[1.0,0.9,0.8,0.7,0.6,0.5]"), then_key="eval_points")]
 
 
 SPT_COLS = {"exact match": "eval.average.exact_match", "train loss": "train_loss", "final loss": "final_step_loss",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.plan import Bench, Run, Table
-from repro.runner import Layout, bench_command, run_command
+from repro.runner import Layout, bench_command, run_command, then_command
 
 
 def lookup(tree: Any, path: str) -> Any:
@@ -42,7 +42,7 @@ def aggregate(values: list[Any]) -> dict[str, Any]:
 
 
 def fmt_number(x: float) -> str:
-    if x.is_integer() and abs(x) >= 100:
+    if x.is_integer():
         return f"{int(x):,}"
     if abs(x) < 1:
         return f"{x:.3f}"
@@ -127,6 +127,8 @@ def bench_tables(path: Path, bench: Bench) -> str:
     for setting, block in data.get("blocks", {}).items():
         base = block.get("baseline")
         metrics = [m for m in bench.metrics if any(m in v for v in block["variants"].values())]
+        if not metrics:  # a block measuring something else (e.g. S²FT's adapter switch): its own doc has it
+            continue
         ratio_keys = sorted({k for v in block["variants"].values() for k in v
                              if "_vs_" in k and not k.endswith("_range") and k.split("_vs_")[0] in metrics})
         cols = [*metrics, *ratio_keys]
@@ -251,9 +253,14 @@ def write_report(layout: Layout, tables: list[Table], runs: list[Run], benches: 
             measured = comparisons(table, [row for rows in rows_by_run.values() for row in rows])
             parts += ["Measured differences:", "", *measured, ""] if measured else []
         commands = [f"sparsetune {' '.join(run_command(r, s, layout))}" for r in table_runs for s in layout.seeds(r)]
+        commands += [f"sparsetune {' '.join(then_command(r, Path('<its run folder>'), layout))}"
+                     for r in table_runs if r.then and layout.seeds(r)]
         commands += [f"sparsetune {' '.join(bench_command(b, layout.bench_file(b), layout.quick))}"
                      for b in table_benches]
         parts += ["<details><summary>commands</summary>", "", "```", *commands, "```", "", "</details>", ""]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts))
+    text = "\n".join(parts)
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    out.write_text(text)
     return out

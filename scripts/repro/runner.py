@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,33 +102,60 @@ def _tail(log: Path, n: int = 15) -> str:
     return "\n".join("    " + line for line in log.read_text(errors="replace").splitlines()[-n:])
 
 
+def _then_done(folder: Path, run: Run) -> bool:
+    import json
+
+    summary = json.loads((folder / "summary.json").read_text())
+    return run.then_key in summary
+
+
+def then_command(run: Run, folder: Path, layout: Layout) -> list[str]:
+    """The row's follow-up command on its finished run folder."""
+    argv = [a.replace("{run}", _shown(folder)) for a in run.then]
+    return merge_overrides(argv, (f"logger.project={PROJECT}", f"logger.group={run.table}"))
+
+
 def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
     """Run what is not finished; returns the failures (the rest still runs, the report marks them)."""
-    todo: list[tuple[str, list[str], dict[str, str], Path]] = []
+    todo: list[tuple[str, Callable[[], list[str] | None], dict[str, str], Path]] = []
     skipped = 0
     for run in runs:
         for seed in layout.seeds(run):
-            if layout.finished_run(run, seed):
-                skipped += 1
-                continue
+            folder = layout.finished_run(run, seed)
             env = dict(os.environ, SPARSETUNE_RUNS=str(layout.run_root(run, seed)))
-            todo.append((f"{run.key} seed {seed}", run_command(run, seed, layout), env,
-                         layout.log_file(run.table, f"{run.name}-seed{seed}")))
+            if folder is None:
+                args = run_command(run, seed, layout)
+                todo.append((f"{run.key} seed {seed}", lambda args=args: args, env,
+                             layout.log_file(run.table, f"{run.name}-seed{seed}")))
+            if run.then and (folder is None or not _then_done(folder, run)):
+                def then_args(run=run, seed=seed) -> list[str] | None:
+                    done = layout.finished_run(run, seed)
+                    return then_command(run, done, layout) if done else None
+
+                todo.append((f"{run.key} seed {seed} ({run.then[0]})", then_args, env,
+                             layout.log_file(run.table, f"{run.name}-seed{seed}-{run.then[0]}")))
+            elif folder is not None:
+                skipped += 1
     for bench in benches:
         out = layout.bench_file(bench)
         if out.is_file():
             skipped += 1
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
-        todo.append((bench.key, bench_command(bench, out, layout.quick), dict(os.environ),
-                     layout.log_file(bench.table, bench.name)))
+        args = bench_command(bench, out, layout.quick)
+        todo.append((bench.key, lambda args=args: args, dict(os.environ), layout.log_file(bench.table, bench.name)))
     print(f"{len(todo)} to run, {skipped} finished earlier (reused)", flush=True)
     if any("{tasks}" in " ".join(r.argv) for r in runs):
         from repro.tasks import write_cross_tasks
 
         write_cross_tasks(layout.tasks_dir.parent, CROSS_TEST_SIZE["quick" if layout.quick else "full"])
     failures = []
-    for i, (label, args, env, log) in enumerate(todo, 1):
+    for i, (label, make_args, env, log) in enumerate(todo, 1):
+        args = make_args()
+        if args is None:  # a follow-up whose first command failed
+            print(f"[{i}/{len(todo)}] {label}: skipped (its run did not finish)", flush=True)
+            failures.append(label)
+            continue
         print(f"[{i}/{len(todo)}] {label}: sparsetune {' '.join(args)}", flush=True)
         rc, seconds = _call(args, env, log)
         status = "ok" if rc == 0 else f"FAILED (exit {rc}, log {log})"

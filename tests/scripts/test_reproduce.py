@@ -101,3 +101,29 @@ def test_report_has_every_table_paper_figures_commands_and_a_plot(tmp_path):
     assert "sparsetune train recipe=s2ft_llama" in text and "seed=1" in text
     assert (tmp_path / "reports" / "REPRODUCE-plots" / "evit.png").stat().st_size > 1000
     assert "](REPRODUCE-plots/evit.png)" in text
+
+
+def test_follow_up_runs_on_the_finished_folder_until_its_key_is_in_the_summary(tmp_path, monkeypatch):
+    from repro import runner
+
+    layout = Layout(tmp_path, quick=True)
+    run = next(r for r in plan.RUNS if r.then)
+    calls = []
+
+    def fake_call(args, env, log):
+        calls.append(args)
+        if args[0] == run.argv[0]:  # the main command makes the run folder
+            _finish(layout, run, 0, {"eval": {}})
+        return 0, 0.0
+
+    monkeypatch.setattr(runner, "_call", fake_call)
+    assert runner.execute(layout, [run], []) == []
+    folder = layout.finished_run(run, 0)
+    assert calls[0][0] == run.argv[0] and calls[1][:2] == [run.then[0], f"run={folder}"]
+    calls.clear()
+    runner.execute(layout, [run], [])  # summary still lacks then_key: only the follow-up reruns
+    assert [c[0] for c in calls] == [run.then[0]]
+    (folder / "summary.json").write_text(json.dumps({run.then_key: {}}))
+    calls.clear()
+    runner.execute(layout, [run], [])
+    assert calls == []
