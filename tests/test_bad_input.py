@@ -86,6 +86,8 @@ CASES = [
     (["train", *T, "recipe=../../x"], "path parts"),
     (["train", *T, "recipe=nope"], "unknown recipe"),
     (["prune", *T, "method=lora"], "does not support `prune`"),
+    (["train", *T, "method=lora", "method.r=-1"], "method.r"),
+    (["train", *T, "method=dora", "method.r=0"], "method.r"),
     (["train", *T, "eval.tasks=[nope_task]"], "eval.tasks"),
     (["train", *T, "eval.tasks=[heldout,own_task]", "eval.include_path=/nonexistent/tasks"], "eval.include_path"),
     (["train", *T, "data.train_size=2"], "trainer.batch_size=4 is larger than the 2 training examples"),

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.plan import Bench, Run, Table
-from repro.runner import Layout, bench_command, run_command, then_command
+from repro.runner import Layout, bench_command, run_command, shown, then_command
 
 
 def lookup(tree: Any, path: str) -> Any:
@@ -223,7 +223,7 @@ def write_report(layout: Layout, tables: list[Table], runs: list[Run], benches: 
     parts = [f"# sparsetune reproduction report{' (QUICK smoke run)' if layout.quick else ''}", "",
              f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `{command}` "
              f"(`python scripts/reproduce.py{' --quick' if layout.quick else ''}`), from the runs under "
-             f"`{layout.root}`.", "",
+             f"`{shown(layout.root)}/`.", "",
              f"- Hardware: {_hardware()}", f"- Libraries: {_versions()}",
              "- Every row's exact command is listed under its table; each (row, seed) ran in its own process "
              "with `seed=<k>` and its own run folder; cells are mean ± std over the seeds shown.", ""]

@@ -68,7 +68,7 @@ def merge_overrides(*groups: tuple[str, ...] | list[str]) -> list[str]:
     return list(merged.values())
 
 
-def _shown(path: Path) -> str:
+def shown(path: Path) -> str:
     """A path relative to the project root (where every command runs) when it is inside it."""
     try:
         return str(path.resolve().relative_to(PROJECT_ROOT))
@@ -78,13 +78,13 @@ def _shown(path: Path) -> str:
 
 def run_command(run: Run, seed: int, layout: Layout) -> list[str]:
     """The sparsetune command line of one (row, seed), as a user would type it."""
-    argv = [a.replace("{tasks}", _shown(layout.tasks_dir)) for a in run.argv]
+    argv = [a.replace("{tasks}", shown(layout.tasks_dir)) for a in run.argv]
     return merge_overrides(argv, run.quick if layout.quick else (),
                            (f"seed={seed}", f"logger.project={PROJECT}", f"logger.group={run.table}"))
 
 
 def bench_command(bench: Bench, out: Path, quick: bool) -> list[str]:
-    return ["bench", *bench.argv, *(bench.quick if quick else bench.full), "--out", _shown(out)]
+    return ["bench", *bench.argv, *(bench.quick if quick else bench.full), "--out", shown(out)]
 
 
 def _call(args: list[str], env: dict[str, str], log: Path) -> tuple[int, float]:
@@ -111,7 +111,7 @@ def _then_done(folder: Path, run: Run) -> bool:
 
 def then_command(run: Run, folder: Path, layout: Layout) -> list[str]:
     """The row's follow-up command on its finished run folder."""
-    argv = [a.replace("{run}", _shown(folder)) for a in run.then]
+    argv = [a.replace("{run}", shown(folder)) for a in run.then]
     return merge_overrides(argv, (f"logger.project={PROJECT}", f"logger.group={run.table}"))
 
 

@@ -195,7 +195,7 @@ def check_config(cfg) -> None:
 
 
 def check_sweep(cfg) -> None:
-    """`sweep.*` (sparsetune/jobs/sweep.py); the launcher name is checked against Hydra's plugins there."""
+    """`sweep.*` (sparsetune/jobs/sweep.py); the launcher name is checked against Hydra's plugins in sweep_launch.py."""
     v = _get(cfg, "sweep.jobs", 1)
     _need("sweep.jobs", v, _int_at_least(1)(v), "must be an integer >= 1 (points run at once)")
     for key in ("sweep.name", "sweep.metric", "sweep.x", "sweep.launcher", "sweep.dir"):

@@ -4,19 +4,30 @@ Per task: the method's `start_task` (fresh adapter, prototypes) → TrainLoop on
 batches, keeping the best validation H-mean (never the test split) → the method's `end_task` (explicit
 merge) → per-class test accuracy → Acc_r / Acc_f / Acc_o / H-mean. The method keeps only its algorithm;
 the sequence, data regime, selection, tables and summary live here, for every forgetting method.
+
+In a process group (`trainer.nproc=N`, torchrun) every rank runs every task: each task's loss module
+is wrapped in a fresh DDP (the trainable set changes per task: a new adapter), rank r of W takes every
+W-th micro-batch, and `start_task` / `end_task` (merge) / the proximal group step run on every rank on
+identical weights. Rank 0 alone evaluates; the selection decision (its validation score) is broadcast,
+so every rank keeps and restores the same state (broadcast from rank 0 after the restore), and rank 0
+alone writes the run folder, metrics, W&B, the heat map and the export.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import OmegaConf
 
 from sparsetune.data import collate_vision
 from sparsetune.data.forgetting import ForgetPairs, available, collate_pairs, task_sequence
-from sparsetune.engine.logging import build_logger
-from sparsetune.engine.loop import BatchStream, LoopState, TrainLoop
+from sparsetune.engine import distributed as dist
+from sparsetune.engine.logging import MultiLogger, build_logger
+from sparsetune.engine.loop import BatchStream, LoopState, LossStep, TrainLoop
 from sparsetune.engine.losses import classification_loss
 from sparsetune.engine.measure import count_parameters, peak_memory_mb
 from sparsetune.engine.optim import build_optimizer, build_scheduler
@@ -103,6 +114,28 @@ def check_forget_job(cfg, model, splits) -> None:
                           f"{splits.num_classes} classes")
 
 
+def step_module(model, method, device):
+    """The loss module the loop calls: plain in one process, DDP-wrapped in a group. Built per task,
+    after `start_task`, since each task trains another parameter set (DDP registers its parameters
+    and broadcasts rank 0's values, a fresh adapter's random init included, when it is built). Every
+    adapter matrix takes part in every forward (a zeroed group still sits in the graph, with zero
+    gradient), so DDP needs no search for unused parameters."""
+    module = LossStep(model, classification_loss, method)
+    return dist.wrap_ddp(module, device, find_unused=False) if dist.active() else module
+
+
+@torch.no_grad()
+def sync_trainable(model) -> None:
+    """Rank 0's values of the trainable parameters on every rank (after a selection restore: the
+    replicas are identical already under DDP; this makes it so by construction)."""
+    if dist.active():
+        import torch.distributed as tdist
+
+        for p in model.parameters():
+            if p.requires_grad:
+                tdist.broadcast(p.data, src=0)
+
+
 def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]:
     if cfg.resume:
         raise ConfigError("forget runs cannot be resumed; start a new run")
@@ -116,28 +149,38 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
     tcfg = task_trainer_config(cfg, method)
     check_run_environment(cfg)
     check_eval_tasks(cfg)
-    run = RunFolder.create(cfg, overrides, job)
+    main, world = dist.is_main(), dist.world_size()
+    run = RunFolder.create(cfg, overrides, job) if main else None
+    run = RunFolder(Path(dist.broadcast_object(str(run.path) if main else None)))  # rank 0's folder
     jb.ctx.run_dir = run.path
-    console.print(f"[bold]run folder:[/bold] {run.path}")
-    logger = build_logger(cfg.logger, run.path, OmegaConf.to_container(cfg, resolve=True), run.path.name)
+    if main:
+        console.print(f"[bold]run folder:[/bold] {run.path}")
+        logger = build_logger(cfg.logger, run.path, OmegaConf.to_container(cfg, resolve=True), run.path.name)
+    else:
+        logger = MultiLogger([])  # ranks > 0 log nothing
+
+    def on_main(fn, *args):
+        """Evaluation runs on rank 0 only (None elsewhere): the replicas are identical."""
+        return fn(*args) if main else None
 
     base_total = count_parameters(model)[1]
     start_all = time.perf_counter()
-    test_base = per_class(model, splits.test, cfg, splits, device)
+    test_base = on_main(per_class, model, splits.test, cfg, splits, device)
     test_before = test_base
-    val_before = per_class(model, val_pool, cfg, splits, device) if val_pool is not None else None
+    val_before = on_main(per_class, model, val_pool, cfg, splits, device) if val_pool is not None else None
     all_classes = list(range(splits.num_classes))
     # the base row: accuracy over all classes; forgetting metrics do not apply (shown as "-")
-    rows: list[dict[str, Any]] = [{"task": 0, "classes": "-", "acc_r": class_mean(test_base, all_classes)}]
+    rows: list[dict[str, Any]] = [{"task": 0, "classes": "-",
+                                   "acc_r": class_mean(test_base, all_classes) if main else None}]
     results, offset, gone = [], 0, []
-    progress = training_progress()
+    progress = training_progress() if main else None
     try:
         for t, forgotten in enumerate(tasks, start=1):
             earlier = list(gone)
             retained = [c for c in all_classes if c not in forgotten and c not in earlier]
             pushed = forgotten + (earlier if fcfg.revisit_earlier else [])
             dataset = ForgetPairs(train_pool.with_classes(retained), train_pool.with_classes(pushed))
-            steps = total_steps(tcfg, len(dataset))
+            steps = total_steps(tcfg, len(dataset), world)
             seen = train_pool.with_classes(retained + forgotten)
             task = ForgetTask(index=t, forgotten=list(forgotten), earlier=earlier, retained=retained,
                               batches=lambda seen=seen: image_batches(seen), total_steps=steps)
@@ -145,35 +188,51 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
             method.start_task(model, task)
             model.to(device)
             trainable, total = count_parameters(model)
+            module = step_module(model, method, device)  # a fresh DDP per task in a group
             optimizer = build_optimizer(method, model, tcfg)
             jb.ctx.optimizer = optimizer
             state = LoopState()
             stream = BatchStream(dataset, collate_pairs, tcfg.batch_size, cfg.seed + t, state,
-                                 num_workers=tcfg.num_workers)
+                                 num_workers=tcfg.num_workers, rank=dist.rank(), world=world)
             selector = None
             if val_pool is not None:
                 first = method.selection_start(steps)
 
                 def score(m, forgotten=forgotten, earlier=earlier, retained=retained, before=val_before):
-                    metrics = task_metrics(per_class(m, val_pool, cfg, splits, device), before, forgotten, earlier,
-                                           retained)
-                    return (metrics["h_mean"] if metrics["h_mean"] == metrics["h_mean"] else metrics["acc_r"]), metrics
+                    # rank 0 scores, every rank gets its (score, metrics): BestState decides alike everywhere
+                    out = None
+                    if main:
+                        metrics = task_metrics(per_class(m, val_pool, cfg, splits, device), before, forgotten,
+                                               earlier, retained)
+                        out = (metrics["h_mean"] if metrics["h_mean"] == metrics["h_mean"] else metrics["acc_r"],
+                               metrics)
+                    return tuple(dist.broadcast_object(out))
 
                 selector = BestState(method, score, eligible=lambda state=state, first=first: state.step >= first)
             loop = TrainLoop(model=model, method=method, optimizer=optimizer,
                              scheduler=build_scheduler(optimizer, tcfg, steps), stream=stream,
                              loss_fn=classification_loss, tcfg=tcfg, total_steps=steps,
                              logger=TaskLogger(logger, offset, t), checkpoint_dir=run.checkpoints / f"task{t}",
-                             device=device, evaluate=selector, progress=progress)
-            console.print(f"[bold]task {t}/{len(tasks)}[/bold]: forget classes {forgotten} "
-                          f"({len(dataset)} paired images, {steps} steps)")
-            with progress:
-                loop.run()
+                             device=device, evaluate=selector, progress=progress, step_module=module)
+            if main:
+                console.print(f"[bold]task {t}/{len(tasks)}[/bold]: forget classes {forgotten} "
+                              f"({len(dataset)} paired images, {steps} steps)")
+            try:
+                with progress if progress is not None else contextlib.nullcontext():
+                    loop.run()
+            finally:
+                stream.close()
             if selector is not None:
                 selector(model)  # the final state competes too
                 selector.restore(model)
-            report = method.end_task(model)
+                sync_trainable(model)
+            loop.step_module = module = None  # the wrapper's parameter set ends with the task
+            report = method.end_task(model)  # merges on every rank
             wall = time.perf_counter() - start
+            if not main:  # rows, metrics and the next task's baselines are rank 0's
+                offset += steps
+                gone.extend(forgotten)
+                continue
             test_now = per_class(model, splits.test, cfg, splits, device)
             m = task_metrics(test_now, test_before, forgotten, earlier, retained)
             row = {"task": t, "classes": ",".join(map(str, forgotten)), **m,
@@ -193,6 +252,8 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
             if val_pool is not None:
                 val_before = per_class(model, val_pool, cfg, splits, device)
             gone.extend(forgotten)
+        if not main:
+            return {}
         method.export(model, run.export)
         if cfg.cache_as:
             publish(run.export, cfg.cache_as)
@@ -217,6 +278,10 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
         logger.summary({k: v for k, v in summary.items() if k not in ("tasks", "base", "group_norms_per_task")})
     finally:
         logger.close()
+    if world > 1:
+        from sparsetune.jobs.launch import report_run
+
+        report_run(run.path)
     show_method_output(method)
     print_table(f"continual forgetting: {cfg.method.name} on {cfg.model.name} (test split)",
                 {("base" if r["task"] == 0 else f"task {r['task']}"): table_row(r) for r in rows})

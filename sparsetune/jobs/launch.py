@@ -50,8 +50,8 @@ def check_distributed(cfg, job: str) -> None:
     if t.strategy == "fsdp" and t.eval_every:
         raise ConfigError("trainer.strategy=fsdp evaluates only at the end (the sharded model is gathered "
                           "then); set trainer.eval_every=0")
-    if world > 1 and job == "forget":
-        raise ConfigError("the forget job runs in one process; drop trainer.nproc (or torchrun) for it")
+    if world > 1 and job == "forget" and t.strategy == "fsdp":
+        raise ConfigError("the forget job trains under DDP (a fresh adapter per task); use trainer.strategy=ddp")
 
 
 def needs_spawn(cfg) -> bool:

@@ -38,6 +38,13 @@ class LoRA(Method):
     config_class = LoRAConfig
     use_dora = False
 
+    def __init__(self, cfg: LoRAConfig):
+        super().__init__(cfg)
+        if int(cfg.r) < 1:
+            raise ConfigError(f"method.r: {cfg.r} must be a positive integer (the LoRA rank)")
+        if not 0.0 <= float(cfg.dropout) < 1.0:
+            raise ConfigError(f"method.dropout: {cfg.dropout} must be in [0, 1)")
+
     def apply(self, model, ctx):
         from peft import LoraConfig, get_peft_model
 

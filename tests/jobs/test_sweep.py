@@ -2,7 +2,7 @@
 with its run folder under one sweep folder; sweep.json, the table and the plot; reruns skip finished
 points and rerun failed ones; the submitit launcher composes.
 
-Most tests swap the child command (`sweep.child_argv`) for a small script that writes a run folder
+Most tests swap the child command (`sweep_launch.child_argv`) for a small script that writes a run folder
 the way the CLI does, in milliseconds; `test_real_2x2_sweep` (slow) runs the real CLI on a tiny model.
 """
 
@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from sparsetune.cli import main
-from sparsetune.jobs import sweep as sweep_mod
-from sparsetune.jobs.sweep import expand, launcher_config
+from sparsetune.jobs import sweep_launch as sweep_mod
+from sparsetune.jobs.sweep_grid import expand
+from sparsetune.jobs.sweep_launch import launcher_config
 from sparsetune.jobs.sweep_report import groups, seed_rows
 
 TINY = ["model=tiny_llama", "data=synthetic_arith", "logger=quiet", "eval=none", "trainer.max_steps=1",
