@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = [t for t in TABLES if not args.only or args.only in t.name]
     names = {t.name for t in tables}
     runs = [r for r in RUNS if r.table in names]
-    benches = [b for b in BENCHES if b.table in names]
+    benches = [b for b in BENCHES if b.table in names and (b.in_quick or not args.quick)]
     if args.list:
         for run in runs:
             for seed in layout.seeds(run):

@@ -15,7 +15,7 @@ SEEDS = (0, 1)
 QUICK_TEXT = ("trainer.max_steps=3", "trainer.warmup_steps=1", "trainer.batch_size=4", "trainer.save_every=0",
               "data.train_size=48", "data.val_size=0", "data.test_size=12", "eval.batch_size=12")
 QUICK_SEEDS = (0,)
-QUICK_VISION_FORGET = ("forget.data_ratio=0.02", "trainer.eval_every=0")
+QUICK_VISION_FORGET = ("forget.data_ratio=0.02", "trainer.epochs=1", "trainer.eval_every=0")
 QUICK_VISION_TRAIN = ("trainer.max_steps=4", "trainer.warmup_steps=1", "trainer.save_every=0", "trainer.batch_size=32")
 QUICK_VISION_EVAL = ("eval.limit=200",)
 
@@ -54,6 +54,7 @@ class Bench:
     quick: tuple[str, ...] = ("--quick", "--rounds", "1")
     full: tuple[str, ...] = ("--rounds", "3")
     metrics: tuple[str, ...] = ()  # variant metrics shown (their _vs_<baseline> ratios are added)
+    in_quick: bool = True  # QUICK mode runs this bench (with `quick`)
 
     @property
     def key(self) -> str:
@@ -83,7 +84,7 @@ S2FT_COLS = {**{f"on {label}": f"eval.{CROSS_TASKS[label]}.{metric}" for label, 
              "peak memory (MB)": "peak_memory_mb"}
 CROSS_EVAL = ("eval.include_path={tasks}", f"eval.tasks=[{','.join(CROSS_TASKS.values())}]")
 FORGET = {"task": "task", "classes": "classes", "Acc_r": "acc_r", "Acc_f": "acc_f", "Acc_o": "acc_o", "H": "h_mean",
-          "groups kept": "groups"}
+          "groups kept": "groups_surviving", "groups": "groups_total"}
 
 S2FT_METHODS = {
     "full FT": ("recipe=full_llama",),
@@ -167,7 +168,8 @@ BENCHES: list[Bench] = [
     Bench("pat_bench", "bench pat", ("pat",), metrics=("prefill_tokens_per_s", "decode_tokens_per_s")),
     Bench("evit_bench", "bench evit", ("evit",), metrics=("images_per_s", "gmacs")),
     Bench("spt_bench", "bench spt", ("spt",), metrics=("step_time_s", "attn_time_s", "ffn_time_s", "saved_activation_mb")),
-    Bench("spt_bench", "bench spt_model", ("spt_model",), metrics=("step_time_s", "saved_activation_mb", "peak_memory_mb")),
+    Bench("spt_bench", "bench spt_model", ("spt_model",), metrics=("step_time_s", "saved_activation_mb", "peak_memory_mb"),
+          in_quick=False),
 ]
 
 TABLES: list[Table] = [
