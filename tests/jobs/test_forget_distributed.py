@@ -81,20 +81,8 @@ def test_two_ranks_forget_like_one_process_with_twice_the_accumulation(tmp_path)
 def _worker(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     rank = int(os.environ["RANK"])
-    runs = os.path.realpath(spec["runs"])
-    events: list[str] = []
-
-    def audit(event: str, args) -> None:
-        if event in ("open", "os.mkdir", "os.rename", "os.replace", "os.remove", "os.rmdir", "shutil.rmtree"):
-            path = args[0]
-            if event == "open":
-                mode, flags = (list(args[1:3]) + [None, None])[:2]
-                writes = (set(mode) & set("wax+")) if isinstance(mode, str) else \
-                    bool((flags or 0) & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
-                if not writes:
-                    return
-            if isinstance(path, (str, bytes, os.PathLike)) and os.path.realpath(os.fsdecode(path)).startswith(runs):
-                events.append(f"{event} {os.fsdecode(path)}")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the shared audit hook
+    from write_audit import record_writes_under
 
     from sparsetune.jobs import run_job
     from sparsetune.jobs.config import compose_job
@@ -109,8 +97,7 @@ def _worker(spec_path: str) -> None:
         return report
 
     GSLoRA.end_task = recording_end_task
-    if rank != 0:
-        sys.addaudithook(audit)
+    events = record_writes_under(spec["runs"]) if rank != 0 else []
     returned = run_job(compose_job(spec["overrides"]), spec["overrides"], "forget")
     audit_dir = Path(spec["audit"])  # outside the runs root
     audit_dir.mkdir(parents=True, exist_ok=True)
