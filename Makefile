@@ -39,8 +39,9 @@ bench:  ## side-by-side efficiency comparisons, one process per variant, BENCH_R
 	$(SPARSETUNE) bench lora --rounds $(BENCH_ROUNDS) --out results/bench-lora.json
 
 QUICK ?=
-reproduce:  ## every paper's table at small scale into reports/REPRODUCE.md (resumable); QUICK=1: ~15 min smoke version
-	$(PY) scripts/reproduce.py $(if $(QUICK),--quick)
+JOBS ?=
+reproduce:  ## every paper's table at small scale into reports/REPRODUCE.md (resumable); QUICK=1: ~10 min smoke version; JOBS=2: two rows at a time
+	$(PY) scripts/reproduce.py $(if $(QUICK),--quick) $(if $(JOBS),--jobs $(JOBS))
 
 clean:
 	rm -rf runs results .pytest_cache

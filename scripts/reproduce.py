@@ -1,8 +1,9 @@
 """`make reproduce`: every paper's headline table at small scale, from runs made here, into
 reports/REPRODUCE.md (tables beside the papers' figures, PNG plots, the command of every number).
 
-    python scripts/reproduce.py                 # the full plan (hours on a 2-core CPU; resumable)
-    python scripts/reproduce.py --quick         # smoke version: the whole chain in ~15 min, numbers not results
+    python scripts/reproduce.py                 # the full plan (~2 h on a 2-core CPU; resumable)
+    python scripts/reproduce.py --jobs 2        # two rows at a time, one thread each (benches still alone)
+    python scripts/reproduce.py --quick         # smoke version: the whole chain in ~10 min, numbers not results
     python scripts/reproduce.py --only pat      # tables whose name contains "pat"
     python scripts/reproduce.py --list          # what would run, and what is finished
     python scripts/reproduce.py --report-only   # rewrite the report from finished runs
@@ -31,16 +32,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny steps and eval limits: a smoke test of every table")
     parser.add_argument("--only", help="only tables whose name contains this text")
     parser.add_argument("--list", action="store_true", help="list the commands and whether each is finished")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="training/eval rows run at once, each with cpu_count/jobs threads (benches run alone)")
+    parser.add_argument("--skip-benches", action="store_true",
+                        help="run the tables' training/eval rows only (benches want the machine to themselves)")
     parser.add_argument("--report-only", action="store_true", help="write the report from finished runs, run nothing")
     parser.add_argument("--results", type=Path, help="results root (default results/quick or results/full)")
     parser.add_argument("--report", type=Path, default=ROOT / "reports" / "REPRODUCE.md")
     args = parser.parse_args(argv)
 
-    layout = Layout(args.results or ROOT / "results" / ("quick" if args.quick else "full"), args.quick)
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    layout = Layout(args.results or ROOT / "results" / ("quick" if args.quick else "full"), args.quick, args.jobs)
     tables = [t for t in TABLES if not args.only or args.only in t.name]
     names = {t.name for t in tables}
     runs = [r for r in RUNS if r.table in names]
-    benches = [b for b in BENCHES if b.table in names and (b.in_quick or not args.quick)]
+    benches = [b for b in BENCHES if b.table in names and (b.in_quick or not args.quick) and not args.skip_benches]
     if args.list:
         for run in runs:
             for seed in layout.seeds(run):

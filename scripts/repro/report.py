@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import statistics
 from collections import defaultdict
@@ -208,8 +209,6 @@ def _versions() -> str:
 
 
 def _hardware() -> str:
-    import os
-
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
@@ -219,25 +218,39 @@ def _hardware() -> str:
 def write_report(layout: Layout, tables: list[Table], runs: list[Run], benches: list[Bench], out: Path,
                  failures: list[str] | None = None) -> Path:
     """Write the markdown report (and its PNGs beside it, under <out stem>-plots/)."""
-    command = "make reproduce QUICK=1" if layout.quick else "make reproduce"
+    make = " ".join(["make reproduce", *(["QUICK=1"] if layout.quick else []),
+                     *([f"JOBS={layout.jobs}"] if layout.jobs > 1 else [])])
+    script = " ".join(["python scripts/reproduce.py", *(["--quick"] if layout.quick else []),
+                       *([f"--jobs {layout.jobs}"] if layout.jobs > 1 else [])])
     parts = [f"# sparsetune reproduction report{' (QUICK smoke run)' if layout.quick else ''}", "",
-             f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `{command}` "
-             f"(`python scripts/reproduce.py{' --quick' if layout.quick else ''}`), from the runs under "
-             f"`{shown(layout.root)}/`.", "",
+             f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `{make}` (`{script}`), from the runs "
+             f"under `{shown(layout.root)}/`.", "",
              f"- Hardware: {_hardware()}", f"- Libraries: {_versions()}",
              "- Every row's exact command is listed under its table; each (row, seed) ran in its own process "
-             "with `seed=<k>` and its own run folder; cells are mean ± std over the seeds shown.", ""]
+             "with `seed=<k>` and its own run folder; cells are mean ± std over the seeds shown."]
+    if layout.jobs > 1:
+        parts += [f"- Training/eval rows ran {layout.jobs} at a time ({max(1, (os.cpu_count() or 1) // layout.jobs)} "
+                  "thread(s) each), so their step-time columns were measured beside another run; the bench tables "
+                  "ran alone with every core and are the timing figures."]
+    parts += [""]
     if layout.quick:
         parts += ["> QUICK mode: one seed, a subset of the rows, 3 training steps and a dozen eval items per run — "
                   "this checks that every table's chain runs end to end; its numbers are **not** results.", ""]
     if failures:
         parts += [f"> {len(failures)} command(s) failed: {', '.join(failures)} (see results logs).", ""]
     plots_dir = out.parent / f"{out.stem}-plots"
+    rows_by_table = {t.name: {r.name: run_rows(layout, r) for r in runs if r.table == t.name} for t in tables}
+    glance = []
+    for table in tables:  # the first two measured differences of every table, up front
+        measured = comparisons(table, [row for rows in rows_by_table[table.name].values() for row in rows])[:2]
+        glance += [f"- **{table.title}**", *(f"  {line}" for line in measured)] if measured else []
+    if glance:
+        parts += ["## At a glance", "", *glance, "", "Details, every row and the bench tables follow.", ""]
     for table in tables:
         table_runs = [r for r in runs if r.table == table.name]
         table_benches = [b for b in benches if b.table == table.name]
         parts += [f"## {table.title}", "", f"**Paper:** {table.paper}", ""]
-        rows_by_run = {r.name: run_rows(layout, r) for r in table_runs}
+        rows_by_run = rows_by_table[table.name]
         if table_runs:
             columns = list(dict.fromkeys(c for r in table_runs for c in r.columns))
             all_rows = [row for rows in rows_by_run.values() for row in rows]

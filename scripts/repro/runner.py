@@ -6,6 +6,10 @@ Layout under the results root (results/full or results/quick):
     logs/<table>/<row>-seed<k>.log                             the command's output
 A (row, seed) is finished when its root holds a run folder with summary.json, a bench when its JSON
 exists; anything else is (re)run, so an interrupted reproduction continues where it stopped.
+
+With jobs > 1, that many (row, seed) commands run at once, each with cpu_count // jobs torch threads (a
+row's follow-up command stays behind it in the same lane); benches always run afterwards, alone, with
+every core, since their numbers are timings.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +39,7 @@ def slug(text: str) -> str:
 class Layout:
     root: Path
     quick: bool
+    jobs: int = 1  # (row, seed) commands run at once
 
     def run_root(self, run: Run, seed: int) -> Path:
         return self.root / "runs" / run.table / slug(run.name) / f"seed{seed}"
@@ -115,27 +122,45 @@ def then_command(run: Run, folder: Path, layout: Layout) -> list[str]:
     return merge_overrides(argv, (f"logger.project={PROJECT}", f"logger.group={run.table}"))
 
 
-def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
-    """Run what is not finished; returns the failures (the rest still runs, the report marks them)."""
-    todo: list[tuple[str, Callable[[], list[str] | None], dict[str, str], Path]] = []
+Step = tuple[str, Callable[[], "list[str] | None"], dict[str, str], Path]  # label, argv, env, log
+
+
+def _row_units(layout: Layout, runs: list[Run]) -> tuple[list[list[Step]], int]:
+    """One unit per unfinished (row, seed): its command, then its follow-up; plus the count reused."""
+    units: list[list[Step]] = []
     skipped = 0
     for run in runs:
         for seed in layout.seeds(run):
+            unit: list[Step] = []
             folder = layout.finished_run(run, seed)
             env = dict(os.environ, SPARSETUNE_RUNS=str(layout.run_root(run, seed)))
             if folder is None:
                 args = run_command(run, seed, layout)
-                todo.append((f"{run.key} seed {seed}", lambda args=args: args, env,
+                unit.append((f"{run.key} seed {seed}", lambda args=args: args, env,
                              layout.log_file(run.table, f"{run.name}-seed{seed}")))
             if run.then and (folder is None or not _then_done(folder, run)):
                 def then_args(run=run, seed=seed) -> list[str] | None:
                     done = layout.finished_run(run, seed)
                     return then_command(run, done, layout) if done else None
 
-                todo.append((f"{run.key} seed {seed} ({run.then[0]})", then_args, env,
+                unit.append((f"{run.key} seed {seed} ({run.then[0]})", then_args, env,
                              layout.log_file(run.table, f"{run.name}-seed{seed}-{run.then[0]}")))
             elif folder is not None:
                 skipped += 1
+            if unit:
+                units.append(unit)
+    return units, skipped
+
+
+def _threads_env(env: dict[str, str], jobs: int) -> dict[str, str]:
+    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    return dict(env, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+
+
+def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
+    """Run what is not finished; returns the failures (the rest still runs, the report marks them)."""
+    units, skipped = _row_units(layout, runs)
+    bench_steps: list[Step] = []
     for bench in benches:
         out = layout.bench_file(bench)
         if out.is_file():
@@ -143,24 +168,46 @@ def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
         args = bench_command(bench, out, layout.quick)
-        todo.append((bench.key, lambda args=args: args, dict(os.environ), layout.log_file(bench.table, bench.name)))
-    print(f"{len(todo)} to run, {skipped} finished earlier (reused)", flush=True)
+        bench_steps.append((bench.key, lambda args=args: args, dict(os.environ),
+                            layout.log_file(bench.table, bench.name)))
+    total = sum(map(len, units)) + len(bench_steps)
+    print(f"{total} to run, {skipped} finished earlier (reused)"
+          + (f"; rows {layout.jobs} at a time, benches alone" if layout.jobs > 1 else ""), flush=True)
     if any("{tasks}" in " ".join(r.argv) for r in runs):
         from repro.tasks import write_cross_tasks
 
         write_cross_tasks(layout.tasks_dir.parent, CROSS_TEST_SIZE["quick" if layout.quick else "full"])
-    failures = []
-    for i, (label, make_args, env, log) in enumerate(todo, 1):
+    failures: list[str] = []
+    counter = iter(range(1, total + 1))
+    lock = threading.Lock()
+
+    def step(label: str, make_args: Callable[[], list[str] | None], env: dict[str, str], log: Path) -> None:
         args = make_args()
-        if args is None:  # a follow-up whose first command failed
-            print(f"[{i}/{len(todo)}] {label}: skipped (its run did not finish)", flush=True)
-            failures.append(label)
-            continue
-        print(f"[{i}/{len(todo)}] {label}: sparsetune {' '.join(args)}", flush=True)
+        with lock:
+            i = next(counter)
+            if args is None:  # a follow-up whose first command failed
+                print(f"[{i}/{total}] {label}: skipped (its run did not finish)", flush=True)
+                failures.append(label)
+                return
+            print(f"[{i}/{total}] {label}: sparsetune {' '.join(args)}", flush=True)
         rc, seconds = _call(args, env, log)
-        status = "ok" if rc == 0 else f"FAILED (exit {rc}, log {log})"
-        print(f"        {status} in {seconds:.0f} s", flush=True)
-        if rc != 0:
-            print(_tail(log), flush=True)
-            failures.append(label)
+        with lock:
+            status = "ok" if rc == 0 else f"FAILED (exit {rc}, log {log})"
+            print(f"        {label}: {status} in {seconds:.0f} s", flush=True)
+            if rc != 0:
+                print(_tail(log), flush=True)
+                failures.append(label)
+
+    def lane(unit: list[Step]) -> None:
+        for label, make_args, env, log in unit:
+            step(label, make_args, _threads_env(env, layout.jobs) if layout.jobs > 1 else env, log)
+
+    if layout.jobs > 1:
+        with ThreadPoolExecutor(layout.jobs) as pool:
+            list(pool.map(lane, units))
+    else:
+        for unit in units:
+            lane(unit)
+    for bench_step in bench_steps:
+        step(*bench_step)
     return failures

@@ -97,6 +97,7 @@ def test_report_has_every_table_paper_figures_commands_and_a_plot(tmp_path):
     assert "| 0.150 ± 0.071 |" in text  # S²FT rows: mean ± std of 0.1 and 0.2 on arithmetic
     assert "S²FT · trained on arithmetic − LoRA r8 · trained on arithmetic, on arithmetic: **+0.000**" in text
     assert "1.21× (1.10–1.31)" in text
+    assert text.index("## At a glance") < text.index(f"## {plan.TABLES[0].title}")
     assert "not run" in text  # rows without runs say so instead of disappearing
     assert "sparsetune train recipe=s2ft_llama" in text and "seed=1" in text
     assert (tmp_path / "reports" / "REPRODUCE-plots" / "evit.png").stat().st_size > 1000
@@ -127,3 +128,36 @@ def test_follow_up_runs_on_the_finished_folder_until_its_key_is_in_the_summary(t
     calls.clear()
     runner.execute(layout, [run], [])
     assert calls == []
+
+
+def test_jobs_run_rows_side_by_side_with_split_threads_and_benches_alone_afterwards(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from repro import runner
+
+    layout = Layout(tmp_path, quick=False, jobs=2)
+    rows = [r for r in plan.RUNS if r.table == "gslora"][:2]  # 2 rows x 2 seeds
+    bench = plan.BENCHES[0]
+    running, peak, order, lock = [0], [0], [], threading.Lock()
+
+    def fake_call(args, env, log):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            order.append((args[0], env.get("OMP_NUM_THREADS"), running[0]))
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        if args[0] == "bench":
+            Path(args[-1]).write_text("{}")
+        return 0, 0.05
+
+    monkeypatch.setattr(runner, "_call", fake_call)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(runner, "shown", lambda path: str(path))
+    assert runner.execute(layout, rows, [bench]) == []
+    assert peak[0] == 2 and len(order) == 5
+    assert all(threads == "2" for cmd, threads, _ in order if cmd == "forget")
+    assert order[-1][0] == "bench" and order[-1][2] == 1  # alone, after every row, with the default threads
+    assert order[-1][1] is None or order[-1][1] == __import__("os").environ.get("OMP_NUM_THREADS")
