@@ -195,6 +195,7 @@ TABLES: list[Table] = [
                   "out-of-domain math for every row. Arithmetic and GSM-style: exact match of the "
                   "generated answer; StrategyQA: multiple-choice accuracy. Trainable parameters: LoRA/DoRA r8 vs "
                   "S²FT (o_ratio 0.1, d_ratio 0.03) are matched to within the column shown.",
+          plot={"bars": ["on arithmetic", "on gsm", "on strategyqa"], "ylabel": "accuracy on held-out items"},
           compare=(("S²FT · trained on arithmetic", "LoRA r8 · trained on arithmetic", "on arithmetic"),
                    ("S²FT · trained on arithmetic", "full FT · trained on arithmetic", "on arithmetic"),
                    ("S²FT · trained on arithmetic", "base model (untuned)", "on strategyqa"),
@@ -213,6 +214,7 @@ TABLES: list[Table] = [
                   "multiple-choice log-likelihood on 50 held-out items per task (StrategyQA, Social "
                   "IQa, WinoWhy); at 135M parameters these sit near chance, so differences within a few points are "
                   "noise (the ± column says how much).",
+          plot={"bars": ["accuracy"], "ylabel": "3-task average accuracy (chance 0.44)"},
           compare=(("PAT 25%", "prune→LoRA 25%", "accuracy"), ("PAT 25%", "LoRA (unpruned)", "accuracy"),
                    ("PAT 25%", "PAT 25% · frozen mask", "accuracy"), ("PAT 25%", "PAT 25% · no identity loss", "accuracy"))),
     Table("pat_bench", "PAT prefill/decode speed-up of the physically pruned model",
@@ -224,6 +226,7 @@ TABLES: list[Table] = [
           reading="Acc_o is accuracy on classes forgotten in earlier tasks (must stay near 0); H is the harmonic "
                   "mean of the forgetting drop and Acc_r; surviving groups counts LoRA groups (one per block) left "
                   "non-zero by group sparsity.",
+          plot={"x": "task", "y": "H"},
           compare=(("gslora · task 4", "gslora_nogs · task 4", "H"), ("gslora_pp · task 4", "gslora · task 4", "H"),
                    ("gslora · task 4", "gslora_full · task 4", "H"),
                    ("gslora · task 4", "gslora_retrain · task 4", "Acc_r"))),
@@ -239,6 +242,7 @@ TABLES: list[Table] = [
     Table("spt", "SPT quality vs LoRA on SmolLM2-135M (BIG-bench arithmetic)",
           paper="SPT paper: quality impact never published (its tables report time and memory only).",
           reading="Same data, steps, learning rate and seed for each row; short CPU runs.",
+          plot={"bars": ["train loss", "final loss"], "ylabel": "loss"},
           compare=(("SPT (recipe)", "LoRA r16, all linears", "train loss"),
                    ("SPT, sparse attention only", "LoRA r16, all linears", "train loss"))),
     Table("spt_bench", "SPT time/memory split vs LoRA (eager and SDPA attention)",

@@ -152,8 +152,22 @@ def bench_tables(path: Path, bench: Bench) -> str:
     return "\n".join(out)
 
 
+def _bars(ax: Any, columns: list[str], rows: list[dict[str, Any]]) -> bool:
+    """Grouped bars: one group per column, one bar per row (± std), rows without a value left out."""
+    rows = [r for r in rows if any("mean" in r.get(c, {}) for c in columns)]
+    width = 0.8 / max(1, len(rows))
+    for i, row in enumerate(rows):
+        cells = [row.get(c, {}) for c in columns]
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(columns))]
+        ax.bar(xs, [c.get("mean", 0.0) for c in cells], width, yerr=[c.get("std") or 0.0 for c in cells],
+               capsize=2, label=row["row"])
+    ax.set_xticks(range(len(columns)), columns)
+    return bool(rows)
+
+
 def plot(table: Table, rows_by_run: dict[str, list[dict[str, Any]]], out: Path) -> Path | None:
-    """x/y line plot (one line per run, ± std as error bars), an optional second y axis."""
+    """x/y line plot (one line per run, ± std as error bars, an optional second y axis), or grouped bars
+    of the given columns for every row (`{"bars": [column, ...]}`)."""
     spec = table.plot
     if not spec:
         return None
@@ -162,6 +176,19 @@ def plot(table: Table, rows_by_run: dict[str, list[dict[str, Any]]], out: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if "bars" in spec:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        if not _bars(ax, spec["bars"], [row for rows in rows_by_run.values() for row in rows]):
+            plt.close(fig)
+            return None
+        ax.set_ylabel(spec.get("ylabel", ""))
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set_title(table.title, fontsize=9)
+        fig.tight_layout()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=120)
+        plt.close(fig)
+        return out
     fig, ax = plt.subplots(figsize=(6, 4))
     ax2 = ax.twinx() if spec.get("y2") else None
     drawn = False
@@ -182,6 +209,10 @@ def plot(table: Table, rows_by_run: dict[str, list[dict[str, Any]]], out: Path) 
         return None
     ax.set_xlabel(spec["x"])
     ax.set_ylabel(spec["y"])
+    if all(float(x).is_integer() for line in ax.lines for x in line.get_xdata()):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = ax.get_legend_handles_labels()
     if ax2 is not None:
         ax2.set_ylabel(spec["y2"])

@@ -102,6 +102,7 @@ def test_report_has_every_table_paper_figures_commands_and_a_plot(tmp_path):
     assert "sparsetune train recipe=s2ft_llama" in text and "seed=1" in text
     assert (tmp_path / "reports" / "REPRODUCE-plots" / "evit.png").stat().st_size > 1000
     assert "](REPRODUCE-plots/evit.png)" in text
+    assert (tmp_path / "reports" / "REPRODUCE-plots" / "s2ft.png").stat().st_size > 1000  # grouped bars
 
 
 def test_follow_up_runs_on_the_finished_folder_until_its_key_is_in_the_summary(tmp_path, monkeypatch):
