@@ -213,10 +213,10 @@ TABLES: list[Table] = [
           reading="Every row: 32 steps at batch 4 (PAT's soft-mask phase is the first third). Accuracy is "
                   "multiple-choice log-likelihood on 50 held-out items per task (StrategyQA, Social "
                   "IQa, WinoWhy); chance is 0.44 (the mean of 1/2, 1/3, 1/2) and at 135M parameters every row sits "
-                  "near it, so differences within a few points are noise (the ± column says how much). Train loss "
-                  "includes PAT's identity term and the jump at the soft-to-hard mask switch, which 32 steps leave "
-                  "too little time to recover from (docs/methods/pat.md); the parameter columns and the bench "
-                  "table are exact at any budget.",
+                  "near it, so differences within a few points are noise (the ± column says how much). Train loss is "
+                  "the task loss averaged over the run: PAT's jumps at the soft-to-hard mask switch, and 32 steps "
+                  "leave too little time to recover from it (docs/methods/pat.md); the parameter columns and the "
+                  "bench table are exact at any budget.",
           plot={"bars": ["accuracy"], "ylabel": "3-task average accuracy (chance 0.44)"},
           compare=(("PAT 25%", "prune→LoRA 25%", "accuracy"), ("PAT 25%", "LoRA (unpruned)", "accuracy"),
                    ("PAT 25%", "PAT 25% · frozen mask", "accuracy"), ("PAT 25%", "PAT 25% · no identity loss", "accuracy"))),
