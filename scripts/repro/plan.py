@@ -214,7 +214,7 @@ TABLES: list[Table] = [
                   "multiple-choice log-likelihood on 50 held-out items per task (StrategyQA, Social "
                   "IQa, WinoWhy); chance is 0.44 (the mean of 1/2, 1/3, 1/2) and at 135M parameters every row sits "
                   "near it, so differences within a few points are noise (the ± column says how much). Train loss is "
-                  "the task loss averaged over the run: PAT's jumps at the soft-to-hard mask switch, and 32 steps "
+                  "the task loss over the last 10 steps: PAT's jumps at the soft-to-hard mask switch, and 32 steps "
                   "leave too little time to recover from it (docs/methods/pat.md); the parameter columns and the "
                   "bench table are exact at any budget.",
           plot={"bars": ["accuracy"], "ylabel": "3-task average accuracy (chance 0.44)"},
