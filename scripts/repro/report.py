@@ -33,13 +33,15 @@ def _number(value: Any) -> float | None:
 
 
 def aggregate(values: list[Any]) -> dict[str, Any]:
-    """mean/std/n over the seeds that have a number; text (labels) passes through when all agree."""
+    """mean/std/n over the seeds that have a number; text (labels) once when all seeds agree, else each
+    seed's in seed order, separated by " / " (e.g. the classes a random task sequence drew per seed)."""
     numbers = [v for v in (_number(x) for x in values) if v is not None]
     if numbers:
         return {"mean": statistics.fmean(numbers), "std": statistics.stdev(numbers) if len(numbers) > 1 else None,
                 "n": len(numbers)}
-    texts = {str(v) for v in values if v is not None and not isinstance(v, float)}
-    return {"text": texts.pop() if len(texts) == 1 else None, "n": 0}
+    texts = [str(v) for v in values if v is not None and not isinstance(v, float)]
+    return {"text": " / ".join(dict.fromkeys(texts)) if len(set(texts)) > 1 else (texts[0] if texts else None),
+            "n": 0}
 
 
 def fmt_number(x: float) -> str:

@@ -55,6 +55,7 @@ def test_aggregate_mean_std_and_text():
     cell = aggregate([0.5, 0.7, None, float("nan")])
     assert cell["n"] == 2 and cell["mean"] == pytest.approx(0.6) and cell["std"] == pytest.approx(0.1414, abs=1e-3)
     assert aggregate(["3,7", "3,7"])["text"] == "3,7"
+    assert aggregate(["3,7", "1,4"])["text"] == "3,7 / 1,4"  # per seed, in seed order
 
 
 def test_finished_runs_are_found_and_expanded_rows_aggregate_per_item(tmp_path):
