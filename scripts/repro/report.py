@@ -47,6 +47,8 @@ def aggregate(values: list[Any]) -> dict[str, Any]:
 def fmt_number(x: float) -> str:
     if x.is_integer():
         return f"{int(x):,}"
+    if abs(x) < 0.01:  # small figures (GMACs of a tiny ViT, Acc_f near zero) keep two significant digits
+        return f"{x:.2g}"
     if abs(x) < 1:
         return f"{x:.3f}"
     return f"{x:,.2f}" if abs(x) < 1000 else f"{x:,.0f}"
