@@ -156,8 +156,9 @@ def bench_tables(path: Path, bench: Bench) -> str:
     return "\n".join(out)
 
 
-def _bars(ax: Any, columns: list[str], rows: list[dict[str, Any]]) -> bool:
+def _bars(ax: Any, spec: dict, rows: list[dict[str, Any]]) -> bool:
     """Grouped bars: one group per column, one bar per row (± std), rows without a value left out."""
+    columns = spec["bars"]
     rows = [r for r in rows if any("mean" in r.get(c, {}) for c in columns)]
     width = 0.8 / max(1, len(rows))
     for i, row in enumerate(rows):
@@ -165,35 +166,16 @@ def _bars(ax: Any, columns: list[str], rows: list[dict[str, Any]]) -> bool:
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(columns))]
         ax.bar(xs, [c.get("mean", 0.0) for c in cells], width, yerr=[c.get("std") or 0.0 for c in cells],
                capsize=2, label=row["row"])
+    if not rows:
+        return False
     ax.set_xticks(range(len(columns)), columns)
-    return bool(rows)
+    ax.set_ylabel(spec.get("ylabel", ""))
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return True
 
 
-def plot(table: Table, rows_by_run: dict[str, list[dict[str, Any]]], out: Path) -> Path | None:
-    """x/y line plot (one line per run, ± std as error bars, an optional second y axis), or grouped bars
-    of the given columns for every row (`{"bars": [column, ...]}`)."""
-    spec = table.plot
-    if not spec:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if "bars" in spec:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        if not _bars(ax, spec["bars"], [row for rows in rows_by_run.values() for row in rows]):
-            plt.close(fig)
-            return None
-        ax.set_ylabel(spec.get("ylabel", ""))
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        ax.set_title(table.title, fontsize=9)
-        fig.tight_layout()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120)
-        plt.close(fig)
-        return out
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _lines(ax: Any, spec: dict, rows_by_run: dict[str, list[dict[str, Any]]]) -> bool:
+    """x/y: one line per run with ± std error bars, an optional dashed second y axis."""
     ax2 = ax.twinx() if spec.get("y2") else None
     drawn = False
     for name, rows in rows_by_run.items():
@@ -208,12 +190,9 @@ def plot(table: Table, rows_by_run: dict[str, list[dict[str, Any]]], out: Path) 
         if ax2 is not None and all(v is not None for v in y2):
             ax2.plot(xs, y2, linestyle="--", marker="s", alpha=0.6, label=f"{name}: {spec['y2']}")
         drawn = True
-    if not drawn:
-        plt.close(fig)
-        return None
     ax.set_xlabel(spec["x"])
     ax.set_ylabel(spec["y"])
-    if all(float(x).is_integer() for line in ax.lines for x in line.get_xdata()):
+    if drawn and all(float(x).is_integer() for line in ax.lines for x in line.get_xdata()):
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -223,6 +202,28 @@ def plot(table: Table, rows_by_run: dict[str, list[dict[str, Any]]], out: Path) 
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=7, loc="best")
+    return drawn
+
+
+def plot(table: Table, rows_by_run: dict[str, list[dict[str, Any]]], out: Path) -> Path | None:
+    """The table's PNG: grouped bars of the given columns for every row (`{"bars": [column, ...]}`), or an
+    x/y line plot per run (`{"x": …, "y": …, "y2": …}`); None when the table has no plot or no data."""
+    spec = table.plot
+    if not spec:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5) if "bars" in spec else (6, 4))
+    if "bars" in spec:
+        drawn = _bars(ax, spec, [row for rows in rows_by_run.values() for row in rows])
+    else:
+        drawn = _lines(ax, spec, rows_by_run)
+    if not drawn:
+        plt.close(fig)
+        return None
     ax.set_title(table.title, fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
