@@ -2,7 +2,7 @@
 command, its seeds, and which summary.json figures become columns), one `Bench` per efficiency table.
 
 The full plan is sized to finish in about 2 hours on a 2-core CPU (two lanes of one thread each for
-the training rows, then the benches alone): short fine-tunes (50-60 steps) and 50 held-out items per
+the training rows, then the benches alone): short fine-tunes (32-60 steps) and 50 held-out items per
 task, two seeds per accuracy figure. QUICK mode runs the same list with tiny step counts and eval limits
 (a smoke test of the whole chain, ~10 min on 2 CPU cores); its numbers exercise the report, they are
 not results.
@@ -214,7 +214,7 @@ TABLES: list[Table] = [
                   "multiple-choice log-likelihood on 50 held-out items per task (StrategyQA, Social "
                   "IQa, WinoWhy); chance is 0.44 (the mean of 1/2, 1/3, 1/2) and at 135M parameters every row sits "
                   "near it, so differences within a few points are noise (the ± column says how much). Train loss is "
-                  "the task loss over the last 10 steps: PAT's jumps at the soft-to-hard mask switch, and 32 steps "
+                  "the task loss over the last 10 steps: PAT's loss jumps at the soft-to-hard mask switch, and 32 steps "
                   "leave too little time to recover from it (docs/methods/pat.md); the parameter columns and the "
                   "bench table are exact at any budget.",
           plot={"bars": ["accuracy"], "ylabel": "3-task average accuracy (chance 0.44)"},
