@@ -33,8 +33,8 @@ def _number(value: Any) -> float | None:
 
 
 def aggregate(values: list[Any]) -> dict[str, Any]:
-    """mean/std/n over the seeds that have a number; text (labels) once when all seeds agree, else each
-    seed's in seed order, separated by " / " (e.g. the classes a random task sequence drew per seed)."""
+    """mean/std/n over the seeds that have a number; text (labels) once when all seeds agree, else the
+    distinct labels in seed order, separated by " / " (e.g. the classes a random task sequence drew per seed)."""
     numbers = [v for v in (_number(x) for x in values) if v is not None]
     if numbers:
         return {"mean": statistics.fmean(numbers), "std": statistics.stdev(numbers) if len(numbers) > 1 else None,
@@ -160,14 +160,14 @@ def _bars(ax: Any, spec: dict, rows: list[dict[str, Any]]) -> bool:
     """Grouped bars: one group per column, one bar per row (± std), rows without a value left out."""
     columns = spec["bars"]
     rows = [r for r in rows if any("mean" in r.get(c, {}) for c in columns)]
-    width = 0.8 / max(1, len(rows))
+    if not rows:
+        return False
+    width = 0.8 / len(rows)
     for i, row in enumerate(rows):
         cells = [row.get(c, {}) for c in columns]
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(columns))]
         ax.bar(xs, [c.get("mean", 0.0) for c in cells], width, yerr=[c.get("std") or 0.0 for c in cells],
                capsize=2, label=row["row"])
-    if not rows:
-        return False
     ax.set_xticks(range(len(columns)), columns)
     ax.set_ylabel(spec.get("ylabel", ""))
     ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -265,7 +265,7 @@ def write_report(layout: Layout, tables: list[Table], runs: list[Run], benches: 
              "- Every row's exact command is listed under its table; each (row, seed) ran in its own process "
              "with `seed=<k>` and its own run folder; cells are mean ± std over the seeds shown."]
     if layout.jobs > 1:
-        parts += [f"- Training/eval rows ran {layout.jobs} at a time ({max(1, (os.cpu_count() or 1) // layout.jobs)} "
+        parts += [f"- Training/eval rows ran {layout.jobs} at a time ({layout.threads_per_job} "
                   "thread(s) each), so their step-time columns were measured beside another run; the bench tables "
                   "ran alone with every core and are the timing figures."]
     parts += [""]

@@ -41,6 +41,11 @@ class Layout:
     quick: bool
     jobs: int = 1  # (row, seed) commands run at once
 
+    @property
+    def threads_per_job(self) -> int:
+        """Torch threads each of the `jobs` concurrent rows gets (the cores split evenly)."""
+        return max(1, (os.cpu_count() or 1) // self.jobs)
+
     def run_root(self, run: Run, seed: int) -> Path:
         return self.root / "runs" / run.table / slug(run.name) / f"seed{seed}"
 
@@ -152,9 +157,8 @@ def _row_units(layout: Layout, runs: list[Run]) -> tuple[list[list[Step]], int]:
     return units, skipped
 
 
-def _threads_env(env: dict[str, str], jobs: int) -> dict[str, str]:
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    return dict(env, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+def _threads_env(env: dict[str, str], threads: int) -> dict[str, str]:
+    return dict(env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
 
 
 def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
@@ -200,7 +204,7 @@ def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
 
     def lane(unit: list[Step]) -> None:
         for label, make_args, env, log in unit:
-            step(label, make_args, _threads_env(env, layout.jobs) if layout.jobs > 1 else env, log)
+            step(label, make_args, _threads_env(env, layout.threads_per_job) if layout.jobs > 1 else env, log)
 
     if layout.jobs > 1:
         with ThreadPoolExecutor(layout.jobs) as pool:
