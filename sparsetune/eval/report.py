@@ -32,8 +32,16 @@ def _columns(rows: dict[str, dict[str, Any]]) -> list[str]:
     return cols
 
 
+def _cell(metrics: dict[str, Any], col: str, with_stderr: bool) -> str:
+    """`0.5333 ± 0.0409` where the metric has a standard error, else the plain value."""
+    text = format_value(metrics.get(col))
+    err = metrics.get(f"{col}_stderr") if with_stderr else None
+    return f"{text} ± {format_value(err)}" if isinstance(err, (int, float)) and text != "-" else text
+
+
 def print_table(title: str, rows: dict[str, dict[str, Any]], console: Optional[Any] = None) -> None:
-    """One row per key of `rows`, one column per metric (nested values such as per_class are skipped).
+    """One row per key of `rows`, one column per metric (nested values such as per_class are skipped;
+    a metric's `<name>_stderr` is shown in its cell as `value ± stderr`).
 
     Numbers are never cut: when the table would not fit the console (a narrow terminal, or a log file,
     where rich assumes 80 columns), it is printed vertically instead, one `row  metric  value` line per
@@ -44,7 +52,9 @@ def print_table(title: str, rows: dict[str, dict[str, Any]], console: Optional[A
 
     console = console or Console()
     cols = _columns(rows)
-    cells = {str(name): [(c, format_value(metrics.get(c))) for c in cols] for name, metrics in rows.items()}
+    errs = {c for c in cols if f"{c}_stderr" in cols}
+    cols = [c for c in cols if not (c.endswith("_stderr") and c[:-7] in errs)]
+    cells = {str(name): [(c, _cell(metrics, c, c in errs)) for c in cols] for name, metrics in rows.items()}
     table = Table(title=title, title_justify="left")
     table.add_column("", style="bold", no_wrap=True, overflow="fold")
     for col in cols:

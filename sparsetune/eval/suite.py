@@ -27,12 +27,13 @@ def check_eval_tasks(cfg) -> None:
     _, names = eval_tasks(cfg.eval)
     if not names:
         return
+    from sparsetune.eval.lm import expand_suites, resolve_lm_tasks
+
+    names = expand_suites(names)
     if cfg.model.task != "causal_lm":
         from sparsetune.errors import ConfigError
 
         raise ConfigError(f"eval.tasks={names}: lm-eval tasks need a causal LM; this model is {cfg.model.task}")
-    from sparsetune.eval.lm import resolve_lm_tasks
-
     resolve_lm_tasks(names, cfg.eval)
 
 
@@ -66,6 +67,10 @@ def _heldout(cfg, model, tokenizer, splits, split: str, workdir: Path | None, ou
             by_task.setdefault(ex.task, []).append(ex)
         examples = [ex for exs in by_task.values() for ex in exs[: cfg.eval.limit]]
     shots = list(splits.train or []) if getattr(cfg.eval, "num_fewshot", None) else None
+    if all(ex.row is not None for ex in examples):  # benchmark items: lm-eval's own tasks on their rows
+        from sparsetune.eval.lm import evaluate_benchmark_rows
+
+        return evaluate_benchmark_rows(model, tokenizer, examples, cfg.eval, fewshot_examples=shots, out_dir=out_dir)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         return evaluate_text(model, tokenizer, examples, cfg.eval, cfg.data.prompt_template, Path(tmp),
                              fewshot_examples=shots, out_dir=out_dir)
@@ -78,7 +83,7 @@ def evaluate_model(cfg, model, tokenizer, splits, split: str = "test", workdir: 
     results = _heldout(cfg, model, tokenizer, splits, split, workdir, out_dir) if heldout else {}
     if not lm_tasks:
         return results
-    if splits.kind == "vision":
+    if getattr(splits, "kind", "text") == "vision":
         from sparsetune.errors import ConfigError
 
         raise ConfigError(f"eval.tasks={lm_tasks}: lm-eval tasks need a language model; "

@@ -17,7 +17,7 @@ from sparsetune.engine.grad_checkpoint import enable_gradient_checkpointing
 from sparsetune.engine.lean_mlp import make_mlps_lean
 from sparsetune.engine.progress import console
 from sparsetune.engine.run_folder import RunFolder
-from sparsetune.engine.runtime import quiet_libraries, resolve_device, seed_everything
+from sparsetune.engine.runtime import apply_threads, quiet_libraries, resolve_device, seed_everything
 from sparsetune.errors import ConfigError
 from sparsetune.eval.suite import check_eval_tasks
 from sparsetune.methods import build_method
@@ -50,7 +50,7 @@ def check_run_environment(cfg) -> None:
 
 
 def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | None = None,
-          create_run: bool = True) -> Job:
+          create_run: bool = True, load_data: bool = True) -> Job:
     """Load data and model, apply the method, then create (or reopen, on resume) the run folder.
 
     A model the job layer builds itself (the ViT base) must exist already: callers run
@@ -62,15 +62,17 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
     In a process group (torchrun, `trainer.nproc=N`) every rank builds the same model from the same
     seed on its own device; only rank 0 creates (or reopens) the run folder, and the others get its
     path from rank 0.
+
+    `load_data=False` (an eval that asks only for lm-eval tasks) skips the data set entirely: the
+    job's splits are then empty and methods get no calibration batches.
     """
-    from sparsetune.data import build_train_dataset, load_splits
+    from sparsetune.data import Splits, build_train_dataset, load_splits
     from sparsetune.engine.offline import configure_network
     from sparsetune.models import get_arch, load_model
 
     configure_network(cfg)  # first: local runs never reach the network (Hub, datasets, W&B telemetry)
     quiet_libraries()
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    apply_threads(cfg.trainer.threads)
     seed_everything(cfg.seed)
     if create_run and not cfg.resume:
         check_run_environment(cfg)  # runs root usable before any data or model is loaded
@@ -78,12 +80,12 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
     if cfg.trainer.precision == "fp16" and not device.startswith("cuda"):
         raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (this run is on {device}); "
                           "use trainer.precision=bf16 on the CPU")
-    splits = load_splits(cfg.data)
+    splits = load_splits(cfg.data) if load_data else Splits(kind=cfg.data.kind, train=[], val=[], test=[])
     model, tokenizer = load_model(cfg.model)
     method = build_method(cfg.method)
     if method_state is not None:
         method.load_state_dict(method_state)
-    dataset, collate = build_train_dataset(splits, tokenizer, cfg.data)
+    dataset, collate = build_train_dataset(splits, tokenizer, cfg.data) if load_data else ([], None)
     bs = cfg.trainer.batch_size
     if job in ("train", "prune") and len(dataset) < bs:
         raise ConfigError(f"trainer.batch_size={bs} is larger than the {len(dataset)} training examples of "
@@ -92,7 +94,8 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
     def calibration_batches(n: int) -> list[dict]:
         return [collate([dataset[i] for i in range(b * bs, min(len(dataset), (b + 1) * bs))]) for b in range(n)]
 
-    ctx = MethodContext(arch=get_arch(model), tokenizer=tokenizer, calibration_batches=calibration_batches,
+    ctx = MethodContext(arch=get_arch(model), tokenizer=tokenizer,
+                        calibration_batches=calibration_batches if load_data else None,
                         device=device, precision=cfg.trainer.precision)
     model = method.apply(model, ctx).to(device)
     if cfg.trainer.lean_mlp:

