@@ -41,7 +41,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "commonsense"
+    name: str = "commonsense_mix"
     kind: str = "text"  # text | vision
     # text: benchmarks | jsonl | hub | gsm_symbolic | synthetic | bigbench ;
     # vision: fashion_mnist | mnist5k | digits | cifar10 | image_folder

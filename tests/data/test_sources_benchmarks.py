@@ -110,3 +110,14 @@ def test_bad_settings_are_one_line_errors():
         load_splits(_cfg(tasks=["squad"]))
     with pytest.raises(ConfigError, match="exactly one"):
         load_splits(_cfg(tasks=["gsm8k", "arc_easy"], generator="gsm_symbolic"))
+
+
+def test_formatted_items_are_cached_and_identical(splits, monkeypatch):
+    import sparsetune.data.sources.benchmarks as source
+
+    def no_formatting(*args, **kwargs):
+        raise AssertionError("items of an unchanged task must come from the cache")
+
+    monkeypatch.setattr(source, "example_from_doc", no_formatting)
+    again = load_splits(_cfg())
+    assert again.train == splits.train and again.test == splits.test and again.val == splits.val

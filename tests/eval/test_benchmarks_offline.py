@@ -61,4 +61,6 @@ def test_heldout_rows_are_scored_by_the_stock_task_on_exactly_those_rows(llama, 
     assert res["arc_easy"]["n"] == 3
     samples = [json.loads(line) for line in (tmp_path / "samples_arc_easy.jsonl").read_text().splitlines()]
     assert sorted(s["doc"]["id"] for s in samples) == sorted(table[r]["id"] for r in rows)
-    assert all(s["arguments"]["gen_args_0"]["arg_0"].startswith("Question: ") for s in samples)
+    contexts = [s["arguments"][0][0] if isinstance(s["arguments"], list) else s["arguments"]["gen_args_0"]["arg_0"]
+                for s in samples]
+    assert all(c.startswith("Question: ") for c in contexts), contexts

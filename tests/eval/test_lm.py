@@ -134,7 +134,7 @@ def test_scoring_generate_forces_generation_on_choice_items(tok, tmp_path):
     model = _scripted_llama(tok, SCRIPT)
     examples = [Example("a", "yes", "mc", ["yes", "no"], 0), Example("b", "no", "mc", ["yes", "no"], 1)]
     res = evaluate_text(model, tok, examples, EvalConfig(scoring="generate"), "alpaca", tmp_path)
-    assert res["mc"] == {"exact_match": 0.5, "n": 2.0}
+    assert res["mc"] == {"exact_match": 0.5, "n": 2.0, "exact_match_stderr": 0.5}  # sqrt(.25 / 1)
 
 
 def test_limit_caps_examples_per_task(llama, tok, tmp_path):

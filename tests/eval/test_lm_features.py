@@ -160,7 +160,7 @@ def test_lm_eval_internals_not_patched(llama, tok, tmp_path, monkeypatch, caplog
         evaluate_text(llama, tok, _mc(2), EvalConfig(), "plain", tmp_path)
     assert not calls  # the public evaluate() is used
     # off a terminal, one progress line per task goes to the log (lm-eval's bars stay captured)
-    assert "lm-eval: sparsetune_pattern (2 items, 0-shot)" in caplog.text
+    assert "lm-eval: sparsetune_pattern (test split, 2 items, 0-shot)" in caplog.text
     with pytest.raises(ConfigError, match="num_fewshot"):
         evaluate_text(llama, tok, _mc(2), EvalConfig(num_fewshot=-1), "plain", tmp_path)
     monkeypatch.undo()

@@ -19,13 +19,19 @@ holds out the real shipped items: the S²FT paper's Math10K → GSM8K protocol a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Optional
 
 from sparsetune.data.types import Example, Splits
 from sparsetune.errors import ConfigError, DataError
+from sparsetune.paths import cache_dir
 
 TEMPLATE = "none"
+FORMAT_VERSION = "1"  # bump when example_from_doc changes what it writes
 # reasoning-gym appends this to every GSM-Symbolic question; GSM8K's questions do not have it
 _RG_SUFFIX = re.compile(r"\s*Give the result as your final answer\.(?:\s*Do not include units\.)?\s*$")
 
@@ -88,12 +94,54 @@ def _generated_docs(generator: str, count: int, seed: int) -> list[dict]:
     raise DataError(f"{generator}: could only generate {len(docs)} distinct items of {count}")
 
 
-def _load_tasks(names: list[str]) -> dict[str, Any]:
+def _items_cache(folder: Path, name: str) -> Path:
+    """Where task `name`'s formatted items are kept: named by lm-eval's version, the redirect YAML
+    (whose data file is named by the rows' content) and every file of lm-eval's stock task folder,
+    so a change to any of them formats afresh. Formatting renders ~3 Jinja templates per item
+    (lm-eval compiles each anew): ~40 s for the eight commonsense tasks, once."""
+    import lm_eval
+    import yaml
+
+    spec = (folder / f"{name}.yaml").read_text(encoding="utf-8")
+    stock = Path(yaml.safe_load(spec)["include"]).parent
+    parts = [getattr(lm_eval, "__version__", "?"), FORMAT_VERSION, spec]
+    parts += [p.read_text(encoding="utf-8") for p in sorted(stock.glob("*")) if p.suffix in (".yaml", ".py", "")
+              and p.is_file()]
+    digest = hashlib.sha1("\0".join(parts).encode("utf-8")).hexdigest()[:16]
+    return cache_dir("data", "benchmark_items") / f"{name}-{digest}.jsonl"
+
+
+def _task_examples(names: list[str]) -> dict[str, list[Example]]:
+    """Every shipped item of each task as a training Example (row = its index), from the cache when
+    it holds them."""
     from sparsetune.data.benchmarks import full_split_folder, quiet_lm_eval, task_manager
 
     folder = full_split_folder(names)
+    out: dict[str, list[Example]] = {}
+    todo = []
+    for name in names:
+        path = _items_cache(folder, name)
+        if path.is_file():
+            out[name] = [Example(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()]
+        else:
+            todo.append((name, path))
+    if todo:
+        with quiet_lm_eval():
+            tasks = task_manager(str(folder)).load([n for n, _ in todo])["tasks"]
+            for name, path in todo:
+                out[name] = [example_from_doc(tasks[name], doc, i) for i, doc in enumerate(tasks[name].eval_docs)]
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text("".join(json.dumps(asdict(ex), ensure_ascii=False) + "\n" for ex in out[name]),
+                               encoding="utf-8")
+                tmp.replace(path)
+    return {name: out[name] for name in names}
+
+
+def _load_tasks(names: list[str]) -> dict[str, Any]:
+    from sparsetune.data.benchmarks import full_split_folder, quiet_lm_eval, task_manager
+
     with quiet_lm_eval():
-        return task_manager(str(folder)).load(list(names))["tasks"]
+        return task_manager(str(full_split_folder(names))).load(list(names))["tasks"]
 
 
 def load_benchmarks(data_cfg: Any) -> Splits:
@@ -109,12 +157,7 @@ def load_benchmarks(data_cfg: Any) -> Splits:
     if data_cfg.prompt_template != TEMPLATE:
         raise ConfigError(f"source=benchmarks formats items as lm-eval scores them: set "
                           f"data.prompt_template={TEMPLATE} (got {data_cfg.prompt_template})")
-    tasks = _load_tasks(names)
-    by_task: dict[str, list[Example]] = {}
-    for name in names:
-        task = tasks[name]
-        with quiet_lm_eval():
-            by_task[name] = [example_from_doc(task, doc, i) for i, doc in enumerate(task.eval_docs)]
+    by_task = _task_examples(names)
     if not data_cfg.generator:
         return make_splits(by_task, data_cfg, key=lambda ex: normalise(ex.prompt))
     # training items from the generator, held-out items from the shipped benchmark
@@ -123,7 +166,9 @@ def load_benchmarks(data_cfg: Any) -> Splits:
     name = names[0]
     train_size = 2000 if data_cfg.train_size is None else int(data_cfg.train_size)
     docs = _generated_docs(str(data_cfg.generator), train_size + int(data_cfg.val_size or 0), int(data_cfg.split_seed))
-    generated = [example_from_doc(tasks[name], doc, None) for doc in docs]
+    task = _load_tasks([name])[name]
+    with quiet_lm_eval():
+        generated = [example_from_doc(task, doc, None) for doc in docs]
     test, _ = hold_out(by_task, data_cfg, key=lambda ex: normalise(ex.prompt))
     held_keys = {normalise(ex.prompt) for ex in test}
     generated = [ex for ex in generated if normalise(ex.prompt) not in held_keys]
