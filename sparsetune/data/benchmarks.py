@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -187,7 +188,7 @@ def _parquet(rows: Any, tag: str) -> Path:
     digest = hashlib.sha1(f"{tag}\n{content}".encode()).hexdigest()[:16]
     path = folder / f"{tag}-{digest}.parquet"
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # concurrent jobs write the same file
         with quiet_lm_eval():
             rows.to_parquet(str(tmp))
         tmp.replace(path)
@@ -240,8 +241,16 @@ def write_task_folder(specs: dict[str, dict[str, Any]], groups: Optional[dict[st
     folder = cache_dir("data", "lm_eval_tasks", digest)
     for file, text in texts.items():
         if not (folder / file).exists():
-            (folder / file).write_text(text, encoding="utf-8")
+            write_atomic(folder / file, text)
     return folder
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write through a per-process temporary name: two jobs filling the same cache never leave a
+    half-written file for a third to read."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def full_split_folder(names: list[str]) -> Path:

@@ -83,6 +83,8 @@ def quiet() -> Iterator[None]:
         else:
             with redirect_stderr(captured):
                 yield
+    except UserError:  # already one line that says what is wrong: no library log dump above it
+        raise
     except BaseException:
         sys.stderr.write(captured.getvalue())
         raise
@@ -151,6 +153,7 @@ def _run(model: Any, tokenizer: Any, tasks: list[str], task_manager: Any, eval_c
     figures are exactly those simple_evaluate gave), loading tasks through the TaskManager, and
     applying num_fewshot. Skipped: the results' "config" / env / git decorations, which nothing reads.
     """
+    import jinja2
     import numpy as np
     import torch
     from lm_eval import evaluate
@@ -166,11 +169,38 @@ def _run(model: Any, tokenizer: Any, tasks: list[str], task_manager: Any, eval_c
         random.seed(_RANDOM_SEED)
         np.random.seed(_OTHER_SEED)
         torch.manual_seed(_OTHER_SEED)
-        loaded = task_manager.load(list(tasks))
+        loaded = load_tasks(task_manager, list(tasks))
         _prepare_tasks(loaded, num_fewshot(eval_cfg), eval_cfg.limit)
-        out = evaluate(lm=lm, task_dict=loaded, limit=eval_cfg.limit,
-                       bootstrap_iters=int(eval_cfg.bootstrap_iters), log_samples=log_samples)
+        try:
+            out = evaluate(lm=lm, task_dict=loaded, limit=eval_cfg.limit,
+                           bootstrap_iters=int(eval_cfg.bootstrap_iters), log_samples=log_samples)
+        except jinja2.TemplateError as exc:  # a user task's prompt template
+            raise UserError(f"lm-eval task(s) {', '.join(tasks)}: bad template ({_reason(exc)})") from exc
     return dict(out or {})
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:200]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def load_tasks(task_manager: Any, names: list[str]) -> dict[str, Any]:
+    """lm-eval's task objects (their data is read here). A task that cannot be built (a split its YAML
+    names is missing from its data, an unreadable file, a bad field) is one line naming that task;
+    network failures go up unchanged for the caller's Hub message."""
+    try:
+        return task_manager.load(names)
+    except Exception as exc:  # noqa: BLE001 - lm-eval and datasets raise many types here
+        if _is_network_error(exc):
+            raise
+        failing = names
+        for name in names if len(names) > 1 else []:
+            try:
+                task_manager.load([name])
+            except Exception:  # noqa: BLE001
+                failing = [name]
+                break
+        raise UserError(f"lm-eval task {', '.join(failing)} could not be loaded: {_reason(exc)}") from None
 
 
 def _file_stem(name: str) -> str:
@@ -240,7 +270,8 @@ def with_average(results: dict[str, dict[str, float]]) -> dict[str, dict[str, fl
         return results
     results = {k: with_stderr(dict(v)) for k, v in results.items()}
     avg: dict[str, float] = {}
-    names = sorted({m for r in results.values() for m in r if m != "n" and not m.endswith("_stderr")})
+    names = sorted({m for r in results.values() for m, v in r.items()
+                    if m != "n" and not m.endswith("_stderr") and isinstance(v, (int, float))})
     for name in names:
         vals = [r[name] for r in results.values() if name in r]
         avg[name] = sum(vals) / len(vals)
@@ -409,10 +440,14 @@ def _named_results(out: dict[str, Any], task_names: list[str]) -> dict[str, dict
     ai2_arc) brings in every task lm-eval scored."""
     entries = out.get("results", {})
     names = task_names if all(n in entries for n in task_names) else list(entries)
-    results = {name: _metrics(entries[name]) for name in names if name in entries}
+    results: dict[str, dict[str, Any]] = {name: _metrics(entries[name]) for name in names if name in entries}
     for name, counts in out.get("n-samples", {}).items():
         if name in results and counts.get("effective") is not None:
             results[name]["n"] = float(counts["effective"])
+    for name, config in (out.get("configs") or {}).items():
+        split = config.get("test_split") or config.get("validation_split") if isinstance(config, dict) else None
+        if name in results and split:
+            results[name]["split"] = str(split)  # which split was scored: tables and summary.json say it
     return with_average(results)
 
 

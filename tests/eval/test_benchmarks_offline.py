@@ -38,7 +38,8 @@ def test_standard_names_run_offline_on_the_shipped_split(llama, tok):
     res = evaluate_lm_tasks(llama, tok, ["arc_easy", "piqa"], EvalConfig(limit=3, batch_size=8))
     assert res["arc_easy"]["n"] == 3 and res["piqa"]["n"] == 3
     assert 0 <= res["arc_easy"]["acc"] <= 1 and "acc_norm" in res["piqa"] and "acc_stderr" in res["piqa"]
-    assert res["average"]["n"] == 6
+    assert res["average"]["n"] == 6 and "split" not in res["average"]
+    assert res["arc_easy"]["split"] == "validation" == res["piqa"]["split"]  # what ships is what is scored
 
 
 def test_groups_and_suites_resolve_offline():
@@ -58,9 +59,27 @@ def test_heldout_rows_are_scored_by_the_stock_task_on_exactly_those_rows(llama, 
     examples = [Example(prompt="unused", answer="unused", task="arc_easy", row=r) for r in rows]
     res = evaluate_benchmark_rows(llama, tok, examples, EvalConfig(log_samples=True, batch_size=8),
                                   out_dir=tmp_path)
-    assert res["arc_easy"]["n"] == 3
+    assert res["arc_easy"]["n"] == 3 and res["arc_easy"]["split"] == "validation"
     samples = [json.loads(line) for line in (tmp_path / "samples_arc_easy.jsonl").read_text().splitlines()]
     assert sorted(s["doc"]["id"] for s in samples) == sorted(table[r]["id"] for r in rows)
     contexts = [s["arguments"][0][0] if isinstance(s["arguments"], list) else s["arguments"]["gen_args_0"]["arg_0"]
                 for s in samples]
     assert all(c.startswith("Question: ") for c in contexts), contexts
+
+
+def test_a_user_task_whose_data_lacks_a_split_is_one_line(llama, tok, tmp_path):
+    # a new user's folder: lm-eval's stock piqa, data redirected to a file with a validation split only,
+    # but the stock training_split (train) left in place
+    import lm_eval
+
+    rows = tmp_path / "piqa_val.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in shipped_rows("piqa").select(range(4))))
+    stock = f"{lm_eval.__path__[0]}/tasks/piqa/piqa.yaml"
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "my_piqa.yaml").write_text(yaml.safe_dump({
+        "include": stock, "task": "my_piqa", "dataset_path": "json", "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"validation": str(rows)}}}))
+    cfg = EvalConfig(tasks=["my_piqa"], include_path=str(tmp_path / "tasks"))
+    with pytest.raises(UserError, match="lm-eval task my_piqa could not be loaded: KeyError") as info:
+        evaluate_lm_tasks(llama, tok, ["my_piqa"], cfg)
+    assert "\n" not in str(info.value)

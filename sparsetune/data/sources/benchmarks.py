@@ -114,7 +114,7 @@ def _items_cache(folder: Path, name: str) -> Path:
 def _task_examples(names: list[str]) -> dict[str, list[Example]]:
     """Every shipped item of each task as a training Example (row = its index), from the cache when
     it holds them."""
-    from sparsetune.data.benchmarks import full_split_folder, quiet_lm_eval, task_manager
+    from sparsetune.data.benchmarks import full_split_folder, quiet_lm_eval, task_manager, write_atomic
 
     folder = full_split_folder(names)
     out: dict[str, list[Example]] = {}
@@ -130,10 +130,7 @@ def _task_examples(names: list[str]) -> dict[str, list[Example]]:
             tasks = task_manager(str(folder)).load([n for n, _ in todo])["tasks"]
             for name, path in todo:
                 out[name] = [example_from_doc(tasks[name], doc, i) for i, doc in enumerate(tasks[name].eval_docs)]
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text("".join(json.dumps(asdict(ex), ensure_ascii=False) + "\n" for ex in out[name]),
-                               encoding="utf-8")
-                tmp.replace(path)
+                write_atomic(path, "".join(json.dumps(asdict(ex), ensure_ascii=False) + "\n" for ex in out[name]))
     return {name: out[name] for name in names}
 
 
