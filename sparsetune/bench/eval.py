@@ -5,9 +5,8 @@ Variants `lm_eval_cli` (the baseline: `lm_eval --model hf --model_args pretraine
 method=full eval.tasks=[piqa]`), each a whole command in its own process, rounds interleaved, on the
 same model folder (the converted SmolLM2-135M), task definition, items, batch size and threads:
 - `wall_s`: the command's wall time (start-up, model load, scoring): what a user waits for;
-- `acc`, `acc_norm`: must be equal; `scores_equal` says whether they are.
-Settings: `--quick` scores 20 items; else 200 (`bench.limit=N` is not a key: pass e.g.
-`trainer.threads=1` to pin threads, default 2).
+- `acc`, `acc_norm`: must be equal (`acc_norm_vs_lm_eval_cli` 1.00×).
+`--quick` scores 20 items, else 200; both commands get `trainer.threads` threads (default 2).
 """
 
 from __future__ import annotations
