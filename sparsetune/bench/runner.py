@@ -188,13 +188,13 @@ def run_block(setting: Setting, variants: list[Variant], baseline: str, ratio_me
 def run_benchmark(name: str, quick: bool = False, out: str | None = None, overrides: list[str] | None = None,
                   timeout: int = 1800, rounds: int | None = None,
                   run_variant: RunVariant | None = None) -> dict[str, Any]:
-    from sparsetune.bench import benchmark_module
+    from sparsetune.bench.registry import build_benchmark
     from sparsetune.errors import UserError
 
     rounds = DEFAULT_ROUNDS if rounds is None else rounds
     if rounds < 1:
         raise UserError(f"--rounds must be at least 1, got {rounds}")
-    bench: Benchmark = benchmark_module(name).benchmark(quick=quick, overrides=list(overrides or []))
+    bench: Benchmark = build_benchmark(name, quick=quick, overrides=list(overrides or []))
     # one block per setting: blocks.<setting>.variants.<variant>.<metric>, with the setting's parameters
     results: dict[str, Any] = {"benchmark": name, "quick": quick, "n_rounds": rounds, "device": device_info(),
                                "blocks": {}}

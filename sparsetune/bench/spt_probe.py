@@ -84,10 +84,10 @@ def _job(overrides: list[str], run_dir: str | None):
         return setup(cfg, overrides, create_run=False)
     from sparsetune.engine.run_folder import RunFolder
     from sparsetune.jobs.config import load_run_config
-    from sparsetune.jobs.evaluate import _apply_overrides, from_checkpoint
+    from sparsetune.jobs.evaluate import apply_eval_overrides, from_checkpoint
 
     run = RunFolder.open(run_dir)
-    job, _ = from_checkpoint(_apply_overrides(load_run_config(run), overrides), run)
+    job, _ = from_checkpoint(apply_eval_overrides(load_run_config(run), overrides), run)
     if job is None:
         raise SystemExit(f"spt_probe: {run_dir} has no checkpoint")
     return job

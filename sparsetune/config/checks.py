@@ -14,15 +14,23 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from sparsetune.errors import ConfigError
 
-# learning-rate schedules the engine knows (sparsetune/engine/optim.py); extend when it learns more
-SCHEDULES: tuple[str, ...] = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts",
-                               "polynomial", "inverse_sqrt")
+# trainer.schedule -> the transformers SchedulerType the engine builds (engine/optim.py). Only schedules
+# that need nothing beyond (optimizer, warm-up, total steps) are offered.
+SCHEDULES: dict[str, str] = {
+    "linear": "linear",
+    "cosine": "cosine",
+    "constant": "constant_with_warmup",
+    "constant_with_warmup": "constant_with_warmup",
+    "cosine_with_restarts": "cosine_with_restarts",  # transformers' default: one cycle (= cosine)
+    "polynomial": "polynomial",  # power 1, down to lr_end=1e-7 (transformers' defaults)
+    "inverse_sqrt": "inverse_sqrt",  # lr * sqrt(warmup / step) after warm-up
+}
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "cuda:N", "mps")
 STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
@@ -92,7 +100,7 @@ def _int_at_least(lo: int) -> Callable[[Any], bool]:
     return lambda v: _is_number(v) and float(v).is_integer() and v >= lo
 
 
-def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+def _one_of(key: str, value: Any, allowed: Iterable[str]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}: {value!r} is not valid; valid: {', '.join(allowed)}")
 
@@ -100,6 +108,14 @@ def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 def _need(key: str, value: Any, ok: bool, valid: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {value!r} is not valid; {valid}")
+
+
+def check_precision(precision: str, device: str) -> None:
+    """The one fp16 guard: fp16 autocast with a GradScaler exists only on CUDA. The config check
+    calls it for an explicit device, the job once `auto` is resolved, the loop for direct users."""
+    if precision == "fp16" and not str(device).startswith("cuda"):
+        raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (this run is on {device}); "
+                          "use trainer.precision=bf16 on the CPU")
 
 
 def check_values(cfg) -> None:
@@ -146,9 +162,8 @@ def check_values(cfg) -> None:
     v = g(t + "strategy")
     if v is not None:
         _one_of(t + "strategy", v, STRATEGIES)
-    if g(t + "precision") == "fp16" and str(g(t + "device")) in ("cpu", "mps"):
-        raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (trainer.device={g(t + 'device')}); "
-                          "use trainer.precision=bf16 on the CPU")
+    if str(g(t + "device")) in ("cpu", "mps"):
+        check_precision(g(t + "precision"), str(g(t + "device")))
 
     for key in ("seed", "data.split_seed"):
         v = g(key)

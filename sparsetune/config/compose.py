@@ -267,6 +267,8 @@ def validate(cfg, recipe: str | None = None, method_schema: MethodSchemas | None
     from sparsetune.config.checks import check_config
 
     check_config(typed)  # resolve every interpolation, then ranges/enums: one line per problem
+    if method_schema is not None:
+        schema.check(typed.method)  # the method's own rules, before anything loads
     return typed
 
 

@@ -16,6 +16,12 @@ class MethodConfig:
 
     name: str = "full"
 
+    @staticmethod
+    def check(cfg) -> None:
+        """Ranges and enums of the method's knobs on the composed `method` node, one ConfigError line
+        each. Compose calls it, so a bad `method.*` value (a sweep point's too) fails before any model
+        or data loads; a method with such rules overrides it."""
+
 
 @dataclass
 class ModelConfig:

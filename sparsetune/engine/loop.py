@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from sparsetune.config.checks import check_precision
 from sparsetune.engine import distributed as dist
 from sparsetune.engine.checkpoint import (
     CheckpointError,
@@ -25,7 +26,7 @@ from sparsetune.engine.checkpoint import (
     set_rng_state,
 )
 from sparsetune.engine.measure import peak_memory_mb
-from sparsetune.errors import ConfigError, TrainingDivergedError
+from sparsetune.errors import TrainingDivergedError
 
 
 @dataclass
@@ -178,9 +179,8 @@ class TrainLoop:
         self.state = stream.state
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.scaler = None
+        check_precision(tcfg.precision, str(torch.device(device)))
         if tcfg.precision == "fp16":
-            if torch.device(device).type != "cuda":
-                raise ConfigError("trainer.precision=fp16 needs a CUDA device; use trainer.precision=bf16 on the CPU")
             if self.sharded:
                 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 

@@ -15,19 +15,8 @@ import math
 
 import torch
 
+from sparsetune.config.checks import SCHEDULES
 from sparsetune.errors import ConfigError
-
-# trainer.schedule -> transformers SchedulerType name. Only schedules that need nothing beyond
-# (optimizer, warm-up, total steps) are offered.
-SCHEDULES = {
-    "linear": "linear",
-    "cosine": "cosine",
-    "constant": "constant_with_warmup",
-    "constant_with_warmup": "constant_with_warmup",
-    "cosine_with_restarts": "cosine_with_restarts",  # transformers' default: one cycle (= cosine)
-    "polynomial": "polynomial",  # power 1, down to lr_end=1e-7 (transformers' defaults)
-    "inverse_sqrt": "inverse_sqrt",  # lr * sqrt(warmup / step) after warm-up
-}
 
 
 def build_optimizer(method, model, tcfg) -> torch.optim.Optimizer:

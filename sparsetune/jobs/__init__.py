@@ -1,5 +1,6 @@
-"""Jobs: assemble the engine and a method for one command (train, prune, forget, eval, bench) and
-write the run folder. The CLI calls `run_job`; nothing below this layer imports it."""
+"""Jobs: assemble the engine and a method for one command (train, prune, forget, eval, export, sweeps)
+and write the run folder; benchmarks live beside them in `sparsetune.bench`. The CLI calls `run_job`;
+nothing below this layer imports it."""
 
 from __future__ import annotations
 

@@ -66,6 +66,7 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
     `load_data=False` (an eval that asks only for lm-eval tasks) skips the data set entirely: the
     job's splits are then empty and methods get no calibration batches.
     """
+    from sparsetune.config.checks import check_precision
     from sparsetune.data import Splits, build_train_dataset, load_splits
     from sparsetune.engine.offline import configure_network
     from sparsetune.models import get_arch, load_model
@@ -77,9 +78,7 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
     if create_run and not cfg.resume:
         check_run_environment(cfg)  # runs root usable before any data or model is loaded
     device = dist.init(resolve_device(cfg.trainer.device))  # joins the launcher's group, if any
-    if cfg.trainer.precision == "fp16" and not device.startswith("cuda"):
-        raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (this run is on {device}); "
-                          "use trainer.precision=bf16 on the CPU")
+    check_precision(cfg.trainer.precision, device)
     splits = load_splits(cfg.data) if load_data else Splits(kind=cfg.data.kind, train=[], val=[], test=[])
     model, tokenizer = load_model(cfg.model)
     method = build_method(cfg.method)

@@ -14,7 +14,7 @@ from sparsetune.jobs.common import show_method_output
 from sparsetune.methods.base import Method
 
 
-def _apply_overrides(cfg, overrides: list[str]):
+def apply_eval_overrides(cfg, overrides: list[str]):
     """Only eval-time settings may change when re-evaluating a run (eval.*, trainer.device/threads)."""
     from omegaconf import OmegaConf
 
@@ -39,7 +39,7 @@ def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     from sparsetune.jobs.vision_base import ensure_vision_base
 
     run = RunFolder.open(run_dir)
-    cfg = _apply_overrides(load_run_config(run), overrides)
+    cfg = apply_eval_overrides(load_run_config(run), overrides)
     configure_network(cfg)  # the export path below does not go through setup()
     ensure_vision_base(cfg.model)
     model, tokenizer, splits, source, method = _from_export(cfg, run)

@@ -22,29 +22,20 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sparsetune.errors import UserError
+from sparsetune.methods import method_class
 
 FORMATS = ("merged", "adapter", "peft")
-PEFT_METHODS = ("lora", "dora")
-# methods whose `export/` is a stock HF folder already (merged = that folder as it is)
-STOCK_EXPORTS = ("full", "pat", "prune_lora", "gslora", "gslora_pp", "gslora_nogs", "gslora_full",
-                 "gslora_retrain", "evit")
-SPT_NOTE = ("SPT's sparse attention (PQ top-L key selection) and routed FFN have no stock Hugging Face "
-            "equivalent and are dropped: this folder is the SPT model run dense (LoRA merged), i.e. "
-            "`method.sparse_eval=false`. The sparse model is the `adapter` format (`sparsetune eval run=...`).")
 
 
 def refusal(method: str, fmt: str) -> str | None:
-    """The one-line reason a method cannot be exported in a format, or None."""
+    """The one-line reason a method cannot be exported in a format, or None (the method's own facts:
+    Method.peft_adapter, no_peft_reason)."""
     if fmt not in FORMATS:
         return f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'"
-    if fmt == "peft" and method not in PEFT_METHODS:
-        why = {"s2ft": "its update is a set of dense row/column slices (no low-rank factors)",
-               "spt": "its sparse attention and routed FFN are not PEFT modules"}.get(
-            method, "its export is a full model, not an adapter")
-        return (f"--format peft: PEFT cannot express method '{method}' ({why}); "
+    cls = method_class(method)
+    if fmt == "peft" and not cls.peft_adapter:
+        return (f"--format peft: PEFT cannot express method '{method}' ({cls.no_peft_reason}); "
                 f"use --format merged or --format adapter")
     return None
 
@@ -86,25 +77,16 @@ def export_run(run_dir: str, fmt: str, out: str | None = None, command: str | No
 # ------------------------------------------------------------------ writers
 def _write(fmt: str, cfg, run, path: Path) -> list[str]:
     """Write the folder; returns notes for the model card."""
-    method = cfg.method.name
-    if fmt in ("adapter", "peft") or method in STOCK_EXPORTS:
+    cls = method_class(cfg.method.name)
+    notes = [cls.merged_note] if fmt == "merged" and cls.merged_note else []
+    if fmt in ("adapter", "peft") or cls.stock_export:
         _copy_run_export(cfg, run, path)
         if fmt == "peft" and not (path / "adapter_config.json").exists():
             raise UserError(f"{run.export} is not a PEFT adapter folder (no adapter_config.json)")
-        if method == "evit" and fmt == "merged":
-            return ["Plain `from_pretrained` gives the stock ViT (all tokens kept); EViT's token "
-                    "reorganisation is re-applied by sparsetune from `evit.json`."]
-        return []
+        return notes
     meth, model, tokenizer = _training_model(cfg, run)
     model.eval()
-    if method == "spt":
-        _spt_dense(meth, model).save_pretrained(path)
-        notes = [SPT_NOTE]
-    elif hasattr(meth, "export_merged"):
-        meth.export_merged(model, path)
-        notes = []
-    else:  # pragma: no cover - every method is listed above
-        raise UserError(f"--format merged is not available for method '{method}'")
+    meth.export_merged(model, path)
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(path)
     return notes
@@ -148,42 +130,14 @@ def _training_model(cfg, run, allow_export: bool = True):
     raise UserError(f"run has no checkpoint or loadable export to rebuild its model from: {run.path}")
 
 
-@torch.no_grad()
-def _spt_dense(method, model: torch.nn.Module) -> torch.nn.Module:
-    """In place: SPT's LoRA merged into each linear, its attention and FFN wrappers replaced by the
-    stock modules they wrap (the dense model; codebooks and routers are dropped)."""
-    from sparsetune.methods.spt.attention import SPTAttention
-    from sparsetune.methods.spt.ffn import LoRALinear, RoutedMLP
-
-    hook = getattr(method, "_hook", None)
-    if hook is not None:
-        hook.remove()
-        method._hook = None
-
-    def replace(kind, inner):
-        for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]:
-            parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, leaf, inner(module))
-
-    def merged(lin: LoRALinear) -> torch.nn.Module:
-        lin.base.weight.copy_(lin.merged_weight())
-        return lin.base
-
-    replace(LoRALinear, merged)  # innermost first: the wrappers' paths are still valid
-    replace(SPTAttention, lambda m: m.attn)
-    replace(RoutedMLP, lambda m: m.mlp)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
 # ------------------------------------------------------------------ model card
 def _how_to_load(fmt: str, method: str, task: str) -> str:
     auto = "AutoModelForImageClassification" if task == "image_classification" else "AutoModelForCausalLM"
-    if fmt == "peft" or (fmt == "adapter" and method in PEFT_METHODS):
+    cls = method_class(method)
+    if fmt == "peft" or (fmt == "adapter" and cls.peft_adapter):
         return (f"```python\nfrom peft import PeftModel\nfrom transformers import {auto}\n\n"
                 f"base = {auto}.from_pretrained(BASE_MODEL)\nmodel = PeftModel.from_pretrained(base, \"THIS_FOLDER\")\n```")
-    if fmt == "merged" or method in STOCK_EXPORTS:
+    if fmt == "merged" or cls.stock_export:
         return f"```python\nfrom transformers import {auto}\n\nmodel = {auto}.from_pretrained(\"THIS_FOLDER\")\n```"
     return ("sparsetune's own format: `sparsetune eval run=RUN_DIR` loads it on a fresh stock base "
             f"(`{method}`'s `load_export`).")
@@ -212,7 +166,7 @@ def write_model_card(path: Path, cfg, run, fmt: str, command: str, notes: list[s
     summary = run.read_summary()
     overrides = (run.path / "overrides.txt")
     made_by = overrides.read_text().strip() if overrides.exists() else ""
-    library = "peft" if fmt == "peft" or (fmt == "adapter" and method in PEFT_METHODS) else "transformers"
+    library = "peft" if fmt == "peft" or (fmt == "adapter" and method_class(method).peft_adapter) else "transformers"
     own = (path / "README.md").read_text().strip() if (path / "README.md").exists() else ""
     rows = _metric_rows(summary)
     lines = [

@@ -22,14 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from sparsetune.errors import ConfigError, UserError
+from sparsetune.methods import REGISTRY, method_class
 
-# FSDP2 shards whole blocks; these methods keep stock modules (or PEFT's) inside the blocks and restore
-# from full state. S²FT / SPT / EViT replace modules with custom autograd paths: use DDP for them.
-FSDP_METHODS = ("full", "lora", "dora", "pat")
-# methods whose trainable parameters can miss a step's graph, so DDP must look for unused ones (it
-# costs a graph walk per forward, so only these); tests/engine/test_distributed.py checks the rest
-# train under DDP without it
-FIND_UNUSED = ("pat", "spt")
 # the file through which rank 0 tells the parent its run folder
 RESULT_ENV = "SPARSETUNE_LAUNCH_RESULT"
 
@@ -44,8 +38,9 @@ def check_distributed(cfg, job: str) -> None:
 
     t = cfg.trainer
     world = env_world().size if os.environ.get("WORLD_SIZE") else int(t.nproc)
-    if t.strategy == "fsdp" and cfg.method.name not in FSDP_METHODS:
-        raise ConfigError(f"trainer.strategy=fsdp supports methods {', '.join(FSDP_METHODS)}; "
+    if t.strategy not in method_class(cfg.method.name).strategies:  # a fact of the method (Method.strategies)
+        able = [n for n in REGISTRY if t.strategy in method_class(n).strategies]
+        raise ConfigError(f"trainer.strategy={t.strategy} supports methods {', '.join(able)}; "
                           f"use trainer.strategy=ddp for {cfg.method.name}")
     if t.strategy == "fsdp" and t.eval_every:
         raise ConfigError("trainer.strategy=fsdp evaluates only at the end (the sharded model is gathered "

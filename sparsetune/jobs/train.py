@@ -58,14 +58,12 @@ def run_train(cfg, overrides: list[str], job: str = "train") -> dict[str, Any]:
 def _step_module(job: Job, loss_fn):
     """The loss module the loop calls: plain in one process; DDP-wrapped or FSDP2-sharded in a group.
     FSDP shards before the optimiser exists (it replaces parameters with sharded ones)."""
-    from sparsetune.jobs.launch import FIND_UNUSED
-
     module = LossStep(job.model, loss_fn, job.method)
     if not dist.active():
         return module
     if job.cfg.trainer.strategy == "fsdp":
         return dist.shard_fsdp(module, [b.module for b in job.ctx.arch.blocks])
-    return dist.wrap_ddp(module, job.device, find_unused=job.cfg.method.name in FIND_UNUSED)
+    return dist.wrap_ddp(module, job.device, find_unused=job.method.ddp_find_unused)
 
 
 def _gathered_job(job: Job, overrides: list[str]) -> Job:

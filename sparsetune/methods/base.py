@@ -74,6 +74,12 @@ class Method:
     config_class: type[MethodConfig] = MethodConfig
     # which jobs the method serves: "train", "prune" (exports a physically smaller model), "forget"
     jobs: tuple[str, ...] = ("train",)
+    # multi-process training: FSDP2 shards whole blocks, so only methods that keep stock (or PEFT)
+    # modules inside them and restore from full state list "fsdp"; custom autograd paths use DDP
+    strategies: tuple[str, ...] = ("ddp",)
+    # whether a step's graph can miss some trainable parameters, so DDP must look for unused ones
+    # (a graph walk per forward: only where needed; tests/engine/test_distributed.py checks the rest)
+    ddp_find_unused: bool = False
 
     def __init__(self, cfg: MethodConfig):
         self.cfg = cfg
@@ -125,6 +131,24 @@ class Method:
         path.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(path)
         return path
+
+    # what `sparsetune export` offers (jobs/export.py reads these; it knows no method by name):
+    # stock_export: `export()` writes a stock HF folder (the default does), so --format merged is
+    # that folder as it is; otherwise `export_merged` makes one from the trained model
+    stock_export: bool = True
+    # the `adapter` format is a PEFT adapter folder, so --format peft is offered too
+    peft_adapter: bool = False
+    # why PEFT cannot express the method (the refusal of --format peft says it)
+    no_peft_reason: str = "its export is a full model, not an adapter"
+    # what a user of the merged folder should know (the model card prints it)
+    merged_note: str = ""
+
+    def export_merged(self, model: torch.nn.Module, path: Path) -> Path:
+        """A stock Hugging Face folder of the trained model (a method whose `export()` writes its own
+        format overrides this)."""
+        from sparsetune.errors import UserError
+
+        raise UserError(f"--format merged is not available for method '{self.cfg.name}'; use --format adapter")
 
     def load_export(self, model: torch.nn.Module, path: Path) -> torch.nn.Module | None:
         """Put an exported artefact onto a freshly loaded stock base model (what a user would do),

@@ -6,6 +6,7 @@ from sparsetune.methods.base import Method, MethodConfig
 
 
 class FullFineTune(Method):
+    strategies = ("ddp", "fsdp")
     config_class = MethodConfig
 
     def apply(self, model, ctx):

@@ -35,6 +35,9 @@ def resolve_targets(arch, targets: list[str]) -> list[str]:
 
 
 class LoRA(Method):
+    strategies = ("ddp", "fsdp")
+    stock_export = False  # export/ is a PEFT adapter folder; merged = PEFT's merge_and_unload
+    peft_adapter = True
     config_class = LoRAConfig
     use_dora = False
 

@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from sparsetune.bench import benchmark_module, run_benchmark
+from sparsetune.bench import build_benchmark, run_benchmark
 from sparsetune.jobs.config import compose_job as compose
 
 QUICK = {"batch": 2, "seq": 16, "new_tokens": 4, "warmup": 0, "iters": 1, "gen_iters": 1}
 
 
 def test_variants_are_dense_and_three_pat_ratios():
-    bench = benchmark_module("pat").benchmark(quick=True, overrides=["trainer.threads=1"])
+    bench = build_benchmark("pat", quick=True, overrides=["trainer.threads=1"])
     assert [v.name for v in bench.variants] == ["dense", "pruned_20", "pruned_25", "pruned_30"]
     assert bench.baseline == "dense"
     for metric in ("prefill_time_s", "prefill_cpu_s", "prefill_tokens_per_s", "decode_tokens_per_s", "params", "peak_memory_mb"):
@@ -23,7 +23,7 @@ def test_variants_are_dense_and_three_pat_ratios():
         cfg = compose(variant.overrides)
         assert cfg.method.name == "pat" and cfg.method.prune_ratio == ratio and cfg.model.name == "tiny_llama"
     assert compose(bench.variants[0].overrides).trainer.threads == 1
-    full = benchmark_module("pat").benchmark(quick=False, overrides=[])
+    full = build_benchmark("pat", quick=False, overrides=[])
     assert full.settings[0].params["batch"] == 8 and full.settings[0].params["seq"] == 128
     assert full.settings[0].params["new_tokens"] == 64
     assert compose(full.variants[2].overrides).model.name == "smollm2_135m"

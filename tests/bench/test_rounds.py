@@ -10,8 +10,7 @@ import types
 import pytest
 from typer.testing import CliRunner
 
-from sparsetune import bench as bench_pkg
-from sparsetune.bench import list_benchmarks, run_benchmark
+from sparsetune.bench import list_benchmarks, registry, run_benchmark
 from sparsetune.bench.runner import Benchmark, Setting, Variant, format_ratio, median_metrics, ratio_stats
 from sparsetune.cli import app
 
@@ -30,7 +29,7 @@ def fake_bench(monkeypatch):
 
     mod.benchmark = benchmark
     monkeypatch.setitem(sys.modules, "fake_bench_module", mod)
-    monkeypatch.setitem(bench_pkg.BENCHMARKS, "fake", "fake_bench_module")
+    monkeypatch.setitem(registry.BENCHMARKS, "fake", "fake_bench_module")
     calls: list[str] = []
 
     def run_variant(variant, setting, timeout):
@@ -100,7 +99,7 @@ def test_rounds_must_be_positive(fake_bench):
 
 def test_bench_list_and_missing_name():
     names = [n for n, _ in list_benchmarks()]
-    assert names == sorted(bench_pkg.BENCHMARKS)
+    assert names == sorted(registry.BENCHMARKS) and "spt_model" in names
     assert all(desc and "\n" not in desc for _, desc in list_benchmarks())
     result = CliRunner().invoke(app, ["bench", "--list"])
     assert result.exit_code == 0, result.output

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from sparsetune.bench import benchmark_module
+from sparsetune.bench import build_benchmark
 from sparsetune.bench.spt import measure_block, measure_model, saved_mb
 from sparsetune.jobs.config import compose_job as compose
 
@@ -21,7 +21,7 @@ def _threads():
 
 
 def test_block_benchmark_has_the_issue_shape_and_four_variants():
-    bench = benchmark_module("spt").benchmark(quick=False, overrides=["trainer.threads=1"])
+    bench = build_benchmark("spt", quick=False, overrides=["trainer.threads=1"])
     assert [v.name for v in bench.variants] == ["full", "lora_eager", "lora_sdpa", "spt"]
     assert bench.baseline == "lora_eager" and ("spt", "lora_sdpa") in bench.extra_ratios
     assert [s.params["seq"] for s in bench.settings] == [512, 1024]
@@ -35,7 +35,7 @@ def test_block_benchmark_has_the_issue_shape_and_four_variants():
 
 
 def test_model_benchmark_is_whole_smollm2_at_1024():
-    bench = benchmark_module("spt_model").benchmark(quick=False, overrides=[])
+    bench = build_benchmark("spt_model", quick=False, overrides=[])
     assert [v.name for v in bench.variants] == ["lora_sdpa", "lora_eager", "spt"] and bench.baseline == "lora_sdpa"
     (setting,) = bench.settings
     assert setting.params["seq"] == 1024 and setting.params["batch"] == 1

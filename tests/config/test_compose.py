@@ -50,3 +50,17 @@ def test_every_recipe_composes_and_describes_itself():
     assert names and all(desc for _, desc in names)
     for name, _ in names:
         assert compose([f"recipe={name}"]).recipe == name
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["method=s2ft", "method.selection=bogus"], "method.selection"),
+    (["method=pat", "method.prune_ratio=1.5"], "prune_ratio"),
+    (["method=spt", "method.ffn_gate=bogus"], "ffn_gate"),
+    (["method=evit", "method.keep_rate=0"], "keep_rate"),
+    (["method=prune_lora", "method.importance=bogus"], "method.importance"),
+])
+def test_method_values_fail_at_compose_time(overrides, message):
+    from sparsetune.jobs.config import compose_job
+
+    with pytest.raises(ConfigError, match=message):
+        compose_job(overrides)  # before any model, data or method object exists

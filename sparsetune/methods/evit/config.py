@@ -33,6 +33,10 @@ class EViTConfig(MethodConfig):
     # keep rates `sparsetune eval` scores one by one when eval.points is not given ([] = just keep_rate)
     eval_keep_rates: list[float] = field(default_factory=list)
 
+    @staticmethod
+    def check(cfg) -> None:
+        check_config(cfg)
+
 
 def check_keep_rate(value: float, where: str) -> float:
     value = float(value)

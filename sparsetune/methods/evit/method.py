@@ -33,6 +33,8 @@ def cosine_keep_rate(progress: float, target: float, start: float, end: float) -
 
 class EViT(Method):
     """Token reorganisation (arXiv 2202.07800) on stock HF ViT/DeiT classifiers."""
+    merged_note = ("Plain `from_pretrained` gives the stock ViT (all tokens kept); EViT's token "
+                   "reorganisation is re-applied by sparsetune from `evit.json`.")
 
     config_class = EViTConfig
 

@@ -54,6 +54,10 @@ class PruneLoRAConfig(MethodConfig):
     lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"])
     baseline_run: Optional[str] = None  # an unpruned run recorded next to this one (see PAT)
 
+    @staticmethod
+    def check(cfg) -> None:
+        check_config(cfg)
+
 
 def check_config(cfg) -> None:
     if cfg.importance not in KINDS:

@@ -55,6 +55,10 @@ class PATConfig(MethodConfig):
     # recorded next to this run's in summary.json as `baseline` (the paper's LoRA-without-pruning column)
     baseline_run: Optional[str] = None
 
+    @staticmethod
+    def check(cfg) -> None:
+        check_config(cfg)
+
 
 def check_config(cfg) -> None:
     """One readable line per bad value (OmegaConf only checks types)."""

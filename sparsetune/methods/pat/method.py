@@ -36,6 +36,8 @@ from .merge import (
 
 class PAT(Method):
     """Hybrid sparsification modules + a shared trainable hidden-channel mask, then physical pruning."""
+    strategies = ("ddp", "fsdp")
+    ddp_find_unused = True  # the shared mask can miss a step's graph (docs/scale-out.md)
 
     config_class = PATConfig
     jobs = ("prune",)

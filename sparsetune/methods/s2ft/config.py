@@ -43,6 +43,10 @@ class S2FTConfig(MethodConfig):
     stop_at_lowest_trained_layer: bool = False
     optimizer_dtype: str = "float32"  # dtype of the trainable slices (master weights and optimizer state)
 
+    @staticmethod
+    def check(cfg) -> None:
+        check_config(cfg)
+
 
 def check_config(cfg) -> None:
     """One readable line per bad value (OmegaConf only checks types)."""

@@ -62,6 +62,8 @@ class S2FT(Method):
     """Structured sparse fine-tuning (arXiv 2412.06289) with partial backprop and adapter export."""
 
     config_class = S2FTConfig
+    stock_export = False  # export/ is {module, indices, delta} slices; merged = the deltas fused
+    no_peft_reason = "its update is a set of dense row/column slices (no low-rank factors)"
 
     def __init__(self, cfg: S2FTConfig):
         super().__init__(cfg)

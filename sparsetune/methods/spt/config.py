@@ -60,6 +60,10 @@ class SPTConfig(MethodConfig):
     sparse_eval: bool = True  # evaluate/generate with the sparse model (False: dense attention + FFN)
     seed: int = 0
 
+    @staticmethod
+    def check(cfg) -> None:
+        check_config(cfg)
+
 
 def check_config(cfg) -> None:
     """One readable line per bad value (OmegaConf only checks types)."""

@@ -41,6 +41,12 @@ class SPT(Method):
     """Sparse MHA + routed FFN + LoRA (arXiv 2312.10365), two phases: dense warm-up, then sparse."""
 
     config_class = SPTConfig
+    ddp_find_unused = True  # FFN blocks no token routes to in a step get no gradient
+    stock_export = False  # export/ is SPT's own format; merged = the dense model (export_merged)
+    no_peft_reason = "its sparse attention and routed FFN are not PEFT modules"
+    merged_note = ("SPT's sparse attention (PQ top-L key selection) and routed FFN have no stock Hugging Face "
+                   "equivalent and are dropped: this folder is the SPT model run dense (LoRA merged), i.e. "
+                   "`method.sparse_eval=false`. The sparse model is the `adapter` format (`sparsetune eval run=...`).")
 
     def __init__(self, cfg: SPTConfig):
         super().__init__(cfg)
@@ -199,6 +205,37 @@ class SPT(Method):
             f"`{meta['base_model']}` (sparsetune method `spt`, arXiv 2312.10365). Load with "
             "`sparsetune eval run=<run>` or `SPT(cfg).load_export(base_model, this_folder)`.\n")
         return path
+
+    def export_merged(self, model: nn.Module, path: Path) -> Path:
+        """The dense stock model (see merged_note), written as a Hugging Face folder."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.to_dense(model).save_pretrained(path)
+        return path
+
+    @torch.no_grad()
+    def to_dense(self, model: nn.Module) -> nn.Module:
+        """In place: LoRA merged into each linear, the attention and FFN wrappers replaced by the stock
+        modules they wrap (codebooks and routers dropped); ends training."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+        def replace(kind, inner):
+            for name, module in [(n, m) for n, m in model.named_modules() if isinstance(m, kind)]:
+                parent, _, leaf = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, leaf, inner(module))
+
+        def merged(lin: LoRALinear) -> nn.Module:
+            lin.base.weight.copy_(lin.merged_weight())
+            return lin.base
+
+        replace(LoRALinear, merged)  # innermost first: the wrappers' paths are still valid
+        replace(SPTAttention, lambda m: m.attn)
+        replace(RoutedMLP, lambda m: m.mlp)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
 
     def load_export(self, model: nn.Module, path: Path) -> nn.Module | None:
         from safetensors.torch import load_file
