@@ -23,7 +23,7 @@ LAYERS = {
     # inside a layer the direction holds too: eval uses the engine's measurements, never the reverse;
     # benchmarks compose jobs' configs, jobs never run a benchmark
     "engine": 4, "eval": 4.5,
-    "jobs": 5, "bench": 5.5,
+    "jobs": 5, "bench": 5.5, "diagnose": 5.5,
     "cli": 6, "__main__": 6,
 }
 # what a method package may import from sparsetune besides its own package

@@ -73,7 +73,7 @@ def test_round_to_gives_aligned_widths_on_models_that_accept_any_width():
 
 
 def test_cpu_profile_splits_the_forward_into_projections_and_the_rest():
-    from sparsetune.bench.pat import gemm_rates, profile_ops
+    from sparsetune.diagnose.pat_profile import gemm_rates, profile_ops
 
     table = profile_ops(widths=(48, 44), rounds=1, batch=2, seq=8, model="tiny_llama")
     assert list(table) == ["64", "48", "44"]

@@ -79,7 +79,7 @@ def test_measure_model_runs_spt_sparse_and_saves_less_than_eager_lora():
 
 
 def test_probe_oracle_drops_the_block_that_contributes_nothing_and_unit_routing_has_unit_gates():
-    from sparsetune.bench.spt_probe import oracle_blocks, set_routing, summarise
+    from sparsetune.diagnose.spt_probe import oracle_blocks, set_routing, summarise
     from sparsetune.methods.base import MethodContext
     from sparsetune.methods.spt import SPT, SPTConfig
     from sparsetune.models.tiny import tiny_preset

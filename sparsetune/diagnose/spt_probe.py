@@ -1,4 +1,4 @@
-"""`python -m sparsetune.bench.spt_probe [--routing MODE] [--batches N] OVERRIDES…`: the loss of an SPT
+"""`python -m sparsetune.diagnose.spt_probe [--routing MODE] [--batches N] OVERRIDES…`: the loss of an SPT
 recipe's model before any training step (calibrated codebooks and routers, sparse path on), i.e. what
 sparse attention and the routed FFN cost a pretrained model on their own; with `--run RUN --heldout N`
 the held-out loss of a trained run (any method) on the first N test items.
@@ -121,7 +121,7 @@ def probe(overrides: list[str], routing: str = "router", batches: int = 3, run_d
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m sparsetune.bench.spt_probe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m sparsetune.diagnose.spt_probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--routing", choices=("router", "unit", "oracle"), default="router")
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--run", default=None, help="a trained run folder (rebuilt from its last checkpoint)")
