@@ -444,10 +444,21 @@ def _named_results(out: dict[str, Any], task_names: list[str]) -> dict[str, dict
     for name, counts in out.get("n-samples", {}).items():
         if name in results and counts.get("effective") is not None:
             results[name]["n"] = float(counts["effective"])
-    for name, config in (out.get("configs") or {}).items():
-        split = config.get("test_split") or config.get("validation_split") if isinstance(config, dict) else None
-        if name in results and split:
-            results[name]["split"] = str(split)  # which split was scored: tables and summary.json say it
+    configs = out.get("configs") or {}
+
+    def split_of(task: str) -> str | None:
+        config = configs.get(task)
+        return (config.get("test_split") or config.get("validation_split")) if isinstance(config, dict) else None
+
+    for name in results:
+        members = (out.get("group_subtasks") or {}).get(name) or []
+        if members and "n" not in results[name]:  # a group (mmlu): its items and its members' split
+            counts = [(out.get("n-samples") or {}).get(m, {}).get("effective") for m in members]
+            if all(c is not None for c in counts):
+                results[name]["n"] = float(sum(counts))
+        splits = {split_of(m) for m in members} if members else {split_of(name)}
+        if len(splits) == 1 and None not in splits:
+            results[name]["split"] = str(splits.pop())  # which split was scored: tables and summary.json say it
     return with_average(results)
 
 

@@ -83,3 +83,9 @@ def test_a_user_task_whose_data_lacks_a_split_is_one_line(llama, tok, tmp_path):
     with pytest.raises(UserError, match="lm-eval task my_piqa could not be loaded: KeyError") as info:
         evaluate_lm_tasks(llama, tok, ["my_piqa"], cfg)
     assert "\n" not in str(info.value)
+
+
+def test_mmlu_is_one_row_with_its_items_and_split(llama, tok):
+    res = evaluate_lm_tasks(llama, tok, ["mmlu"], EvalConfig(limit=1, batch_size=8))
+    assert set(res) == {"mmlu", "average"}  # the group's aggregate, not 57 subject rows
+    assert res["mmlu"]["n"] == 57 and res["mmlu"]["split"] == "test" and 0 <= res["mmlu"]["acc"] <= 1
