@@ -310,13 +310,15 @@ class TrainLoop:
             self.scaler.update()
         else:
             self.optimizer.step()
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if torch.device(self.device).type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         self.state.step += 1
+        # before the schedule moves on: a method's after-step work (GS-LoRA's proximal threshold,
+        # lr x alpha) uses the rate this step used, not the next step's
         self.method.on_step(self.state.step, self.total_steps)
+        self.scheduler.step()
         rate_key = "tokens_per_s" if "input_ids" in micro[0] else "images_per_s"
         n_items = sum(int(mb["attention_mask"].sum()) if "attention_mask" in mb else int(mb["labels"].numel())
                       for mb in micro)

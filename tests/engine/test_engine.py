@@ -125,3 +125,27 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     run = next(tmp_path.iterdir())
     assert (run / "checkpoints" / "latest").read_text().strip() == "step-0000002"
     assert (run / "checkpoints" / "step-0000002" / "manifest.json").exists()
+
+
+def test_method_after_step_work_sees_the_rate_the_step_used():
+    """GS-LoRA's proximal threshold is lr x alpha of the step just taken; on a linear warm-up every
+    step has its own rate, so reading it after the scheduler moved on would be the next step's."""
+    from sparsetune.engine.loop import BatchStream, LoopState, TrainLoop
+    from sparsetune.engine.losses import causal_lm_loss
+    from sparsetune.engine.optim import build_optimizer, build_scheduler
+
+    cfg = compose([*TINY, "method=lora", "method.r=2", "trainer.warmup_steps=4", "trainer.schedule=linear"])
+    job = setup(cfg, [], create_run=False)
+    opt = build_optimizer(job.method, job.model, cfg.trainer)
+    sched = build_scheduler(opt, cfg.trainer, 6)
+    seen, used = [], []
+    job.method.on_step = lambda step, total: seen.append(opt.param_groups[0]["lr"])
+    loop = TrainLoop(model=job.model, method=job.method, optimizer=opt, scheduler=sched,
+                     stream=BatchStream(job.dataset, job.collate, 4, cfg.seed, LoopState()),
+                     loss_fn=causal_lm_loss, tcfg=cfg.trainer, total_steps=6, logger=None,
+                     checkpoint_dir=None, device="cpu")
+    for _ in range(3):
+        used.append(opt.param_groups[0]["lr"])  # the rate optimizer.step() is about to use
+        loop.train_step()
+    assert seen == used and len(set(used)) == 3
+    assert used == pytest.approx([cfg.trainer.lr * lr_factor(i, 4, 6, "linear") for i in range(3)])
