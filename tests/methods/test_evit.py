@@ -121,6 +121,22 @@ def test_reorganisation_changes_the_output_and_removing_the_patch_restores_it():
     assert torch.equal(logits(patched, x), logits(stock, x))
 
 
+def test_attention_maps_are_refused_while_reorganising_never_a_short_tuple():
+    stock = build("vit", attn="eager")
+    x = pixels(stock)
+    with torch.inference_mode():
+        expected = len(stock(pixel_values=x, output_attentions=True).attentions)
+    method, patched = evit(copy.deepcopy(stock), keep_rate=0.7)
+    with pytest.raises(ConfigError, match="cannot return attention maps"), torch.inference_mode():
+        patched(pixel_values=x, output_attentions=True)
+    method.settings.keep_rate = 1.0  # the stock path: every layer's map comes back
+    with torch.inference_mode():
+        assert len(patched(pixel_values=x, output_attentions=True).attentions) == expected
+    method.remove(patched)
+    with torch.inference_mode():
+        assert len(patched(pixel_values=x, output_attentions=True).attentions) == expected
+
+
 # --------------------------------------------------------------------------- token counts
 @pytest.mark.parametrize("kind", ["vit", "deit_teacher"])
 def test_deit_s_shape_keep_07_token_counts(kind):

@@ -48,6 +48,7 @@ class EViT(Method):
         self.geometry: Geometry | None = None
         self._resumed_keep: float | None = None
         self.model: nn.Module | None = None
+        self._attn_guard = None  # forward pre-hook refusing output_attentions while tokens are reorganised
 
     # ------------------------------------------------------------------ apply
     @property
@@ -73,14 +74,30 @@ class EViT(Method):
         for i in layers:
             patch_layer(arch.blocks[i].module, self.settings)
         model.requires_grad_(bool(self.cfg.train))
+        if self._attn_guard is None:
+            self._attn_guard = model.register_forward_pre_hook(self._refuse_attentions, with_kwargs=True)
         self.model = model
         return model
+
+    def _refuse_attentions(self, model: nn.Module, args: tuple, kwargs: dict) -> None:
+        """A reorganising layer computes attention without the attention module, so transformers'
+        recorder would return fewer attention maps than layers: say so instead of a short tuple."""
+        keep = self.settings.train_keep_rate if model.training else self.settings.keep_rate
+        wanted = kwargs.get("output_attentions")
+        if wanted is None:
+            wanted = getattr(model.config, "output_attentions", False)
+        if wanted and keep < 1.0:
+            raise ConfigError(f"EViT at keep rate {keep} cannot return attention maps (output_attentions=True): "
+                              "its reorganising layers change the token count; use keep rate 1 or the stock model")
 
     def remove(self, model: nn.Module) -> nn.Module:
         """Undo the patch (the weights are never changed): the stock model again."""
         for layer in model.modules():
             if is_patched(layer):
                 unpatch_layer(layer)
+        if self._attn_guard is not None:
+            self._attn_guard.remove()
+            self._attn_guard = None
         return model
 
     def parameter_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict[str, Any]]:
