@@ -117,13 +117,14 @@ def shipped(name: str) -> Optional[Shipped]:
     return None
 
 
-def expand(names: list[str]) -> list[str]:
-    """Suite and group names (s2ft_commonsense, pat_commonsense, mmlu) → the leaf tasks they stand for."""
+def expand(names: list[str], groups: bool = True) -> list[str]:
+    """Suite names (s2ft_commonsense, pat_commonsense) → their tasks, and with `groups` the mmlu group →
+    its 57 subjects (without, a group stays one name and is scored as one row)."""
     out: list[str] = []
     for name in names:
         if name in SUITES:
             out.extend(SUITES[name])
-        elif name == "mmlu":
+        elif name == "mmlu" and groups:
             out.extend(f"mmlu_{s}" for s in mmlu_subjects())
         else:
             out.append(name)

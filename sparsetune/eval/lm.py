@@ -407,12 +407,9 @@ def resolve_lm_tasks(task_names: list[str], eval_cfg: Any) -> tuple[Any, list[st
 
 def expand_suites(task_names: list[str]) -> list[str]:
     """s2ft_commonsense / pat_commonsense → their tasks (groups such as mmlu stay groups)."""
-    from sparsetune.data.benchmarks import SUITES
+    from sparsetune.data.benchmarks import expand
 
-    out: list[str] = []
-    for name in task_names:
-        out.extend(SUITES.get(name, (name,)))
-    return list(dict.fromkeys(out))
+    return expand(task_names, groups=False)
 
 
 def evaluate_lm_tasks(model: Any, tokenizer: Any, task_names: list[str], eval_cfg: Any,

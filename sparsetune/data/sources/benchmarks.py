@@ -114,7 +114,7 @@ def _items_cache(folder: Path, name: str) -> Path:
 def _task_examples(names: list[str]) -> dict[str, list[Example]]:
     """Every shipped item of each task as a training Example (row = its index), from the cache when
     it holds them."""
-    from sparsetune.data.benchmarks import full_split_folder, quiet_lm_eval, task_manager, write_atomic
+    from sparsetune.data.benchmarks import full_split_folder, quiet_lm_eval, write_atomic
 
     folder = full_split_folder(names)
     out: dict[str, list[Example]] = {}
@@ -126,19 +126,20 @@ def _task_examples(names: list[str]) -> dict[str, list[Example]]:
         else:
             todo.append((name, path))
     if todo:
+        tasks = _load_tasks([n for n, _ in todo], folder)
         with quiet_lm_eval():
-            tasks = task_manager(str(folder)).load([n for n, _ in todo])["tasks"]
             for name, path in todo:
                 out[name] = [example_from_doc(tasks[name], doc, i) for i, doc in enumerate(tasks[name].eval_docs)]
                 write_atomic(path, "".join(json.dumps(asdict(ex), ensure_ascii=False) + "\n" for ex in out[name]))
     return {name: out[name] for name in names}
 
 
-def _load_tasks(names: list[str]) -> dict[str, Any]:
+def _load_tasks(names: list[str], folder: Optional[Path] = None) -> dict[str, Any]:
+    """lm-eval's task objects for `names`, on their whole shipped split."""
     from sparsetune.data.benchmarks import full_split_folder, quiet_lm_eval, task_manager
 
     with quiet_lm_eval():
-        return task_manager(str(full_split_folder(names))).load(list(names))["tasks"]
+        return task_manager(str(folder or full_split_folder(names))).load(list(names))["tasks"]
 
 
 def load_benchmarks(data_cfg: Any) -> Splits:
