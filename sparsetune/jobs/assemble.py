@@ -12,9 +12,12 @@ from typing import Any
 
 import torch
 
+from sparsetune.config.checks import check_environment, check_precision
+from sparsetune.data import Splits, build_train_dataset, load_splits
 from sparsetune.engine import distributed as dist
 from sparsetune.engine.grad_checkpoint import enable_gradient_checkpointing
 from sparsetune.engine.lean_mlp import make_mlps_lean
+from sparsetune.engine.offline import configure_network
 from sparsetune.engine.progress import console
 from sparsetune.engine.run_folder import RunFolder
 from sparsetune.engine.runtime import apply_threads, quiet_libraries, resolve_device, seed_everything
@@ -22,6 +25,8 @@ from sparsetune.errors import ConfigError
 from sparsetune.eval.suite import check_eval_tasks
 from sparsetune.methods import build_method
 from sparsetune.methods.base import MethodContext
+from sparsetune.models import get_arch, load_model
+from sparsetune.paths import runs_root
 
 
 @dataclass
@@ -43,9 +48,6 @@ class Job:
 def check_run_environment(cfg) -> None:
     """The runs root exists or can be created, is a writable directory with some free space: one
     ConfigError line otherwise. Call before `RunFolder.create`."""
-    from sparsetune.config.checks import check_environment
-    from sparsetune.paths import runs_root
-
     check_environment(runs_root(cfg.run_dir))
 
 
@@ -66,11 +68,6 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
     `load_data=False` (an eval that asks only for lm-eval tasks) skips the data set entirely: the
     job's splits are then empty and methods get no calibration batches.
     """
-    from sparsetune.config.checks import check_precision
-    from sparsetune.data import Splits, build_train_dataset, load_splits
-    from sparsetune.engine.offline import configure_network
-    from sparsetune.models import get_arch, load_model
-
     configure_network(cfg)  # first: local runs never reach the network (Hub, datasets, W&B telemetry)
     quiet_libraries()
     apply_threads(cfg.trainer.threads)
@@ -101,13 +98,26 @@ def setup(cfg, overrides: list[str], job: str = "train", method_state: dict | No
         make_mlps_lean(model)
     if cfg.trainer.gradient_checkpointing:  # blocks named by the arch from before the method wrapped them
         enable_gradient_checkpointing(model, ctx.arch)
-    run = None
+    assembled = Job(cfg, None, model, tokenizer, method, ctx, splits, device, dataset, collate)
     if create_run:
-        check_eval_tasks(cfg)  # unknown or unreachable lm-eval tasks fail now, not after training
-        if dist.is_main():
-            run = RunFolder.open(cfg.resume) if cfg.resume else RunFolder.create(cfg, overrides, job)
-        run = RunFolder(Path(dist.broadcast_object(str(run.path) if dist.is_main() else None)))
-        ctx.run_dir = run.path
-        if dist.is_main():
-            console.print(f"[bold]run folder:[/bold] {run.path}")
-    return Job(cfg, run, model, tokenizer, method, ctx, splits, device, dataset, collate)
+        open_run(assembled, overrides, job, check_environment=False)  # checked above, before loading
+    return assembled
+
+
+def open_run(job: Job, overrides: list[str], name: str, check_environment: bool = True) -> RunFolder:
+    """Create the run folder (or reopen `cfg.resume`'s) once every input check has passed, and hand
+    it to the job and the method's context. A job with checks of its own after `setup` (forget's
+    task sequence) calls `setup(create_run=False)`, checks, then this. In a process group rank 0
+    creates it and the others get its path."""
+    cfg = job.cfg
+    if check_environment and not cfg.resume:
+        check_run_environment(cfg)
+    check_eval_tasks(cfg)  # unknown or unreachable lm-eval tasks fail now, not after training
+    run = None
+    if dist.is_main():
+        run = RunFolder.open(cfg.resume) if cfg.resume else RunFolder.create(cfg, overrides, name)
+    run = RunFolder(Path(dist.broadcast_object(str(run.path) if dist.is_main() else None)))
+    job.run, job.ctx.run_dir = run, run.path
+    if dist.is_main():
+        console.print(f"[bold]run folder:[/bold] {run.path}")
+    return run

@@ -15,33 +15,31 @@ alone writes the run folder, metrics, W&B, the heat map and the export.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed
 from omegaconf import OmegaConf
 
 from sparsetune.data import collate_vision
 from sparsetune.data.forgetting import ForgetPairs, available, collate_pairs, task_sequence
 from sparsetune.engine import distributed as dist
 from sparsetune.engine.logging import MultiLogger, build_logger
-from sparsetune.engine.loop import BatchStream, LoopState, LossStep, TrainLoop
+from sparsetune.engine.loop import LoopState
 from sparsetune.engine.losses import classification_loss
 from sparsetune.engine.measure import count_parameters, peak_memory_mb
-from sparsetune.engine.optim import build_optimizer, build_scheduler
 from sparsetune.engine.progress import console, training_progress
-from sparsetune.engine.run_folder import RunFolder
 from sparsetune.engine.selection import BestState
 from sparsetune.errors import ConfigError
 from sparsetune.eval.forgetting import class_mean, group_norm_grid, plot_group_norms, task_metrics
 from sparsetune.eval.report import print_table
-from sparsetune.eval.suite import check_eval_tasks
 from sparsetune.eval.vision import evaluate_vision
-from sparsetune.jobs.assemble import check_run_environment, setup
+from sparsetune.jobs.assemble import open_run, setup
 from sparsetune.jobs.common import publish, show_method_output
+from sparsetune.jobs.launch import report_run
 from sparsetune.jobs.train import total_steps
+from sparsetune.jobs.train_task import train_task
 from sparsetune.methods.base import ForgetTask
 
 TABLE_COLUMNS = ("classes", "acc_r", "acc_f", "acc_o", "h_mean", "acc_f_pre", "acc_r_base", "trainable_share",
@@ -57,6 +55,9 @@ class TaskLogger:
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self.inner.log({**metrics, "task": self.task}, self.offset + step)
+
+    def close(self) -> None:
+        """The job's logger outlives a task: the job closes it."""
 
 
 def per_class(model, dataset, cfg, splits, device) -> list[float | None]:
@@ -114,26 +115,14 @@ def check_forget_job(cfg, model, splits) -> None:
                           f"{splits.num_classes} classes")
 
 
-def step_module(model, method, device):
-    """The loss module the loop calls: plain in one process, DDP-wrapped in a group. Built per task,
-    after `start_task`, since each task trains another parameter set (DDP registers its parameters
-    and broadcasts rank 0's values, a fresh adapter's random init included, when it is built). Every
-    adapter matrix takes part in every forward (a zeroed group still sits in the graph, with zero
-    gradient), so DDP needs no search for unused parameters."""
-    module = LossStep(model, classification_loss, method)
-    return dist.wrap_ddp(module, device, find_unused=False) if dist.active() else module
-
-
 @torch.no_grad()
 def sync_trainable(model) -> None:
     """Rank 0's values of the trainable parameters on every rank (after a selection restore: the
     replicas are identical already under DDP; this makes it so by construction)."""
     if dist.active():
-        import torch.distributed as tdist
-
         for p in model.parameters():
             if p.requires_grad:
-                tdist.broadcast(p.data, src=0)
+                torch.distributed.broadcast(p.data, src=0)
 
 
 def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]:
@@ -147,14 +136,9 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
     train_pool = available(splits.train, fcfg.data_ratio, fcfg.shots, cfg.seed)
     val_pool = available(splits.val, fcfg.data_ratio, fcfg.shots, cfg.seed + 1) if len(splits.val or []) else None
     tcfg = task_trainer_config(cfg, method)
-    check_run_environment(cfg)
-    check_eval_tasks(cfg)
     main, world = dist.is_main(), dist.world_size()
-    run = RunFolder.create(cfg, overrides, job) if main else None
-    run = RunFolder(Path(dist.broadcast_object(str(run.path) if main else None)))  # rank 0's folder
-    jb.ctx.run_dir = run.path
+    run = open_run(jb, overrides, job)  # every input check above has passed
     if main:
-        console.print(f"[bold]run folder:[/bold] {run.path}")
         logger = build_logger(cfg.logger, run.path, OmegaConf.to_container(cfg, resolve=True), run.path.name)
     else:
         logger = MultiLogger([])  # ranks > 0 log nothing
@@ -187,13 +171,8 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
             start = time.perf_counter()
             method.start_task(model, task)
             model.to(device)
-            trainable, total = count_parameters(model)
-            module = step_module(model, method, device)  # a fresh DDP per task in a group
-            optimizer = build_optimizer(method, model, tcfg)
-            jb.ctx.optimizer = optimizer
+            trainable = count_parameters(model)[0]
             state = LoopState()
-            stream = BatchStream(dataset, collate_pairs, tcfg.batch_size, cfg.seed + t, state,
-                                 num_workers=tcfg.num_workers, rank=dist.rank(), world=world)
             selector = None
             if val_pool is not None:
                 first = method.selection_start(steps)
@@ -209,24 +188,19 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
                     return tuple(dist.broadcast_object(out))
 
                 selector = BestState(method, score, eligible=lambda state=state, first=first: state.step >= first)
-            loop = TrainLoop(model=model, method=method, optimizer=optimizer,
-                             scheduler=build_scheduler(optimizer, tcfg, steps), stream=stream,
-                             loss_fn=classification_loss, tcfg=tcfg, total_steps=steps,
-                             logger=TaskLogger(logger, offset, t), checkpoint_dir=run.checkpoints / f"task{t}",
-                             device=device, evaluate=selector, progress=progress, step_module=module)
             if main:
                 console.print(f"[bold]task {t}/{len(tasks)}[/bold]: forget classes {forgotten} "
                               f"({len(dataset)} paired images, {steps} steps)")
-            try:
-                with progress if progress is not None else contextlib.nullcontext():
-                    loop.run()
-            finally:
-                stream.close()
+            # a fresh loss module per task (a new adapter: a fresh DDP in a group)
+            done = train_task(jb, dataset=dataset, collate=collate_pairs, tcfg=tcfg, steps=steps, seed=cfg.seed + t,
+                              loss_fn=classification_loss, checkpoint_dir=run.checkpoints / f"task{t}",
+                              open_logger=lambda t=t, offset=offset: TaskLogger(logger, offset, t),
+                              evaluate=selector, progress=progress, state=state)
             if selector is not None:
                 selector(model)  # the final state competes too
                 selector.restore(model)
                 sync_trainable(model)
-            loop.step_module = module = None  # the wrapper's parameter set ends with the task
+            done.loop.step_module = None  # the wrapper's parameter set ends with the task
             report = method.end_task(model)  # merges on every rank
             wall = time.perf_counter() - start
             if not main:  # rows, metrics and the next task's baselines are rank 0's
@@ -279,8 +253,6 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
     finally:
         logger.close()
     if world > 1:
-        from sparsetune.jobs.launch import report_run
-
         report_run(run.path)
     show_method_output(method)
     print_table(f"continual forgetting: {cfg.method.name} on {cfg.model.name} (test split)",
