@@ -383,3 +383,16 @@ def test_bench_measures_stock_and_keep_rates_on_a_tiny_model():
     assert stock["tokens"] == "16→16" and keep["tokens"] == "16→9"
     assert keep["gmacs"] < stock["gmacs"] and stock["images_per_s"] > 0
     assert keep["speedup_same_process"] > 0 and "speedup_same_process" not in stock
+
+
+def test_default_schedule_is_the_papers_epochs_10_to_110_of_300():
+    """#23 item 8: by default the keep rate is 1 through epoch 10 of 300 and the target from epoch 110."""
+    method, _ = evit(build("vit"))
+    total = 300
+    rates = {}
+    for epoch in (0, 10, 60, 110, 299):
+        method.on_step(epoch, total)
+        rates[epoch] = method.metrics()["evit_keep_rate"]
+    assert rates[0] == rates[10] == 1.0
+    assert 0.7 < rates[60] < 1.0
+    assert rates[110] == rates[299] == pytest.approx(0.7)
