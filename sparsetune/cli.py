@@ -121,7 +121,7 @@ def _run_training(overrides, show_cfg: bool, job: str, extra: list[str] | None =
 
 def _sweep(job: str, overrides: list[str], show_cfg: bool, child_args: list[str] | None = None) -> None:
     """`JOB -m …`: the grid from Hydra's sweep syntax, each point the normal command in its own process
-    (sparsetune/jobs/sweep.py); exit 1 when a point failed."""
+    (sparsetune/jobs/sweep/); exit 1 when a point failed."""
     from sparsetune.jobs.sweep import run_sweep
 
     rc = run_sweep(job, overrides, child_args or [], show_cfg=show_cfg)

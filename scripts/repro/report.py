@@ -1,13 +1,13 @@
 """reports/REPRODUCE.md from the finished runs: one section per table with the paper's figures,
-our rows (mean ± std over seeds), the command behind every row, PNG plots and a short reading."""
+our rows (mean ± std over seeds), the command behind every row, PNG plots and a short reading.
+What counts as a figure, the mean ± std over seeds and the figure/line/save helpers are the sweeps'
+(sparsetune/jobs/sweep/report.py, plots.py); the layout of the report is this file's."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
-import statistics
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +15,8 @@ from typing import Any
 
 from repro.plan import Bench, Run, Table
 from repro.runner import Layout, bench_command, run_command, shown, then_command
+from sparsetune.jobs.sweep.plots import close_figure, figure, mean_line, save_figure
+from sparsetune.jobs.sweep.report import mean_std, number
 
 
 def lookup(tree: Any, path: str) -> Any:
@@ -26,19 +28,13 @@ def lookup(tree: Any, path: str) -> Any:
     return tree
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return None if math.isnan(value) else float(value)
-
-
 def aggregate(values: list[Any]) -> dict[str, Any]:
     """mean/std/n over the seeds that have a number; text (labels) once when all seeds agree, else the
     distinct labels in seed order, separated by " / " (e.g. the classes a random task sequence drew per seed)."""
-    numbers = [v for v in (_number(x) for x in values) if v is not None]
+    numbers = [float(x) for x in values if number(x)]
     if numbers:
-        return {"mean": statistics.fmean(numbers), "std": statistics.stdev(numbers) if len(numbers) > 1 else None,
-                "n": len(numbers)}
+        mean, std = mean_std(numbers)
+        return {"mean": mean, "std": std, "n": len(numbers)}
     texts = [str(v) for v in values if v is not None and not isinstance(v, float)]
     return {"text": " / ".join(dict.fromkeys(texts)) if len(set(texts)) > 1 else (texts[0] if texts else None),
             "n": 0}
@@ -142,11 +138,11 @@ def bench_tables(path: Path, bench: Bench) -> str:
         for name, variant in block["variants"].items():
             cells = []
             for col in cols:
-                value = _number(variant.get(col))
-                if value is None:
+                value = variant.get(col)
+                if not number(value):
                     cells.append("–")
                     continue
-                cell = fmt_number(value) + ("×" if "_vs_" in col else "")
+                cell = fmt_number(float(value)) + ("×" if "_vs_" in col else "")
                 span = variant.get(f"{col}_range")
                 if span and len(span) == 2 and span[0] != span[1]:
                     cell += f" ({fmt_number(span[0])}–{fmt_number(span[1])})"
@@ -179,14 +175,14 @@ def _lines(ax: Any, spec: dict, rows_by_run: dict[str, list[dict[str, Any]]]) ->
     ax2 = ax.twinx() if spec.get("y2") else None
     drawn = False
     for name, rows in rows_by_run.items():
-        pts = [(r[spec["x"]]["mean"], r[spec["y"]]["mean"], r[spec["y"]]["std"] or 0.0,
+        pts = [(r[spec["x"]]["mean"], r[spec["y"]]["mean"], r[spec["y"]]["std"],
                 (r.get(spec.get("y2")) or {}).get("mean")) for r in rows
                if "mean" in r.get(spec["x"], {}) and "mean" in r.get(spec["y"], {})]
         if not pts:
             continue
-        pts.sort()
+        pts.sort(key=lambda p: p[:2])
         xs, ys, es, y2 = zip(*pts)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{name}: {spec['y']}")
+        mean_line(ax, xs, ys, es, f"{name}: {spec['y']}")
         if ax2 is not None and all(v is not None for v in y2):
             ax2.plot(xs, y2, linestyle="--", marker="s", alpha=0.6, label=f"{name}: {spec['y2']}")
         drawn = True
@@ -211,25 +207,16 @@ def plot(table: Table, rows_by_run: dict[str, list[dict[str, Any]]], out: Path) 
     spec = table.plot
     if not spec:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4.5) if "bars" in spec else (6, 4))
+    fig, ax = figure((8, 4.5) if "bars" in spec else (6, 4))
     if "bars" in spec:
         drawn = _bars(ax, spec, [row for rows in rows_by_run.values() for row in rows])
     else:
         drawn = _lines(ax, spec, rows_by_run)
     if not drawn:
-        plt.close(fig)
+        close_figure(fig)
         return None
     ax.set_title(table.title, fontsize=9)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _versions() -> str:

@@ -1,4 +1,5 @@
-"""Run the plan's commands through the normal CLI, one subprocess each, skipping finished ones.
+"""Run the plan's commands through the normal CLI on the sweeps' process pool
+(sparsetune/jobs/sweep/launch.py): one subprocess and one log per command, finished ones reused.
 
 Layout under the results root (results/full or results/quick):
     runs/<table>/<row>/seed<k>/<run folder>/summary.json     one SPARSETUNE_RUNS root per (row, seed)
@@ -7,25 +8,21 @@ Layout under the results root (results/full or results/quick):
 A (row, seed) is finished when its root holds a run folder with summary.json, a bench when its JSON
 exists; anything else is (re)run, so an interrupted reproduction continues where it stopped.
 
-With jobs > 1, that many (row, seed) commands run at once, each with cpu_count // jobs torch threads (a
-row's follow-up command stays behind it in the same lane); benches always run afterwards, alone, with
-every core, since their numbers are timings.
+Each (row, seed) is one lane of the pool: its command, then its follow-up (which needs its run
+folder). With jobs > 1 that many lanes run at once, the CPU threads split between them; benches
+always run afterwards, alone, with every core, since their numbers are timings.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import re
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from repro.plan import CROSS_TEST_SIZE, QUICK_SEEDS, Bench, Run
+from sparsetune.jobs.sweep import launch
+from sparsetune.jobs.sweep.launch import Task, reuse_finished, run_tasks, shown_command, thread_setting
 
 PROJECT = "sparsetune-reproduce"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -43,8 +40,8 @@ class Layout:
 
     @property
     def threads_per_job(self) -> int:
-        """Torch threads each of the `jobs` concurrent rows gets (the cores split evenly)."""
-        return max(1, (os.cpu_count() or 1) // self.jobs)
+        """Torch threads each of the `jobs` concurrent rows gets (the pool's split of the cores)."""
+        return thread_setting(self.jobs)
 
     def run_root(self, run: Run, seed: int) -> Path:
         return self.root / "runs" / run.table / slug(run.name) / f"seed{seed}"
@@ -99,24 +96,11 @@ def bench_command(bench: Bench, out: Path, quick: bool) -> list[str]:
     return ["bench", *bench.argv, *(bench.quick if quick else bench.full), "--out", shown(out)]
 
 
-def _call(args: list[str], env: dict[str, str], log: Path) -> tuple[int, float]:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with log.open("w") as fh:
-        fh.write(f"$ sparsetune {' '.join(args)}\n")
-        fh.flush()
-        rc = subprocess.call([sys.executable, "-m", "sparsetune.cli", *args], stdout=fh, stderr=subprocess.STDOUT,
-                             env=env, cwd=PROJECT_ROOT)
-    return rc, time.perf_counter() - start
-
-
 def _tail(log: Path, n: int = 15) -> str:
     return "\n".join("    " + line for line in log.read_text(errors="replace").splitlines()[-n:])
 
 
 def _then_done(folder: Path, run: Run) -> bool:
-    import json
-
     summary = json.loads((folder / "summary.json").read_text())
     return run.then_key in summary
 
@@ -127,54 +111,48 @@ def then_command(run: Run, folder: Path, layout: Layout) -> list[str]:
     return merge_overrides(argv, (f"logger.project={PROJECT}", f"logger.group={run.table}"))
 
 
-Step = tuple[str, Callable[[], "list[str] | None"], dict[str, str], Path]  # label, argv, env, log
+def _cli(args: list[str]) -> list[str]:
+    return launch.child_argv(args[0], args[1:])
 
 
-def _row_units(layout: Layout, runs: list[Run]) -> tuple[list[list[Step]], int]:
-    """One unit per unfinished (row, seed): its command, then its follow-up; plus the count reused."""
-    units: list[list[Step]] = []
-    skipped = 0
-    for run in runs:
-        for seed in layout.seeds(run):
-            unit: list[Step] = []
+def _lane(layout: Layout, run: Run, seed: int) -> Task:
+    """One (row, seed): its command, reused once its root holds a finished run, then its follow-up on
+    that run folder (its command is built when it starts), reused once the summary has `then_key`."""
+    env = {"SPARSETUNE_RUNS": str(layout.run_root(run, seed))}
+    cwd = str(PROJECT_ROOT)
+    task = Task(f"{run.key} seed {seed}", _cli(run_command(run, seed, layout)),
+                layout.log_file(run.table, f"{run.name}-seed{seed}"), env=env, cwd=cwd,
+                done=lambda: layout.finished_run(run, seed) is not None)
+    if run.then:
+        def then_args(threads: int | None) -> list[str] | None:
+            done = layout.finished_run(run, seed)
+            return _cli(then_command(run, done, layout)) if done else None
+
+        def then_done() -> bool:
             folder = layout.finished_run(run, seed)
-            env = dict(os.environ, SPARSETUNE_RUNS=str(layout.run_root(run, seed)))
-            if folder is None:
-                args = run_command(run, seed, layout)
-                unit.append((f"{run.key} seed {seed}", lambda args=args: args, env,
-                             layout.log_file(run.table, f"{run.name}-seed{seed}")))
-            if run.then and (folder is None or not _then_done(folder, run)):
-                def then_args(run=run, seed=seed) -> list[str] | None:
-                    done = layout.finished_run(run, seed)
-                    return then_command(run, done, layout) if done else None
+            return folder is not None and _then_done(folder, run)
 
-                unit.append((f"{run.key} seed {seed} ({run.then[0]})", then_args, env,
-                             layout.log_file(run.table, f"{run.name}-seed{seed}-{run.then[0]}")))
-            elif folder is not None:
-                skipped += 1
-            if unit:
-                units.append(unit)
-    return units, skipped
+        task.then = Task(f"{run.key} seed {seed} ({run.then[0]})", then_args,
+                         layout.log_file(run.table, f"{run.name}-seed{seed}-{run.then[0]}"), env=env, cwd=cwd,
+                         done=then_done)
+    return task
 
 
-def _threads_env(env: dict[str, str], threads: int) -> dict[str, str]:
-    return dict(env, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+def _bench_task(layout: Layout, bench: Bench) -> Task:
+    out = layout.bench_file(bench)
+    return Task(bench.key, _cli(bench_command(bench, out, layout.quick)), layout.log_file(bench.table, bench.name),
+                cwd=str(PROJECT_ROOT), done=out.is_file)
 
 
 def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
     """Run what is not finished; returns the failures (the rest still runs, the report marks them)."""
-    units, skipped = _row_units(layout, runs)
-    bench_steps: list[Step] = []
+    lanes = [_lane(layout, run, seed) for run in runs for seed in layout.seeds(run)]
+    bench_tasks = [_bench_task(layout, bench) for bench in benches]
+    rows_todo, benches_todo = reuse_finished(lanes), reuse_finished(bench_tasks)
+    skipped = sum(all(t.status == "reused" for t in lane.lane()) for lane in [*lanes, *bench_tasks])
     for bench in benches:
-        out = layout.bench_file(bench)
-        if out.is_file():
-            skipped += 1
-            continue
-        out.parent.mkdir(parents=True, exist_ok=True)
-        args = bench_command(bench, out, layout.quick)
-        bench_steps.append((bench.key, lambda args=args: args, dict(os.environ),
-                            layout.log_file(bench.table, bench.name)))
-    total = sum(map(len, units)) + len(bench_steps)
+        layout.bench_file(bench).parent.mkdir(parents=True, exist_ok=True)
+    total = sum(len(lane.lane()) for lane in rows_todo) + len(benches_todo)
     print(f"{total} to run, {skipped} finished earlier (reused)"
           + (f"; rows {layout.jobs} at a time, benches alone" if layout.jobs > 1 else ""), flush=True)
     if any("{tasks}" in " ".join(r.argv) for r in runs):
@@ -183,35 +161,21 @@ def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
         write_cross_tasks(layout.tasks_dir.parent, CROSS_TEST_SIZE["quick" if layout.quick else "full"])
     failures: list[str] = []
     counter = iter(range(1, total + 1))
-    lock = threading.Lock()
 
-    def step(label: str, make_args: Callable[[], list[str] | None], env: dict[str, str], log: Path) -> None:
-        args = make_args()
-        with lock:
-            i = next(counter)
-            if args is None:  # a follow-up whose first command failed
-                print(f"[{i}/{total}] {label}: skipped (its run did not finish)", flush=True)
-                failures.append(label)
-                return
-            print(f"[{i}/{total}] {label}: sparsetune {' '.join(args)}", flush=True)
-        rc, seconds = _call(args, env, log)
-        with lock:
-            status = "ok" if rc == 0 else f"FAILED (exit {rc}, log {log})"
-            print(f"        {label}: {status} in {seconds:.0f} s", flush=True)
-            if rc != 0:
-                print(_tail(log), flush=True)
-                failures.append(label)
+    def started(task: Task, argv: list[str]) -> None:
+        print(f"[{next(counter)}/{total}] {task.label}: {shown_command(argv)}", flush=True)
 
-    def lane(unit: list[Step]) -> None:
-        for label, make_args, env, log in unit:
-            step(label, make_args, _threads_env(env, layout.threads_per_job) if layout.jobs > 1 else env, log)
+    def finished(task: Task) -> None:
+        if task.status == "blocked":  # a follow-up whose first command failed
+            print(f"[{next(counter)}/{total}] {task.label}: skipped (its run did not finish)", flush=True)
+            failures.append(task.label)
+            return
+        status = "ok" if task.returncode == 0 else f"FAILED (exit {task.returncode}, log {task.log})"
+        print(f"        {task.label}: {status} in {task.seconds:.0f} s", flush=True)
+        if task.returncode != 0:
+            print(_tail(task.log), flush=True)
+            failures.append(task.label)
 
-    if layout.jobs > 1:
-        with ThreadPoolExecutor(layout.jobs) as pool:
-            list(pool.map(lane, units))
-    else:
-        for unit in units:
-            lane(unit)
-    for bench_step in bench_steps:
-        step(*bench_step)
+    run_tasks(rows_todo, layout.jobs, on_start=started, on_finish=finished)
+    run_tasks(benches_todo, 1, on_start=started, on_finish=finished)  # alone, every core: timings
     return failures

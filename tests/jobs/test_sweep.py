@@ -2,7 +2,7 @@
 with its run folder under one sweep folder; sweep.json, the table and the plot; reruns skip finished
 points and rerun failed ones; the submitit launcher composes.
 
-Most tests swap the child command (`sweep_launch.child_argv`) for a small script that writes a run folder
+Most tests swap the child command (`sweep.launch.child_argv`) for a small script that writes a run folder
 the way the CLI does, in milliseconds; `test_real_2x2_sweep` (slow) runs the real CLI on a tiny model.
 """
 
@@ -17,17 +17,18 @@ from pathlib import Path
 import pytest
 
 from sparsetune.cli import main
-from sparsetune.jobs import sweep_launch as sweep_mod
-from sparsetune.jobs.sweep_grid import expand
-from sparsetune.jobs.sweep_launch import launcher_config
-from sparsetune.jobs.sweep_report import groups, seed_rows
+from sparsetune.jobs.sweep import hydra_launcher, launch
+from sparsetune.jobs.sweep.grid import expand
+from sparsetune.jobs.sweep.hydra_launcher import launcher_config
+from sparsetune.jobs.sweep.report import groups, seed_rows
 
 TINY = ["model=tiny_llama", "data=synthetic_arith", "logger=quiet", "eval=none", "trainer.max_steps=1",
         "trainer.batch_size=2"]
 
 # Stands in for `python -m sparsetune.cli JOB …`: a run folder under run_dir= with config.yaml and
 # overrides.txt, then summary.json with a score that depends on method.r and seed; the point named
-# in $FAKE_FAIL exits 1 before its summary (as a crashed run would). Every call is appended to $FAKE_CALLS.
+# in $FAKE_FAIL exits 1 before its summary (as a crashed run would). Every call is appended to $FAKE_CALLS;
+# with $FAKE_PROBE, its OMP_NUM_THREADS and how many points ran beside it go to $FAKE_PROBE/env.jsonl.
 FAKE_CLI = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
@@ -35,6 +36,16 @@ FAKE_CLI = textwrap.dedent("""
     ov = dict(a.split("=", 1) for a in args if "=" in a)
     with open(os.environ["FAKE_CALLS"], "a") as fh:
         fh.write(json.dumps(args) + "\\n")
+    if os.environ.get("FAKE_PROBE"):  # its threads and how many points run beside it (a marker each, 0.5 s)
+        probe = Path(os.environ["FAKE_PROBE"])
+        me = probe / "running" / str(os.getpid())
+        me.mkdir(parents=True)
+        seen = len(list(me.parent.iterdir()))
+        time.sleep(0.5)
+        seen = max(seen, len(list(me.parent.iterdir())))
+        me.rmdir()
+        with open(probe / "env.jsonl", "a") as fh:
+            fh.write(json.dumps({"omp": os.environ.get("OMP_NUM_THREADS"), "beside": seen}) + "\\n")
     if job == "eval" and "run" in ov:
         run = Path(ov["run"])
     else:
@@ -63,7 +74,7 @@ def fake(tmp_path, monkeypatch):
     script.write_text(FAKE_CLI)
     calls = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_CALLS", str(calls))
-    monkeypatch.setattr(sweep_mod, "child_argv",
+    monkeypatch.setattr(launch, "child_argv",
                         lambda job, overrides, extra=(): [sys.executable, str(script), job, *overrides, *extra])
 
     def read() -> list[list[str]]:
@@ -134,7 +145,7 @@ def test_bad_sweeps_are_one_line_and_create_nothing(capsys, args, needle, tmp_pa
 
 
 def test_missing_submitit_plugin_names_the_extra(capsys, monkeypatch):
-    monkeypatch.setattr(sweep_mod, "available_launchers", lambda loader: ["basic"])
+    monkeypatch.setattr(hydra_launcher, "available_launchers", lambda loader: ["basic"])
     code, _, err = run_cli(capsys, "train", "-m", *TINY, "seed=0,1", "hydra/launcher=submitit_slurm")
     assert code == 2 and err.count("\n") == 1 and "pip install 'sparsetune[slurm]'" in err, err
 
@@ -200,6 +211,24 @@ def test_rerun_skips_finished_points_and_reruns_the_failed_one(fake, capsys, mon
     assert code == 0 and len(fake()) == 11
 
 
+def test_the_pool_runs_jobs_points_at_a_time_with_the_threads_split(fake, capsys, monkeypatch, tmp_path):
+    """sweep.jobs=2 on 4 CPUs: two points at once (the shared pool, launch.run_tasks), each with
+    trainer.threads=2 and OMP_NUM_THREADS=2; the same command again reuses all four."""
+    monkeypatch.setenv("SPARSETUNE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FAKE_PROBE", str(tmp_path / "probe"))
+    monkeypatch.setattr(launch, "available_cpus", lambda: 4)
+    for var in launch.THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+    args = ["train", "-m", *TINY, "method=lora", "method.r=4,8", "seed=0,1", "sweep.jobs=2", "sweep.name=pool"]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0, err
+    probed = [json.loads(line) for line in (tmp_path / "probe" / "env.jsonl").read_text().splitlines()]
+    assert len(probed) == 4 and max(p["beside"] for p in probed) == 2
+    assert {p["omp"] for p in probed} == {"2"} and all("trainer.threads=2" in c for c in fake())
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0 and "4 finished earlier, skipped" in err and len(fake()) == 4
+
+
 def test_sweep_command_is_a_synonym_and_cfg_lists_points(capsys):
     grid = ["method=lora", "method.r=4,8", "seed=range(2)"]
     code, out_m, _ = run_cli(capsys, "train", "-m", *TINY, *grid, "--cfg")
@@ -241,6 +270,8 @@ def test_seed_aggregation_is_mean_and_sample_std():
     assert rows["method.r=4"]["acc mean"] == pytest.approx(0.7)
     assert rows["method.r=4"]["std"] == pytest.approx(statistics.stdev([0.5, 0.7, 0.9]))
     assert rows["method.r=8"]["seeds"] == 2  # the failed point is left out, not counted as zero
+    points[4]["status"] = "failed"  # one seed left: no std to show (not a std of 0)
+    assert seed_rows(record, "acc")["method.r=8"] == {"acc mean": 0.1, "std": None, "seeds": 1}
 
 
 # ------------------------------------------------------------------------------------ SLURM through submitit

@@ -170,6 +170,8 @@ def test_aggregate_mean_std_and_text():
     assert cell["n"] == 2 and cell["mean"] == pytest.approx(0.6) and cell["std"] == pytest.approx(0.1414, abs=1e-3)
     assert aggregate(["3,7", "3,7"])["text"] == "3,7"
     assert aggregate(["3,7", "1,4"])["text"] == "3,7 / 1,4"  # per seed, in seed order
+    # the sweeps' rule for a figure: an infinite value is left out like NaN, one seed has no std
+    assert aggregate([0.5, float("inf"), True]) == {"mean": 0.5, "std": None, "n": 1}
 
 
 def test_finished_runs_are_found_and_expanded_rows_aggregate_per_item(tmp_path):
@@ -227,60 +229,110 @@ def test_report_has_every_table_paper_figures_commands_and_a_plot(tmp_path):
     assert (tmp_path / "reports" / "REPRODUCE-plots" / "s2ft.png").stat().st_size > 1000  # grouped bars
 
 
-def test_follow_up_runs_on_the_finished_folder_until_its_key_is_in_the_summary(tmp_path, monkeypatch):
+# Stands in for `python -m sparsetune.cli …` (the pool's `launch.child_argv`): a row makes a run folder with
+# summary.json under $SPARSETUNE_RUNS, a follow-up (`eval run=…`) adds the row's then_key to that summary,
+# a bench writes its --out JSON; the command holding $FAKE_FAIL exits 1 first. Each call appends its
+# arguments, OMP_NUM_THREADS, runs root and how many children ran beside it (a marker each, 0.5 s).
+FAKE_CLI = """
+import json, os, sys, time
+from pathlib import Path
+args = sys.argv[1:]
+probe = Path(os.environ["FAKE_PROBE"])
+me = probe / "running" / str(os.getpid())
+me.mkdir(parents=True)
+seen = len(list(me.parent.iterdir()))
+time.sleep(0.5)
+seen = max(seen, len(list(me.parent.iterdir())))
+me.rmdir()
+with open(probe / "calls.jsonl", "a") as fh:
+    fh.write(json.dumps({"args": args, "omp": os.environ.get("OMP_NUM_THREADS"), "beside": seen,
+                         "runs": os.environ.get("SPARSETUNE_RUNS"), "cwd": os.getcwd()}) + "\\n")
+if os.environ.get("FAKE_FAIL") and os.environ["FAKE_FAIL"] in " ".join(args):
+    print("error: boom")
+    sys.exit(1)
+ov = dict(a.split("=", 1) for a in args if "=" in a)
+if args[0] == "bench":
+    Path(args[-1]).write_text("{}")
+elif "run" in ov:
+    summary = Path(ov["run"]) / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), os.environ["FAKE_THEN_KEY"]: {}}))
+else:
+    run = Path(os.environ["SPARSETUNE_RUNS"]) / time.strftime("%Y%m%d-%H%M%S-x")
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text("{}")
+"""
+
+
+@pytest.fixture
+def fake_cli(tmp_path, monkeypatch):
+    """Every command of the runner runs FAKE_CLI through the sweeps' pool; returns a reader of the calls."""
+    from sparsetune.jobs.sweep import launch
+
+    script = tmp_path / "fake_cli.py"
+    script.write_text(FAKE_CLI)
+    monkeypatch.setenv("FAKE_PROBE", str(tmp_path / "probe"))
+    monkeypatch.setenv("FAKE_THEN_KEY", next(r.then_key for r in plan.RUNS if r.then))
+    monkeypatch.setattr(launch, "child_argv", lambda job, overrides, extra=(): [sys.executable, str(script), job,
+                                                                                *overrides, *extra])
+    monkeypatch.setattr(launch, "available_cpus", lambda: 4)
+    for var in launch.THREAD_VARS:
+        monkeypatch.delenv(var, raising=False)
+    path = tmp_path / "probe" / "calls.jsonl"
+
+    def read() -> list[dict]:
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    return read
+
+
+def test_follow_up_runs_on_the_finished_folder_until_its_key_is_in_the_summary(tmp_path, fake_cli, capsys):
     from repro import runner
 
-    layout = Layout(tmp_path, quick=True)
+    layout = Layout(tmp_path / "results", quick=True)
     run = next(r for r in plan.RUNS if r.then)
-    calls = []
-
-    def fake_call(args, env, log):
-        calls.append(args)
-        if args[0] == run.argv[0]:  # the main command makes the run folder
-            _finish(layout, run, 0, {"eval": {}})
-        return 0, 0.0
-
-    monkeypatch.setattr(runner, "_call", fake_call)
     assert runner.execute(layout, [run], []) == []
     folder = layout.finished_run(run, 0)
-    assert calls[0][0] == run.argv[0] and calls[1][:2] == [run.then[0], f"run={folder}"]
-    calls.clear()
-    runner.execute(layout, [run], [])  # summary still lacks then_key: only the follow-up reruns
-    assert [c[0] for c in calls] == [run.then[0]]
-    (folder / "summary.json").write_text(json.dumps({run.then_key: {}}))
-    calls.clear()
-    runner.execute(layout, [run], [])
-    assert calls == []
+    calls = [c["args"] for c in fake_cli()]
+    assert calls[0] == run_command(run, 0, layout) and calls[1][:2] == [run.then[0], f"run={folder}"]
+    assert all(c["runs"] == str(layout.run_root(run, 0)) and c["cwd"] == str(runner.PROJECT_ROOT) for c in fake_cli())
+    log = layout.log_file(run.table, f"{run.name}-seed0-{run.then[0]}").read_text()
+    assert log.startswith(f"$ {sys.executable} ") and f"run={folder}" in log.splitlines()[0]
+    # the follow-up's key is missing again: only the follow-up reruns, on the same folder
+    (folder / "summary.json").write_text("{}")
+    assert runner.execute(layout, [run], []) == []
+    assert [c["args"][0] for c in fake_cli()[2:]] == [run.then[0]] and layout.finished_run(run, 0) == folder
+    assert "1 to run, 0 finished earlier" in capsys.readouterr().out
+    runner.execute(layout, [run], [])  # everything finished: nothing runs
+    assert len(fake_cli()) == 3 and "0 to run, 1 finished earlier (reused)" in capsys.readouterr().out
 
 
-def test_jobs_run_rows_side_by_side_with_split_threads_and_benches_alone_afterwards(tmp_path, monkeypatch):
-    import threading
-    import time
-
+def test_a_failed_row_skips_its_follow_up_and_the_rest_still_runs(tmp_path, fake_cli, monkeypatch, capsys):
     from repro import runner
 
-    layout = Layout(tmp_path, quick=False, jobs=2)
+    layout = Layout(tmp_path / "results", quick=True)
+    evit = [r for r in plan.RUNS if r.table == "evit"]
+    then_row = next(r for r in evit if r.then)
+    monkeypatch.setenv("FAKE_FAIL", then_row.argv[0] + " " + then_row.argv[1])  # the row's own command
+    failures = runner.execute(layout, evit, [])
+    assert failures == [f"{then_row.key} seed 0", f"{then_row.key} seed 0 ({then_row.then[0]})"]
+    assert len(fake_cli()) == 2  # the other row and the failed one; its follow-up never started
+    out = capsys.readouterr().out
+    assert "FAILED (exit 1" in out and "error: boom" in out and "skipped (its run did not finish)" in out
+
+
+def test_jobs_run_rows_side_by_side_with_split_threads_and_benches_alone_afterwards(tmp_path, fake_cli):
+    from repro import runner
+
+    layout = Layout(tmp_path / "results", quick=False, jobs=2)
     rows = [r for r in plan.RUNS if r.table == "gslora"][:2]  # 2 rows x 2 seeds
     bench = plan.BENCHES[0]
-    running, peak, order, lock = [0], [0], [], threading.Lock()
-
-    def fake_call(args, env, log):
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-            order.append((args[0], env.get("OMP_NUM_THREADS"), running[0]))
-        time.sleep(0.05)
-        with lock:
-            running[0] -= 1
-        if args[0] == "bench":
-            Path(args[-1]).write_text("{}")
-        return 0, 0.05
-
-    monkeypatch.setattr(runner, "_call", fake_call)
-    monkeypatch.setattr(runner.os, "cpu_count", lambda: 4)
-    monkeypatch.setattr(runner, "shown", lambda path: str(path))
     assert runner.execute(layout, rows, [bench]) == []
-    assert peak[0] == 2 and len(order) == 5
-    assert all(threads == "2" for cmd, threads, _ in order if cmd == "forget")
-    assert order[-1][0] == "bench" and order[-1][2] == 1  # alone, after every row, with the default threads
-    assert order[-1][1] == os.environ.get("OMP_NUM_THREADS")  # the bench's env is not the lanes' split
+    calls = fake_cli()
+    assert len(calls) == 5 and max(c["beside"] for c in calls) == 2  # two lanes at once, never three
+    assert all(c["omp"] == "2" for c in calls if c["args"][0] == "forget")  # 4 CPUs // 2 lanes
+    assert calls[-1]["args"][0] == "bench" and calls[-1]["beside"] == 1  # alone, after every row
+    assert calls[-1]["omp"] is None  # the bench's env is not the lanes' split, nor a lane's runs root
+    assert calls[-1]["runs"] == os.environ.get("SPARSETUNE_RUNS")
+    assert layout.threads_per_job == 2
+    # finished (row, seed)s and benches are reused: a second invocation runs nothing
+    assert runner.execute(layout, rows, [bench]) == [] and len(fake_cli()) == 5

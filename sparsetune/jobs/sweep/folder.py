@@ -1,14 +1,11 @@
-"""Sweeps (`sparsetune train -m …`): the entry points the CLI calls, the sweep folder and its
-sweep.json, and the skip logic. The grid is sweep_grid.py, running the points sweep_launch.py, the
-table and the plot sweep_report.py.
-
-Sweep folder `<runs root>/sweeps/<name>/`:
+"""The sweep folder `<runs root>/sweeps/<name>/` and what it records:
   sweep.json          grid, points (overrides, status, run folder, headline metrics), command
-  summary.md, *.png   the table and the plot of the swept metric (sweep_report.py)
+  summary.md, *.png   the table and the plot of the swept metric (report.py, plots.py)
   logs/<point>.log    each point's console output
   <point>/            the point's runs root: its run folder(s) `<YYYYmmdd-HHMMSS>-<recipe>/` and point.json
-Rerunning into the same folder (`sweep.dir=…` or `sweep.name=…`) skips points whose latest run has a
-summary.json and whose overrides are unchanged; failed points run again.
+A point is finished when its latest run has a summary.json and its point.json holds the same
+overrides; a rerun into the folder (`sweep.dir=…` or `sweep.name=…`) reuses it through the pool's
+done-check (launch.reuse_finished), and failed points run again.
 """
 
 from __future__ import annotations
@@ -16,31 +13,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from sparsetune.errors import ConfigError, UserError
-from sparsetune.jobs.sweep_grid import (
-    LAUNCHER_GROUP,
-    Grid,
-    Point,
-    compose_points,
-    expand,
-    override_key,
-    run_of,
-)
-from sparsetune.jobs.sweep_launch import (
-    LOCAL_LAUNCHERS,
-    latest_run,
-    launcher_config,
-    launcher_name,
-    run_hydra_launcher,
-    run_local,
-)
+from sparsetune.jobs.sweep import launch
+from sparsetune.jobs.sweep.grid import Grid, Point, hydra_value, override_key, run_of
 
-SWEEP_JOBS = ("train", "prune", "forget", "eval")
 SWEEP_FILE = "sweep.json"
 POINT_FILE = "point.json"
 
@@ -51,6 +31,12 @@ def _last_line(log: Path) -> str | None:
     except OSError:
         return None
     return lines[-1][:300] if len(lines) > 1 else None
+
+
+def latest_run(root: Path) -> Path | None:
+    """The newest run folder (by its config.yaml) in a point's runs root."""
+    runs = [p for p in root.iterdir() if (p / "config.yaml").is_file()] if root.is_dir() else []
+    return max(runs, key=lambda p: ((p / "config.yaml").stat().st_mtime_ns, p.name), default=None)
 
 
 @dataclass
@@ -74,6 +60,24 @@ class Sweep:
 
     def log_path(self, point: Point) -> Path:
         return self.folder / "logs" / f"{point.id}.log"
+
+    def argv(self, point: Point, threads: int | None) -> list[str]:
+        """A point's command line: its overrides plus where its run goes, the W&B group and its threads."""
+        extra = []
+        keys = {override_key(o) for o in point.overrides}
+        if not self.in_place:
+            extra.append(f"run_dir={hydra_value(str(self.point_root(point)))}")
+        if "logger.group" not in keys:
+            extra.append(f"logger.group={hydra_value(self.name)}")
+        if threads and "trainer.threads" not in keys:
+            extra.append(f"trainer.threads={threads}")
+        ovs = [o for o in point.overrides if override_key(o) != "run_dir"]
+        return launch.child_argv(self.job, ovs, [*extra, *self.child_args])
+
+    def task(self, point: Point, previous: dict[str, dict[str, Any]]) -> launch.Task:
+        """The point as a pool task: built when it starts (it learns its threads then), reused when finished."""
+        return launch.Task(point.id, lambda threads: self.argv(point, threads), self.log_path(point),
+                           cwd=os.getcwd(), done=lambda: self.finished(point, previous))
 
     def prepare(self, point: Point) -> None:
         """The point's runs root and its point.json (the overrides the skip logic compares), before it runs."""
@@ -126,7 +130,7 @@ class Sweep:
 
     def collect(self, point: Point) -> None:
         """Status, run folder and headline metrics of a point from what is on disk."""
-        from sparsetune.jobs.sweep_report import headline_metrics
+        from sparsetune.jobs.sweep.report import headline_metrics
 
         if self.in_place:
             run = Path(run_of(point)).expanduser().resolve()
@@ -148,8 +152,26 @@ class Sweep:
                 point.error = _last_line(self.log_path(point)) or point.error or (
                     "finished without a summary.json" if point.returncode == 0 else None)
 
+    def finish(self, point: Point, console) -> None:
+        """A point that ran: its status from disk, sweep.json rewritten, one console line."""
+        from sparsetune.jobs.sweep.report import default_metric
 
-def _folder(cfg, job: str, grid: Grid) -> tuple[Path, str]:
+        self.collect(point)
+        self.write()
+        shown = " ".join(f"{k}={v}" for k, v in point.params.items()) or point.id
+        total = len(self.grid.points)
+        if point.status == "done":
+            key = self.settings.metric or default_metric([{"metrics": point.metrics}])
+            value = point.metrics.get(key) if key else None
+            console.print(f"[green]done[/green]   [{point.index + 1}/{total}] {shown} in {point.seconds:.1f} s"
+                          + (f" ({key}={value:.4g})" if value is not None else ""), soft_wrap=True)
+        else:
+            console.print(f"[red]failed[/red] [{point.index + 1}/{total}] {shown} (exit {point.returncode}): "
+                          f"{point.error or 'see its log'}", soft_wrap=True)
+
+
+def create_folder(cfg, job: str, grid: Grid) -> tuple[Path, str]:
+    """The sweep folder and its name: `sweep.dir`, `sweep.name`, or a new timestamped one claimed by mkdir."""
     from sparsetune.paths import runs_root
 
     if cfg.sweep.dir:
@@ -168,78 +190,3 @@ def _folder(cfg, job: str, grid: Grid) -> tuple[Path, str]:
         except FileExistsError:
             continue
     raise UserError(f"could not create a sweep folder under {root}")
-
-
-def plan(job: str, overrides: Sequence[str], child_args: Sequence[str] = ()) -> tuple[Sweep, Any]:
-    """Everything checked before a folder exists: the grid, every point's config, the launcher."""
-    if job not in SWEEP_JOBS:
-        raise UserError(f"`{job}` does not sweep; sweeps (-m) work with {', '.join(SWEEP_JOBS)}")
-    grid = expand(overrides)
-    in_place = job == "eval" and any(override_key(o) == "run" for o in [*grid.fixed, *grid.swept])
-    if not grid.swept and not any(override_key(o) == LAUNCHER_GROUP for o in grid.launcher):
-        raise ConfigError("-m: nothing to sweep; give values to sweep over, e.g. method.r=4,8 seed=range(3) "
-                          "model=glob(tiny_*) (or drop -m to run one point)")
-    if not grid.points:
-        raise ConfigError("-m: the grid is empty")
-    cfg = compose_points(job, grid, in_place)
-    if cfg.sweep.x and cfg.sweep.x not in {override_key(k) for k in grid.swept}:
-        raise ConfigError(f"sweep.x: '{cfg.sweep.x}' is not swept; swept keys: "
-                          f"{', '.join(override_key(k) for k in grid.swept)}")
-    launcher = launcher_name(cfg, grid)
-    if launcher not in LOCAL_LAUNCHERS:
-        launcher_config(launcher, grid.launcher, Path("."), "check")  # the plugin is there and takes these settings
-    command = " ".join(["sparsetune", job, "-m", *overrides, *child_args])
-    sweep = Sweep(job, Path(), "", grid, cfg.sweep, launcher, command, list(child_args), in_place)
-    return sweep, cfg
-
-
-def run_sweep(job: str, overrides: Sequence[str], child_args: Sequence[str] = (), show_cfg: bool = False) -> int:
-    """Plan, run the unfinished points, write sweep.json and the report. Returns the exit status:
-    0 when every point finished, 1 when some failed (they run again when the command is repeated)."""
-    from sparsetune.engine.progress import console
-
-    sweep, cfg = plan(job, overrides, child_args)
-    if show_cfg:
-        _print_points(sweep)
-        return 0
-    sweep.folder, sweep.name = _folder(cfg, job, sweep.grid)
-    sweep.folder.mkdir(parents=True, exist_ok=True)
-    previous = sweep.previous()
-    todo = []
-    for point in sweep.grid.points:
-        if sweep.finished(point, previous):
-            point.status = "skipped"
-            sweep.collect(point)
-        else:
-            todo.append(point)
-    sweep.write()
-    done_before = len(sweep.grid.points) - len(todo)
-    console.print(f"sweep [bold]{sweep.name}[/bold]: {len(sweep.grid.points)} points"
-                  + (f" ({done_before} finished earlier, skipped)" if done_before else "")
-                  + (f", {sweep.settings.jobs} at a time" if sweep.launcher in LOCAL_LAUNCHERS and todo else "")
-                  + (f", through hydra/launcher={sweep.launcher}" if sweep.launcher not in LOCAL_LAUNCHERS else "")
-                  + f" → {sweep.folder}")
-    try:
-        if todo and sweep.launcher in LOCAL_LAUNCHERS:
-            run_local(sweep, todo, console)
-        elif todo:
-            run_hydra_launcher(sweep, todo, console)
-    finally:
-        sweep.write()
-    from sparsetune.jobs.sweep_report import report
-
-    report(sweep.folder, json.loads(sweep.record_path.read_text()), metric=sweep.settings.metric,
-           x=sweep.settings.x, console=console)
-    failed = [p for p in sweep.grid.points if p.status == "failed"]
-    console.print(f"[bold]sweep folder:[/bold] {sweep.folder}")
-    if failed:
-        console.print(f"[red]{len(failed)} of {len(sweep.grid.points)} points failed[/red] (logs in "
-                      f"{sweep.folder / 'logs'}); the same command with sweep.dir={sweep.folder} runs them again")
-        return 1
-    return 0
-
-
-def _print_points(sweep: Sweep) -> None:
-    """`-m --cfg`: every point's command line (stdout, like `--cfg`), nothing run or created."""
-    for point in sweep.grid.points:
-        print(f"point {point.index} {point.id}: {' '.join([*point.overrides, *sweep.child_args])}")

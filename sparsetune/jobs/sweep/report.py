@@ -1,12 +1,14 @@
-"""A sweep's results at a glance: the points as a table (console and summary.md) and the swept
-metric as a PNG, one line per setting of the other swept keys, mean ± std over seeds when `seed`
-is swept. Reads only sweep.json's record, so a rerun redraws everything from disk."""
+"""A sweep's results at a glance: the points as a table (console and summary.md), mean ± std over
+seeds when `seed` is swept, and the swept metric's PNG. Reads only sweep.json's record,
+so a rerun redraws everything from disk. `number` and `mean_std` are also the reproduction report's
+(scripts/repro/report.py): one rule for what counts as a figure and how seeds aggregate."""
 
 from __future__ import annotations
 
 import math
 import re
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +17,24 @@ PREFERRED = ("eval/average/score",)  # the held-out split's average over its tas
 SHOWN = ("train_loss", "step_time_s", "peak_memory_mb")  # next to the metric in the tables
 
 
-def _number(v: Any) -> bool:
+def number(v: Any) -> bool:
+    """A figure to tabulate or average: a finite int or float (not a bool, NaN or inf)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n − 1) over seeds; the std is None for a single value."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
     """summary.json's numbers: top-level figures as they are, eval results as `eval/<task>/<metric>`
     (the names the metric loggers use)."""
-    out = {k: v for k, v in summary.items() if _number(v)}
+    out = {k: v for k, v in summary.items() if number(v)}
     for task, results in (summary.get("eval") or {}).items():
         if isinstance(results, dict):
             out.update({f"eval/{task}/{m}": v for m, v in results.items()
-                        if _number(v) and m != "n" and not m.endswith("_stderr")})
+                        if number(v) and m != "n" and not m.endswith("_stderr")})
     return out
 
 
@@ -43,18 +51,6 @@ def _bare(key: str) -> str:
     return key.lstrip("+~")
 
 
-def _as_float(value: str) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def groups(record: dict[str, Any], metric: str, x: str | None = None):
     """{line label: {x value: [metric over seeds]}} plus the x key; finished points only."""
     keys = [_bare(k) for k in record.get("grid", {})]
@@ -63,7 +59,7 @@ def groups(record: dict[str, Any], metric: str, x: str | None = None):
     lines: dict[str, dict[str, list[float]]] = {}
     for p in record.get("points", []):
         value = p.get("metrics", {}).get(metric)
-        if p.get("status") not in ("done", "skipped") or not _number(value):
+        if p.get("status") not in ("done", "skipped") or not number(value):
             continue
         params = {_bare(k): v for k, v in p.get("params", {}).items()}
         label = ", ".join(f"{k}={params[k]}" for k in others) or metric
@@ -74,31 +70,24 @@ def groups(record: dict[str, Any], metric: str, x: str | None = None):
 def plot(record: dict[str, Any], metric: str, path: Path, x: str | None = None) -> Path | None:
     """The metric against the x key (numeric axis when every value is a number, log-scaled when they span
     two decades); error bars are the std over seeds."""
+    from sparsetune.jobs.sweep.plots import as_float, figure, mean_line, save_figure
+
     lines, x = groups(record, metric, x)
     if not lines or x is None:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     seeds = len(record.get("grid", {}).get(SEED, [])) if x != SEED else 0
     order = list(dict.fromkeys(v for line in lines.values() for v in line))
-    numeric = all(_as_float(v) is not None for v in order)
+    numeric = all(as_float(v) is not None for v in order)
     if numeric:
-        order.sort(key=_as_float)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+        order.sort(key=as_float)
+    fig, ax = figure((6.4, 4.4))
     for label, by_x in lines.items():
         xs = [v for v in order if v in by_x]
-        stats = [_mean_std(by_x[v]) for v in xs]
-        pos = [_as_float(v) if numeric else order.index(v) for v in xs]
-        means, stds = [m for m, _ in stats], [s for _, s in stats]
-        if seeds > 1:
-            ax.errorbar(pos, means, yerr=stds, marker="o", capsize=3, label=label)
-        else:
-            ax.plot(pos, means, marker="o", label=label)
+        stats = [mean_std(by_x[v]) for v in xs]
+        mean_line(ax, [as_float(v) if numeric else order.index(v) for v in xs], [m for m, _ in stats],
+                  [s for _, s in stats] if seeds > 1 else [None] * len(stats), label)
     if numeric:
-        vals = [_as_float(v) for v in order]
+        vals = [as_float(v) for v in order]
         if min(vals) > 0 and max(vals) / min(vals) >= 100:
             ax.set_xscale("log")
     else:
@@ -109,10 +98,7 @@ def plot(record: dict[str, Any], metric: str, path: Path, x: str | None = None) 
     if len(lines) > 1 or next(iter(lines)) != metric:
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def point_rows(record: dict[str, Any], metric: str | None) -> dict[str, dict[str, Any]]:
@@ -134,7 +120,7 @@ def seed_rows(record: dict[str, Any], metric: str) -> dict[str, dict[str, Any]]:
     rows = {}
     for label, by_x in lines.items():
         for xv, values in by_x.items():
-            mean, std = _mean_std(values)
+            mean, std = mean_std(values)
             name = ", ".join(p for p in (f"{x}={xv}" if x != SEED else "", label if label != metric else "") if p)
             rows[name or metric] = {f"{metric} mean": mean, "std": std, "seeds": len(values)}
     return rows

@@ -1,24 +1,17 @@
-"""Running a sweep's points, each as the normal command line in its own process: a local pool
-(`sweep.jobs=N`) or a Hydra launcher plugin (`hydra/launcher=submitit_slurm`). `sweep` arguments are
-sweep.Sweep, not imported here because sweep.py imports this module.
-
-Why a process per point: a point that crashes (out of memory, the NaN guard, a bad combination) must
-not take the sweep down, and every point starts from a clean interpreter (seeds, threads, devices).
-"""
+"""Running a sweep's points through a Hydra launcher plugin (`hydra/launcher=submitit_slurm`: one
+SLURM job array) instead of the local pool: each job runs its point's normal command line on its node.
+`sweep` arguments are `folder.Sweep`."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from sparsetune.errors import ConfigError, UserError
-from sparsetune.jobs.sweep_grid import (
+from sparsetune.jobs.sweep.folder import latest_run
+from sparsetune.jobs.sweep.grid import (
     LAUNCHER_GROUP,
     Grid,
     Point,
@@ -27,46 +20,11 @@ from sparsetune.jobs.sweep_grid import (
     one_line,
     override_key,
 )
+from sparsetune.jobs.sweep.launch import run_child
 
 LOCAL_LAUNCHERS = ("local", "basic")  # basic: Hydra's in-process launcher; ours is the process pool
 SLURM_EXTRA = "pip install 'sparsetune[slurm]'  (Hydra's submitit launcher plugin: hydra-submitit-launcher)"
 POINT_KEY = "sweep_point"  # the one override a Hydra launcher job gets: the index of its point
-
-
-def child_argv(job: str, overrides: Sequence[str], extra_args: Sequence[str] = ()) -> list[str]:
-    """The normal command line for one point, in a fresh interpreter."""
-    return [sys.executable, "-m", "sparsetune.cli", job, *overrides, *extra_args]
-
-
-def point_argv(sweep, point: Point, threads: int | None) -> list[str]:
-    """A point's command line: its overrides plus where its run goes, the W&B group and its threads."""
-    extra = []
-    keys = {override_key(o) for o in point.overrides}
-    if not sweep.in_place:
-        extra.append(f"run_dir={hydra_value(str(sweep.point_root(point)))}")
-    if "logger.group" not in keys:
-        extra.append(f"logger.group={hydra_value(sweep.name)}")
-    if threads and "trainer.threads" not in keys:
-        extra.append(f"trainer.threads={threads}")
-    ovs = [o for o in point.overrides if override_key(o) != "run_dir"]
-    return child_argv(sweep.job, ovs, [*extra, *sweep.child_args])
-
-
-def run_child(argv: Sequence[str], log: Path, env: dict[str, str] | None = None, cwd: str | None = None,
-              started=None) -> tuple[int, float]:
-    """Run one point; its output goes to `log`. Returns (exit status, seconds)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    tic = time.perf_counter()
-    with open(log, "w") as fh:
-        shown = ["sparsetune", *argv[3:]] if list(argv[1:3]) == ["-m", "sparsetune.cli"] else list(argv)
-        fh.write("$ " + " ".join(shown) + "\n")
-        fh.flush()
-        proc = subprocess.Popen(list(argv), stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd)
-        if started is not None:
-            started(proc)
-        rc = proc.wait()
-    return rc, time.perf_counter() - tic
 
 
 class PointTask:
@@ -81,86 +39,6 @@ class PointTask:
         return {"returncode": rc, "seconds": seconds}
 
 
-def latest_run(root: Path) -> Path | None:
-    """The newest run folder (by its config.yaml) in a point's runs root."""
-    runs = [p for p in root.iterdir() if (p / "config.yaml").is_file()] if root.is_dir() else []
-    return max(runs, key=lambda p: ((p / "config.yaml").stat().st_mtime_ns, p.name), default=None)
-
-
-def _threads_per_point(jobs: int) -> int | None:
-    """Split this machine's CPUs between concurrent points (None: one point at a time keeps the default)."""
-    if jobs <= 1:
-        return None
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        cpus = os.cpu_count() or 1
-    return max(1, cpus // jobs)
-
-
-def _announce(console, point: Point, total: int, metric: str | None) -> None:
-    from sparsetune.jobs.sweep_report import default_metric
-
-    shown = " ".join(f"{k}={v}" for k, v in point.params.items()) or point.id
-    if point.status == "done":
-        key = metric or default_metric([{"metrics": point.metrics}])
-        value = point.metrics.get(key) if key else None
-        console.print(f"[green]done[/green]   [{point.index + 1}/{total}] {shown} in {point.seconds:.1f} s"
-                      + (f" ({key}={value:.4g})" if value is not None else ""), soft_wrap=True)
-    else:
-        console.print(f"[red]failed[/red] [{point.index + 1}/{total}] {shown} (exit {point.returncode}): "
-                      f"{point.error or 'see its log'}", soft_wrap=True)
-
-
-def run_local(sweep, todo: list[Point], console) -> None:
-    """A pool of `sweep.jobs` child processes; a crash of one point is its own status, not the sweep's."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    jobs = min(int(sweep.settings.jobs), len(todo))
-    threads = _threads_per_point(jobs)
-    env = dict(os.environ)
-    if threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            env.setdefault(var, str(threads))
-    running: dict[int, subprocess.Popen] = {}
-    lock = threading.Lock()
-    total = len(sweep.grid.points)
-
-    def one(point: Point) -> Point:
-        sweep.prepare(point)
-
-        def started(proc):
-            with lock:
-                running[point.index] = proc
-
-        point.returncode, point.seconds = run_child(point_argv(sweep, point, threads), sweep.log_path(point),
-                                                    env=env, cwd=os.getcwd(), started=started)
-        with lock:
-            running.pop(point.index, None)
-        return point
-
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="sweep")
-    futures = {pool.submit(one, p) for p in todo}
-    try:
-        while futures:
-            finished, futures = wait(futures, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                point = fut.result()
-                sweep.collect(point)
-                sweep.write()
-                _announce(console, point, total, sweep.settings.metric)
-    except BaseException:
-        for fut in futures:
-            fut.cancel()
-        with lock:
-            for proc in running.values():
-                proc.terminate()
-        raise
-    finally:
-        pool.shutdown(wait=True)
-
-
-# ------------------------------------------------------------------------------------ Hydra launchers
 def launcher_name(cfg, grid: Grid) -> str:
     given = [o.split("=", 1)[1] for o in grid.launcher if override_key(o) == LAUNCHER_GROUP]
     name = given[-1] if given else str(cfg.sweep.launcher)
@@ -211,9 +89,7 @@ def run_hydra_launcher(sweep, todo: list[Point], console) -> None:
     from hydra.core.utils import JobStatus
     from hydra.types import HydraContext
 
-    for point in todo:
-        sweep.prepare(point)
-    task = PointTask({p.index: point_argv(sweep, p, None) for p in todo},
+    task = PointTask({p.index: sweep.argv(p, None) for p in todo},
                      {p.index: str(sweep.log_path(p)) for p in todo}, os.getcwd())
     cfg = launcher_config(sweep.launcher, sweep.grid.launcher, sweep.folder, f"sparsetune-{sweep.name}")
     with hydra_loader() as loader:
@@ -241,5 +117,4 @@ def run_hydra_launcher(sweep, todo: list[Point], console) -> None:
         else:
             point.returncode = -1
             point.error = one_line(ret._return_value) if ret._return_value is not None else "the job failed"
-        sweep.collect(point)
-        _announce(console, point, len(sweep.grid.points), sweep.settings.metric)
+        sweep.finish(point, console)
