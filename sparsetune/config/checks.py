@@ -1,8 +1,9 @@
 """One validation pass over the whole resolved config, before anything is loaded or created.
 
 `check_config` runs at the end of `validate()`: it resolves every interpolation (in place, so the
-stored config.yaml holds plain values), then checks ranges, enums and finite numbers. Every problem
-is one `ConfigError` line: "<key>: <what is wrong>; <what is valid>".
+stored config.yaml holds plain values), then checks every `one_of` field against the choices its
+schema lists (schema.py), then ranges, patterns and finite numbers. Every problem is one
+`ConfigError` line: "<key>: <what is wrong>; <what is valid>".
 
 `check_environment` checks the runs root (exists or can be created, is a directory, is writable,
 has some free space); the jobs layer calls it before any run folder is created.
@@ -14,34 +15,16 @@ import math
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# SCHEDULES, the one list of schedules, lives with the schema; engine/optim.py reads it from here
+from sparsetune.config.schema import SCHEDULES, check_choices  # noqa: F401
 from sparsetune.errors import ConfigError
 
-# trainer.schedule -> the transformers SchedulerType the engine builds (engine/optim.py). Only schedules
-# that need nothing beyond (optimizer, warm-up, total steps) are offered.
-SCHEDULES: dict[str, str] = {
-    "linear": "linear",
-    "cosine": "cosine",
-    "constant": "constant_with_warmup",
-    "constant_with_warmup": "constant_with_warmup",
-    "cosine_with_restarts": "cosine_with_restarts",  # transformers' default: one cycle (= cosine)
-    "polynomial": "polynomial",  # power 1, down to lr_end=1e-7 (transformers' defaults)
-    "inverse_sqrt": "inverse_sqrt",  # lr * sqrt(warmup / step) after warm-up
-}
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16")
+# trainer.device is a pattern (cuda:N), not a plain enum: checked here, not by check_choices
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "cuda:N", "mps")
-STRATEGIES: tuple[str, ...] = ("ddp", "fsdp")
-DATA_KINDS: tuple[str, ...] = ("text", "vision")
-TASK_DATA: tuple[str, ...] = ("auto", "local", "hub")
-LOGGER_BACKENDS: tuple[str, ...] = ("jsonl", "console", "wandb")
-WANDB_MODES: tuple[str, ...] = ("offline", "online", "disabled")
-# accepted by models/loading.py (both spellings)
-MODEL_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
-MODEL_TASKS: tuple[str, ...] = ("causal_lm", "image_classification")
-MODEL_SOURCES: tuple[str, ...] = ("hub", "gguf_package", "config", "vision_base")
 SEED_MAX = 2**32 - 1
 # free space the runs root must have before a run starts (config, checkpoints, metrics)
 MIN_FREE_BYTES = 200 * 1024 * 1024
@@ -100,11 +83,6 @@ def _int_at_least(lo: int) -> Callable[[Any], bool]:
     return lambda v: _is_number(v) and float(v).is_integer() and v >= lo
 
 
-def _one_of(key: str, value: Any, allowed: Iterable[str]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not valid; valid: {', '.join(allowed)}")
-
-
 def _need(key: str, value: Any, ok: bool, valid: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {value!r} is not valid; {valid}")
@@ -118,8 +96,21 @@ def check_precision(precision: str, device: str) -> None:
                           "use trainer.precision=bf16 on the CPU")
 
 
+def check_group_choices(cfg) -> None:
+    """Every shared group's `one_of` fields (schema.py) against their choices; methods check their own."""
+    import dataclasses
+
+    from sparsetune.config.schema import Config
+
+    for f in dataclasses.fields(Config):
+        group = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        node = _get(cfg, f.name)
+        if dataclasses.is_dataclass(group) and node is not None:
+            check_choices(type(group), node, f.name)
+
+
 def check_values(cfg) -> None:
-    """Ranges, enums and finite numbers of the shared groups (methods check their own knobs)."""
+    """Ranges and finite numbers of the shared groups (their enums: check_group_choices)."""
     t = "trainer."
     g = lambda key, default=None: _get(cfg, key, default)  # noqa: E731
 
@@ -142,8 +133,6 @@ def check_values(cfg) -> None:
     if betas is not None:
         ok = len(betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in betas)
         _need(t + "betas", list(betas), ok, "must be two numbers in [0, 1), e.g. [0.9, 0.999]")
-    _one_of(t + "schedule", g(t + "schedule"), SCHEDULES)
-    _one_of(t + "precision", g(t + "precision"), PRECISIONS)
     v = g(t + "max_grad_norm")
     _need(t + "max_grad_norm", v, v is None or (_finite(v) and v > 0), "must be a finite number > 0, or null")
     v = g(t + "device")
@@ -159,9 +148,6 @@ def check_values(cfg) -> None:
     v = g(t + "nproc")
     if v is not None:
         _need(t + "nproc", v, _int_at_least(1)(v), "must be an integer >= 1 (processes to train with)")
-    v = g(t + "strategy")
-    if v is not None:
-        _one_of(t + "strategy", v, STRATEGIES)
     if str(g(t + "device")) in ("cpu", "mps"):
         check_precision(g(t + "precision"), str(g(t + "device")))
 
@@ -178,7 +164,6 @@ def check_values(cfg) -> None:
         _need(d + key, v, _int_at_least(0)(v), "must be an integer >= 0")
     v = g(d + "train_size")
     _need(d + "train_size", v, v is None or _int_at_least(1)(v), "must be an integer >= 1, or null (all)")
-    _one_of(d + "kind", g(d + "kind"), DATA_KINDS)
     v = g(d + "image_size")
     if v is not None:
         _need(d + "image_size", v, _int_at_least(1)(v), "must be an integer >= 1")
@@ -190,25 +175,12 @@ def check_values(cfg) -> None:
     _need(e + "limit", v, v is None or _int_at_least(1)(v), "must be an integer >= 1, or null (all)")
     v = g(e + "batch_size")
     _need(e + "batch_size", v, _int_at_least(1)(v), "must be an integer >= 1")
-    v = g(e + "task_data")
-    if v is not None:
-        _one_of(e + "task_data", v, TASK_DATA)
-
-    backends = g("logger.backends")
-    if backends is not None:
-        bad = [b for b in backends if b not in LOGGER_BACKENDS]
-        if bad:
-            raise ConfigError(f"logger.backends: {bad[0]!r} is not valid; valid: {', '.join(LOGGER_BACKENDS)}")
-    _one_of("logger.wandb_mode", g("logger.wandb_mode"), WANDB_MODES)
-
-    _one_of("model.dtype", g("model.dtype"), MODEL_DTYPES)
-    _one_of("model.task", g("model.task"), MODEL_TASKS)
-    _one_of("model.source", g("model.source"), MODEL_SOURCES)
 
 
 def check_config(cfg) -> None:
     """The whole validation pass: resolve every interpolation, then check every value."""
     resolve_all(cfg)
+    check_group_choices(cfg)
     check_values(cfg)
     check_sweep(cfg)
 

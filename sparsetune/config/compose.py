@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from sparsetune.config.schema import MethodConfig
+from sparsetune.config.schema import MethodConfig, renamed_keys
 from sparsetune.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -246,6 +246,10 @@ def validate(cfg, recipe: str | None = None, method_schema: MethodSchemas | None
             typed.method = OmegaConf.create(method_raw)
         else:
             schema = method_schema(method_raw.get("name", "full"))
+            renamed = renamed_keys(method_raw, schema)  # a stored config's were carried over already
+            if renamed:
+                old, new = renamed[0]
+                raise ConfigError(f"method.{old} was renamed to method.{new}; give method.{new} instead")
             typed.method = OmegaConf.merge(OmegaConf.structured(schema), method_raw)
     except (ConfigAttributeError, ConfigKeyError) as exc:
         key = getattr(exc, "full_key", "") or ""
@@ -270,6 +274,25 @@ def validate(cfg, recipe: str | None = None, method_schema: MethodSchemas | None
     if method_schema is not None:
         schema.check(typed.method)  # the method's own rules, before anything loads
     return typed
+
+
+def carry_renamed_keys(cfg, method_schema: MethodSchemas | None = None):
+    """A stored config (a run folder's config.yaml) written before a method key was renamed
+    (schema.RENAMED_METHOD_KEYS: `lora_r` -> `r`, ...): each old key takes its new name, value kept,
+    in place (a plain dict or a DictConfig); returns `cfg`. Only stored configs are carried over
+    (`eval run=`, `export run=`, `resume=`): an old key the user types fails in `validate`."""
+    method = cfg.get("method") if hasattr(cfg, "get") else None
+    if not hasattr(method, "get"):
+        return cfg
+    try:
+        schema = _schema_of(method.get("name", "full"), method_schema)
+    except ConfigError:  # an unknown method name: validate says so
+        return cfg
+    for old, new in renamed_keys(method, schema):
+        value = method.pop(old)
+        if new not in method:
+            method[new] = value
+    return cfg
 
 
 def to_yaml(cfg) -> str:

@@ -1,13 +1,71 @@
 """Dataclass schemas for every config group.
 
 Composition (Hydra) gives a plain tree; `validate` merges each group onto its schema so an unknown
-key, a wrong type or a `+key` outside the schema fails with one readable line.
+key, a wrong type or a `+key` outside the schema fails with one readable line. A field with a fixed
+set of values says so as data (`one_of`), and `check_choices` refuses anything else, for the shared
+groups and every method's schema alike.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Optional
+
+from sparsetune.errors import ConfigError
+
+
+def one_of(default: Any, *choices: Any) -> Any:
+    """A field whose value must be one of `choices` (a list default: every item must be). The choices
+    live in the field's metadata, so the schema is where they are read, checked and documented."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"choices": choices})
+    return field(default=default, metadata={"choices": choices})
+
+
+def choices_of(schema: type) -> dict[str, tuple]:
+    """Field name -> allowed values for every `one_of` field of `schema`, its bases' included (a subclass
+    that only changes a default, e.g. `train: str = "retrain"`, keeps its base's choices)."""
+    out: dict[str, tuple] = {}
+    for klass in reversed(schema.__mro__):
+        if is_dataclass(klass):
+            out.update({f.name: f.metadata["choices"] for f in fields(klass) if "choices" in f.metadata})
+    return out
+
+
+def _show(value: Any) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def check_choices(schema: type, node: Any, prefix: str) -> None:
+    """Refuse a value outside its field's choices: one ConfigError line, "<key>: <value> is not valid;
+    valid: a, b, c". `node` is a composed group (DictConfig) or a config instance."""
+    for name, allowed in choices_of(schema).items():
+        value = node.get(name, MISSING) if isinstance(node, Mapping) else getattr(node, name, MISSING)
+        if value is MISSING:
+            continue
+        items = value if isinstance(value, Sequence) and not isinstance(value, str) else [value]
+        for item in items:
+            if item not in allowed:
+                raise ConfigError(f"{prefix}.{name}: {item!r} is not valid; valid: {', '.join(map(_show, allowed))}")
+
+
+# method keys an older version used (old -> new: PEFT's LoRA names everywhere). A run folder's stored
+# config.yaml that holds an old key still loads with the value carried over (compose.carry_renamed_keys);
+# an old key in the user's overrides or recipe fails with one line naming the new key.
+RENAMED_METHOD_KEYS: dict[str, str] = {
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "lora_targets": "target_modules",
+    "targets": "target_modules",  # gslora
+}
+
+
+def renamed_keys(node: Mapping, schema: type) -> list[tuple[str, str]]:
+    """(old, new) for every renamed key `node` holds that `schema` knows only by its new name."""
+    names = {f.name for f in fields(schema)} if is_dataclass(schema) else set()
+    return [(old, new) for old, new in RENAMED_METHOD_KEYS.items() if old in node and old not in names and new in names]
 
 
 @dataclass
@@ -16,11 +74,14 @@ class MethodConfig:
 
     name: str = "full"
 
-    @staticmethod
-    def check(cfg) -> None:
-        """Ranges and enums of the method's knobs on the composed `method` node, one ConfigError line
-        each. Compose calls it, so a bad `method.*` value (a sweep point's too) fails before any model
-        or data loads; a method with such rules overrides it."""
+    @classmethod
+    def check(cls, cfg) -> None:
+        """The method's value rules on the composed `method` node (or a config instance), one
+        ConfigError line each. Compose calls it, so a bad `method.*` value (a sweep point's too) fails
+        before any model or data loads, and `Method.__init__` calls it for a method built in code.
+        The default refuses a value outside a `one_of` field's choices; a method with more rules
+        (ranges, relations) overrides it and calls `super().check(cfg)` first."""
+        check_choices(cls, cfg, "method")
 
 
 @dataclass
@@ -32,14 +93,15 @@ class ModelConfig:
     # gguf_package: dequantise a GGUF file shipped inside a pip package, cache as safetensors
     # config: build from `model_type` + `config` with random weights (tests, training from scratch)
     # vision_base: the project's own ViT pretrained on Fashion-MNIST (built on first use)
-    source: str = "hub"
-    task: str = "causal_lm"  # causal_lm | image_classification
+    source: str = one_of("hub", "hub", "gguf_package", "config", "vision_base")
+    task: str = one_of("causal_lm", "causal_lm", "image_classification")
     gguf_package: Optional[str] = None
     gguf_file: Optional[str] = None
     # source=config: transformers model_type and config kwargs
     model_type: Optional[str] = None
     config: dict[str, Any] = field(default_factory=dict)
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    # models/loading.py accepts both spellings
+    dtype: str = one_of("float32", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
     attn_implementation: str = "sdpa"
     revision: Optional[str] = None
     trust_remote_code: bool = False
@@ -48,7 +110,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     name: str = "commonsense_mix"
-    kind: str = "text"  # text | vision
+    kind: str = one_of("text", "text", "vision")
     # text: benchmarks | jsonl | hub | gsm_symbolic | synthetic | bigbench ;
     # vision: fashion_mnist | mnist5k | digits | cifar10 | image_folder
     source: str = "benchmarks"
@@ -69,9 +131,23 @@ class DataConfig:
     val_size: int = 0  # validation examples carved from train (model selection)
     split_seed: int = 0
     max_length: int = 256
-    prompt_template: str = "alpaca"  # alpaca | plain | none | chat (the tokenizer's chat template)
+    # alpaca | plain | none (the prompt as it is) | chat (the tokenizer's chat template): data/prompts.py
+    prompt_template: str = one_of("alpaca", "alpaca", "plain", "none", "chat")
     image_size: int = 28
     num_classes: Optional[int] = None
+
+
+# trainer.schedule -> the transformers SchedulerType the engine builds (engine/optim.py). Only schedules
+# that need nothing beyond (optimizer, warm-up, total steps) are offered.
+SCHEDULES: dict[str, str] = {
+    "linear": "linear",
+    "cosine": "cosine",
+    "constant": "constant_with_warmup",
+    "constant_with_warmup": "constant_with_warmup",
+    "cosine_with_restarts": "cosine_with_restarts",  # transformers' default: one cycle (= cosine)
+    "polynomial": "polynomial",  # power 1, down to lr_end=1e-7 (transformers' defaults)
+    "inverse_sqrt": "inverse_sqrt",  # lr * sqrt(warmup / step) after warm-up
+}
 
 
 @dataclass
@@ -84,16 +160,15 @@ class TrainerConfig:
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup_steps: int = 10
-    # after warmup_steps of linear warm-up (transformers.get_scheduler; "constant" = constant_with_warmup):
-    # linear | cosine | constant | constant_with_warmup | cosine_with_restarts | polynomial | inverse_sqrt
-    schedule: str = "linear"
+    # after warmup_steps of linear warm-up (transformers.get_scheduler): the names of SCHEDULES
+    schedule: str = one_of("linear", *SCHEDULES)
     max_grad_norm: Optional[float] = 1.0
     # fp32 | bf16 (autocast on CUDA and CPU) | fp16 (CUDA autocast + torch.amp GradScaler)
-    precision: str = "fp32"
+    precision: str = one_of("fp32", "fp32", "bf16", "fp16")
     eval_every: int = 0  # steps; 0 = only at the end
     save_every: int = 50  # steps; 0 = only at the end
     log_every: int = 1
-    device: str = "auto"  # auto | cpu | cuda
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (a pattern: config/checks.py)
     threads: Optional[int] = None
     # threads that load and collate the next 2 x num_workers micro-batches ahead (same order, exact resume)
     num_workers: int = 0
@@ -105,7 +180,7 @@ class TrainerConfig:
     # or gloo on CPU). Under torchrun/accelerate the launcher's WORLD_SIZE wins (engine/distributed.py)
     nproc: int = 1
     # ddp (every method) | fsdp (FSDP2 fully_shard per block: full, lora, dora, pat)
-    strategy: str = "ddp"
+    strategy: str = one_of("ddp", "ddp", "fsdp")
 
 
 @dataclass
@@ -122,7 +197,7 @@ class EvalConfig:
     # (lm-eval's own task definitions, the split that ships: see docs/benchmarks-offline.md);
     # hub = the Hugging Face Hub (the stock splits); auto = local when a copy is installed and the
     # Hub is off (every run that needs no Hub is offline), else the Hub
-    task_data: str = "auto"
+    task_data: str = one_of("auto", "auto", "local", "hub")
     # a folder of the user's own lm-eval task YAMLs (lm-eval's --include_path); its tasks can be
     # named in eval.tasks. Relative data_files in those YAMLs resolve against the current directory.
     include_path: Optional[str] = None
@@ -135,7 +210,7 @@ class EvalConfig:
     limit: Optional[int] = None  # examples per task
     batch_size: int = 8
     max_new_tokens: int = 16
-    scoring: str = "auto"  # auto | multiple_choice | generate
+    scoring: str = one_of("auto", "auto", "multiple_choice", "generate")
     bootstrap_iters: int = 0
     # method-defined settings to score one by one in `sparsetune eval` (Method.eval_points), e.g. EViT
     # keep rates: eval.points=[1.0,0.7,0.5] → top-1, images/s and GMACs per point, eval_points.json + .png
@@ -144,8 +219,8 @@ class EvalConfig:
 
 @dataclass
 class LoggerConfig:
-    backends: list[str] = field(default_factory=lambda: ["jsonl", "console", "wandb"])
-    wandb_mode: str = "offline"  # offline | online | disabled
+    backends: list[str] = one_of(["jsonl", "console", "wandb"], "jsonl", "console", "wandb")
+    wandb_mode: str = one_of("offline", "offline", "online", "disabled")
     project: str = "sparsetune"
     entity: Optional[str] = None
     tags: list[str] = field(default_factory=list)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sparsetune.config.checks import forbid_stored_trust_remote_code
-from sparsetune.config.compose import compose, validate
+from sparsetune.config.compose import carry_renamed_keys, compose, validate
 from sparsetune.config.store import register_schemas
 from sparsetune.engine.run_folder import RunFolder
 from sparsetune.methods import REGISTRY, method_class
@@ -44,5 +44,7 @@ def load_run_config(run: RunFolder, overrides: list[str] | None = None):
     """A run folder's stored config, validated again (a hand-edited config.yaml fails here).
 
     A stored config never switches on `model.trust_remote_code`: it loads with the flag off unless
-    `overrides` (this command line) pass `model.trust_remote_code=true` again."""
-    return validate_job(forbid_stored_trust_remote_code(run.load_raw_config(), overrides))
+    `overrides` (this command line) pass `model.trust_remote_code=true` again. One written by an older
+    version loads with renamed method keys carried over (`method.lora_r` -> `method.r`, silently)."""
+    raw = forbid_stored_trust_remote_code(run.load_raw_config(), overrides)
+    return validate_job(carry_renamed_keys(raw, method_schema))

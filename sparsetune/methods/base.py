@@ -82,6 +82,7 @@ class Method:
     ddp_find_unused: bool = False
 
     def __init__(self, cfg: MethodConfig):
+        self.config_class.check(cfg)  # compose ran it already; a method built in code gets the same rules
         self.cfg = cfg
         self.ctx: MethodContext | None = None  # the engine's context, kept by apply()
 

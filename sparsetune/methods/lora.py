@@ -11,6 +11,9 @@ from sparsetune.methods.base import Method, MethodConfig
 
 @dataclass
 class LoRAConfig(MethodConfig):
+    """PEFT's LoraConfig under the names every LoRA in this project uses: r, alpha (lora_alpha),
+    dropout (lora_dropout), target_modules."""
+
     name: str = "lora"
     r: int = 16
     alpha: float = 32.0
@@ -18,6 +21,19 @@ class LoRAConfig(MethodConfig):
     # role names (q, k, v, o, gate, up, down), attribute names (q_proj, …) or groups (attn, mlp): models/arch.py
     target_modules: list[str] = field(default_factory=lambda: ["q", "k", "v", "up", "down"])
     train_head: bool = False  # also train the classifier head (vision)
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        check_lora(cfg)
+
+
+def check_lora(cfg) -> None:
+    """The LoRA knobs every method with a LoRA shares (r, dropout), one ConfigError line each."""
+    if int(cfg.r) < 1:
+        raise ConfigError(f"method.r: {cfg.r} must be a positive integer (the LoRA rank)")
+    if not 0.0 <= float(cfg.dropout) < 1.0:
+        raise ConfigError(f"method.dropout: {cfg.dropout} must be in [0, 1)")
 
 
 def resolve_targets(arch, targets: list[str]) -> list[str]:
@@ -40,13 +56,6 @@ class LoRA(Method):
     peft_adapter = True
     config_class = LoRAConfig
     use_dora = False
-
-    def __init__(self, cfg: LoRAConfig):
-        super().__init__(cfg)
-        if int(cfg.r) < 1:
-            raise ConfigError(f"method.r: {cfg.r} must be a positive integer (the LoRA rank)")
-        if not 0.0 <= float(cfg.dropout) < 1.0:
-            raise ConfigError(f"method.dropout: {cfg.dropout} must be in [0, 1)")
 
     def apply(self, model, ctx):
         from peft import LoraConfig, get_peft_model

@@ -42,7 +42,7 @@ SCENARIOS = [
     ("s2ft", "train", ["method=s2ft"]),
     ("fsdp_full", "train", ["method=full", "trainer.strategy=fsdp"]),
     ("fsdp_lora", "train", ["method=lora", "method.dropout=0.0", "trainer.strategy=fsdp"]),
-    ("pat", "prune", ["method=pat", "method.rank=8", "method.lora_r=4", "method.lora_alpha=8", "method.lora_dropout=0.0"]),
+    ("pat", "prune", ["method=pat", "method.rank=8", "method.r=4", "method.alpha=8", "method.dropout=0.0"]),
     ("spt", "train", ["method=spt"]),
     ("dora", "train", ["method=dora", "method.dropout=0.0"]),
     ("bf16", "train", ["method=lora", "trainer.precision=bf16"]),  # CPU bf16 autocast under DDP

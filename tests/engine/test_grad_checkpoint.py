@@ -32,7 +32,7 @@ METHODS = {
     "s2ft": {"o_ratio": 0.5, "v_ratio": 0.5, "d_ratio": 0.2, "u_ratio": 0.2},
     # backprop stops below the top third of the blocks
     "s2ft_top": {"o_ratio": 0.5, "d_ratio": 0.2, "top_fraction": 0.34},
-    "pat": {"rank": 4, "lora_r": 2, "lora_dropout": 0.1},  # dropout: the replay must reuse the RNG state
+    "pat": {"rank": 4, "r": 2, "dropout": 0.1},  # dropout: the replay must reuse the RNG state
 }
 
 

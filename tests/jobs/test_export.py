@@ -142,7 +142,7 @@ def test_full_merged_and_refusals(tmp_path, monkeypatch, capsys):
 def test_pat_merged_is_the_pruned_stock_model_of_the_run(tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    run, ref = train_capturing(tmp_path, monkeypatch, "tiny_llama", "pat", "method.rank=8", "method.lora_r=4",
+    run, ref = train_capturing(tmp_path, monkeypatch, "tiny_llama", "pat", "method.rank=8", "method.r=4",
                                "trainer.max_steps=4", job="prune")
     merged = export_run(str(run), "merged")
     assert AutoModelForCausalLM.from_pretrained(merged).config.hidden_size == 48  # physically pruned

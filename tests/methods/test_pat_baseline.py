@@ -23,7 +23,7 @@ from sparsetune.models.tiny import build_tiny
 torch.set_num_threads(1)
 
 IDS = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(3))
-LORA = {"lora_r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0}
+LORA = {"r": 4, "alpha": 8.0, "dropout": 0.0}
 
 
 def tiny(name: str = "tiny_llama", **overrides):
@@ -122,5 +122,5 @@ def test_auto_without_calibration_batches_uses_the_exact_fold():
 def test_bad_norm_correction_is_a_one_line_error():
     from sparsetune.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="method.norm_correction: 'sqrt' is not one of exact | none | auto"):
+    with pytest.raises(ConfigError, match="method.norm_correction: 'sqrt' is not valid; valid: exact, none, auto$"):
         PruneLoRA(PruneLoRAConfig(norm_correction="sqrt"))

@@ -26,7 +26,7 @@ def tiny(name: str, **overrides):
 
 def with_pat(name: str, **cfg):
     model = tiny(name)
-    pat = PAT(PATConfig(**{"rank": 8, "lora_r": 4, **cfg}))
+    pat = PAT(PATConfig(**{"rank": 8, "r": 4, **cfg}))
     return pat, pat.apply(model, MethodContext.of(model))
 
 
@@ -115,7 +115,7 @@ def test_recipe_composes():
 
     cfg = compose(["model=tiny_llama", "method=pat", "method.prune_ratio=0.5"])
     assert cfg.method.name == "pat" and cfg.method.prune_ratio == 0.5 and cfg.method.rank == "auto"
-    assert list(cfg.method.lora_targets) == ["q", "k", "v", "o", "gate", "up", "down"]
+    assert list(cfg.method.target_modules) == ["q", "k", "v", "o", "gate", "up", "down"]
 
 
 # ---------------------------------------------------------------------------------------------- modules
@@ -171,7 +171,7 @@ def test_state_round_trip_restores_the_hard_selection():
     pat.on_step(4, 12)  # t0 = 4: hard phase starts now
     state = pat.state_dict()
     assert len(state["keep"]) == 48
-    other = PAT(PATConfig(rank=8, lora_r=4))
+    other = PAT(PATConfig(rank=8, r=4))
     other.load_state_dict(state)  # before apply(), as the engine does on resume
     model2 = tiny("tiny_llama")
     other.apply(model2, MethodContext.of(model2))
@@ -184,7 +184,7 @@ def test_frozen_mask_keeps_magnitude_top_n_and_fades_the_rest():
 
     model = tiny("tiny_qwen2")
     expect = top_channels(hidden_importance(model, get_arch(model)), 48)
-    pat = PAT(PATConfig(rank=8, lora_r=4, freeze_mask=True))
+    pat = PAT(PATConfig(rank=8, r=4, freeze_mask=True))
     model = pat.apply(model, MethodContext.of(model))
     assert not pat.mask.m.requires_grad and torch.equal(pat.keep_index(), expect)
     pat.on_step(2, 12)  # t0 = 4

@@ -26,7 +26,7 @@ torch.set_num_threads(1)
 
 TINY = ["model=tiny_llama", "data=synthetic_arith", "logger=quiet", "trainer.batch_size=4", "trainer.warmup_steps=1",
         "trainer.lr=5e-3", "trainer.threads=1", "trainer.save_every=0", "eval.limit=4"]
-PAT = ["method=pat", "method.rank=8", "method.lora_r=4", "method.lora_alpha=8", "method.lora_dropout=0.0"]
+PAT = ["method=pat", "method.rank=8", "method.r=4", "method.alpha=8", "method.dropout=0.0"]
 IDS = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(1))
 
 
@@ -92,8 +92,8 @@ def test_bad_baseline_run_fails_before_a_run_folder_exists(tmp_path):
 
 @pytest.mark.parametrize("importance", ["magnitude", "activation"])
 def test_prune_then_lora_keeps_n_top_channels_and_exports_the_trained_model(tmp_path, importance):
-    ov = [*TINY, "method=prune_lora", f"method.importance={importance}", "method.lora_r=4", "method.lora_alpha=8",
-          "method.lora_dropout=0.0", "method.calibration_batches=2", "method.prune_ratio=0.3",
+    ov = [*TINY, "method=prune_lora", f"method.importance={importance}", "method.r=4", "method.alpha=8",
+          "method.dropout=0.0", "method.calibration_batches=2", "method.prune_ratio=0.3",
           f"run_dir={tmp_path}", "trainer.max_steps=3"]
     cfg = compose(ov)
     dense, tokenizer = load_model(cfg.model)  # the same seeded random weights the job starts from
@@ -125,12 +125,12 @@ def test_prune_then_lora_resume_rebuilds_the_same_channels():
 
     cfg = compose(["model=tiny_llama"])
     keep = list(range(0, 64, 2)) + [1, 3, 5, 7, 9, 11, 13, 15]  # 40 arbitrary channels, not the magnitude top
-    method = PruneLoRA(PruneLoRAConfig(prune_ratio=0.375, lora_r=4))
+    method = PruneLoRA(PruneLoRAConfig(prune_ratio=0.375, r=4))
     method.load_state_dict({"keep": sorted(keep), "n_keep": 40})  # before apply(), as the engine resumes
     model, _ = load_model(cfg.model)
     method.apply(model, MethodContext.of(model))
     assert method.keep.tolist() == sorted(keep) and method.state_dict()["keep"] == sorted(keep)
-    other = PruneLoRA(PruneLoRAConfig(prune_ratio=0.25, lora_r=4))
+    other = PruneLoRA(PruneLoRAConfig(prune_ratio=0.25, r=4))
     other.load_state_dict({"keep": sorted(keep), "n_keep": 40})
     model, _ = load_model(cfg.model)
     with pytest.raises(ConfigError, match="checkpoint keeps 40 hidden channels"):
@@ -144,7 +144,7 @@ def test_pat_recipes_compose_with_the_same_kept_count():
     pat, base = compose(["recipe=pat_llama"]), compose(["recipe=pat_baseline_llama"])
     assert pat.method.name == "pat" and base.method.name == "prune_lora"
     assert "prune" in method_class("prune_lora").jobs
-    for key in ("prune_ratio", "round_to", "align_heads", "lora_r", "lora_alpha"):
+    for key in ("prune_ratio", "round_to", "align_heads", "r", "alpha"):
         assert pat.method[key] == base.method[key], key
     for key in ("max_steps", "batch_size", "lr", "schedule"):
         assert pat.trainer[key] == base.trainer[key], key

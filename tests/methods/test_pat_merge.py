@@ -28,7 +28,7 @@ def trained_pat(name: str, steps: int = 3, model_overrides=None, **cfg):
     """PAT after a few real optimiser steps, with a random mask so the top-N set is arbitrary."""
     torch.manual_seed(0)
     model = tiny(name, **(model_overrides or {}))
-    pat = PAT(PATConfig(**{"rank": 8, "lora_r": 4, "lora_alpha": 8.0, "lora_dropout": 0.0, **cfg}))
+    pat = PAT(PATConfig(**{"rank": 8, "r": 4, "alpha": 8.0, "dropout": 0.0, **cfg}))
     model = pat.apply(model, MethodContext.of(model))
     opt = torch.optim.AdamW(pat.parameter_groups(model, 2e-2, 0.0))
     ids = torch.randint(0, 256, (2, 10))
@@ -216,7 +216,7 @@ def test_smollm2_pruned_export_equals_masked_model(tmp_path, monkeypatch):
     from sparsetune.models import load_model
 
     torch.manual_seed(0)
-    cfg = compose(["model=smollm2_135m", "method=pat", "method.lora_dropout=0.0"])
+    cfg = compose(["model=smollm2_135m", "method=pat", "method.dropout=0.0"])
     model, tok = load_model(cfg.model)
     model = model.float()
     pat = build_method(cfg.method)

@@ -454,3 +454,31 @@ def test_router_calibration_learns_the_best_block_subsets():
     method = spt(model, calibration=lambda n: batches[:n], min_keys=4)
     assert method.codebooks_initialised and method.router_agreement is not None
     assert method.metrics()["spt_router_init_agreement"] > 0.5  # 1 in 6 by chance (2 of 4 blocks)
+
+
+def test_a_run_stored_with_the_old_lora_keys_still_evaluates_exports_and_resumes(tmp_path):
+    """A config.yaml an older version wrote (method.lora_r / lora_alpha / lora_targets) loads with its values:
+    the export only fits the LoRA shapes the run trained (r=2 on k, o), not the defaults (16 on every linear)."""
+    import yaml
+
+    from sparsetune.jobs import run_job
+    from sparsetune.jobs.config import compose_job
+    from sparsetune.jobs.evaluate import evaluate_run
+    from sparsetune.jobs.export import export_run
+    from sparsetune.jobs.resume import resume_config
+
+    ov = ["model=tiny_llama", "data=synthetic_arith", "logger=quiet", "trainer.batch_size=4", "trainer.max_steps=2",
+          "trainer.threads=1", "trainer.save_every=0", "eval.limit=4", "method=spt", "method.r=2", "method.alpha=4",
+          "method.target_modules=[k,o]", "method.kmeans_batches=1", f"run_dir={tmp_path / 'runs'}"]
+    run_job(compose_job(ov), ov)
+    run = next((tmp_path / "runs").iterdir())
+    now = evaluate_run(str(run), [])
+    stored = yaml.safe_load((run / "config.yaml").read_text())
+    old = {"r": "lora_r", "alpha": "lora_alpha", "target_modules": "lora_targets"}
+    stored["method"] = {old.get(k, k): v for k, v in stored["method"].items()}
+    (run / "config.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
+
+    assert evaluate_run(str(run), []) == now
+    assert (export_run(str(run), "merged", out=str(tmp_path / "merged")) / "config.json").is_file()
+    cfg = resume_config(str(run), [f"resume={run}", "trainer.max_steps=3"])
+    assert (cfg.method.r, cfg.method.alpha, list(cfg.method.target_modules)) == (2, 4.0, ["k", "o"])

@@ -27,14 +27,16 @@ class EViTConfig(MethodConfig):
     # false: use the model off the shelf (everything frozen; evaluation only)
     train: bool = True
     # training keep rate: 1.0 until anneal_start, cosine down to keep_rate at anneal_end (fractions of
-    # the run's steps); anneal_end <= anneal_start means the target keep rate from the first step
-    anneal_start: float = 0.0
-    anneal_end: float = 0.3
+    # the run's steps); anneal_end <= anneal_start means the target keep rate from the first step.
+    # Defaults: the paper's training from scratch, epochs 10 to 110 of 300
+    anneal_start: float = 10 / 300
+    anneal_end: float = 110 / 300
     # keep rates `sparsetune eval` scores one by one when eval.points is not given ([] = just keep_rate)
     eval_keep_rates: list[float] = field(default_factory=list)
 
-    @staticmethod
-    def check(cfg) -> None:
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
         check_config(cfg)
 
 

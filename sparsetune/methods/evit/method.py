@@ -13,7 +13,7 @@ from torch import nn
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method, MethodContext, config_dict
 
-from .config import EViTConfig, check_config, check_keep_rate, default_reorg_layers
+from .config import EViTConfig, check_keep_rate, default_reorg_layers
 from .flops import Geometry, macs, token_schedule
 from .layers import EViTSettings, is_patched, patch_layer, unpatch_layer
 
@@ -40,7 +40,6 @@ class EViT(Method):
 
     def __init__(self, cfg: EViTConfig):
         super().__init__(cfg)
-        check_config(cfg)
         self.keep_rate = float(cfg.keep_rate)  # the configured (or exported) target; eval points switch settings only
         self.settings = EViTSettings(keep_rate=self.keep_rate, fuse=bool(cfg.fuse),
                                      renormalize=bool(cfg.renormalize))

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from sparsetune.config.schema import one_of
+from sparsetune.errors import ConfigError
 from sparsetune.methods.base import MethodConfig
 
 
@@ -19,17 +21,18 @@ class GSLoRAConfig(MethodConfig):
     name: str = "gslora"
     # what trains in each task: lora (GS-LoRA and the no-sparsity baseline) | full (full fine-tuning
     # with the same loss) | retrain (oracle: re-initialise, train on retained classes only)
-    train: str = "lora"
+    train: str = one_of("lora", "lora", "full", "retrain")
+    # the LoRA, under PEFT's names as in method=lora
     r: int = 8
     alpha: float = 1.0  # the reference code's LoRA alpha at rank 8 (scale alpha / r = 1/8)
-    targets: list[str] = field(default_factory=lambda: ["up", "down"])  # roles arch resolves (q k v o up down)
+    target_modules: list[str] = field(default_factory=lambda: ["up", "down"])  # roles arch resolves (q k v o up down)
     layers: Optional[list[int]] = None  # block indices that get LoRA; None: every block
     # forgetting hinge: beta * mean_i ReLU(bnd - CE_i) over the forgotten samples of a batch
     beta: float = 0.2  # paper: 0.15-0.25 (reference: 0.2 for the first task)
     bnd: Optional[float] = None  # None: ln(num_labels) + bnd_margin (plain-logit CE; see docs)
     bnd_margin: float = 2.0
     # hinge: the paper's ReLU(bnd - CE) | complement: -log(1 - p_y) while CE < bnd (non-saturating)
-    forget_loss: str = "hinge"
+    forget_loss: str = one_of("hinge", "hinge", "complement")  # losses.FORGET_LOSSES
     # group sparsity: group_alpha * sum_g ||g||_2, zero for the first sparsity_warmup of each task;
     # proximal: as a block soft-threshold of lr * group_alpha after each step (exact zeros) instead of
     # the paper's subgradient term. The paper's subgradient weights (1e-4 for sequences, 1e-2 for single
@@ -37,7 +40,7 @@ class GSLoRAConfig(MethodConfig):
     # zeroing groups while forgetting as well as gslora_nogs (subgradient 0.1 gave up forgetting)
     group_alpha: float = 50.0
     sparsity_warmup: float = 0.3  # fraction of each task's steps
-    groups: str = "block"  # block (paper) | module | matrix
+    groups: str = one_of("block", "block", "module", "matrix")  # block: the paper's
     proximal: bool = True
     # at the end of a task, groups with a norm below zero_below x the task's largest group norm are set
     # exactly to zero before the merge (the subgradient leaves unneeded groups at ~0.03% of the needed
@@ -45,7 +48,7 @@ class GSLoRAConfig(MethodConfig):
     zero_below: float = 1.0e-2
     # GS-LoRA++ prototype terms
     prototypes: bool = False
-    proto_on: str = "logits"  # logits | embeddings (the classifier's input)
+    proto_on: str = one_of("logits", "logits", "embeddings")  # embeddings: the classifier's input
     proto_forget_weight: float = 0.1
     proto_retain_weight: float = 0.1
     proto_bnd: float = 4.0  # hinge on KL(p(x_f) || proto) for forgotten samples
@@ -59,6 +62,14 @@ class GSLoRAConfig(MethodConfig):
 class GSLoRAPlusConfig(GSLoRAConfig):
     name: str = "gslora_pp"
     prototypes: bool = True
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        if int(cfg.r) < 1:
+            raise ConfigError(f"method.r: {cfg.r} must be a positive integer (the LoRA rank)")
+        if float(cfg.zero_below) < 0:
+            raise ConfigError(f"method.zero_below: {cfg.zero_below} must be >= 0 (0 disables)")
 
 
 @dataclass

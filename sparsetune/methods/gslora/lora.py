@@ -45,7 +45,7 @@ def target_linears(arch, roles: list[str], layers: list[int] | None) -> dict[str
     roles = expand_roles(roles, known)
     bad = [r for r in roles if r not in known]
     if bad or not roles:
-        raise ConfigError(f"method.targets: {bad or roles} not linears of a {arch.family} block; "
+        raise ConfigError(f"method.target_modules: {bad or roles} not linears of a {arch.family} block; "
                           f"available: {', '.join(known)}")
     chosen = range(arch.num_layers) if layers is None else list(layers)
     out = [i for i in chosen if not 0 <= i < arch.num_layers]

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from sparsetune.errors import ConfigError
 from sparsetune.methods.base import ForgetTask, ForgettingMethod
 from sparsetune.methods.gslora import losses
 from sparsetune.methods.gslora.config import (
@@ -27,27 +26,12 @@ from sparsetune.methods.gslora.groups import build_groups, group_lasso, proximal
 from sparsetune.methods.gslora.lora import attach, merge, target_linears
 from sparsetune.methods.gslora.prototypes import HeadInput, carry_over, class_prototypes, features
 
-TRAIN_MODES = ("lora", "full", "retrain")
-
 
 class GSLoRA(ForgettingMethod):
     config_class = GSLoRAConfig
 
     def __init__(self, cfg: GSLoRAConfig):
         super().__init__(cfg)
-        if cfg.train not in TRAIN_MODES:
-            raise ConfigError(f"method.train: unknown '{cfg.train}'; available: {', '.join(TRAIN_MODES)}")
-        if cfg.proto_on not in ("logits", "embeddings"):
-            raise ConfigError(f"method.proto_on: unknown '{cfg.proto_on}'; available: logits, embeddings")
-        if cfg.groups not in ("block", "module", "matrix"):
-            raise ConfigError(f"method.groups: unknown grouping '{cfg.groups}'; available: block, module, matrix")
-        if cfg.forget_loss not in losses.FORGET_LOSSES:
-            raise ConfigError(f"method.forget_loss: unknown '{cfg.forget_loss}'; available: "
-                              f"{', '.join(losses.FORGET_LOSSES)}")
-        if cfg.zero_below < 0:
-            raise ConfigError(f"method.zero_below must be >= 0, got {cfg.zero_below}")
-        if cfg.r < 1:
-            raise ConfigError(f"method.r must be at least 1, got {cfg.r}")
         self.arch = None
         self.wrapped: dict = {}
         self.groups: list = []
@@ -66,7 +50,7 @@ class GSLoRA(ForgettingMethod):
         num_labels = int(model.config.num_labels)
         self.bnd = self.cfg.bnd if self.cfg.bnd is not None else losses.default_bnd(num_labels, self.cfg.bnd_margin)
         if self.cfg.train == "lora":
-            target_linears(arch, list(self.cfg.targets), self.cfg.layers)  # fail on bad placement now
+            target_linears(arch, list(self.cfg.target_modules), self.cfg.layers)  # fail on bad placement now
         if self.cfg.prototypes and self.cfg.proto_on == "embeddings":
             self.capture = HeadInput(arch.head)
         model.requires_grad_(self.cfg.train != "lora")
@@ -99,7 +83,7 @@ class GSLoRA(ForgettingMethod):
             reinitialise(model)
         if cfg.train == "lora":
             model.requires_grad_(False)
-            self.targets = target_linears(self.arch, list(cfg.targets), cfg.layers)
+            self.targets = target_linears(self.arch, list(cfg.target_modules), cfg.layers)
             self.wrapped = attach(model, self.targets, cfg.r, cfg.alpha)
             self.groups = build_groups(self.targets, self.wrapped, cfg.groups)
         else:

@@ -21,17 +21,16 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from sparsetune.config.schema import one_of
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method, MethodConfig
+from sparsetune.methods.lora import check_lora
 
 from .compare import baseline_tables, load_baseline
-from .config import kept_channels_for
+from .config import ALL_LINEARS, kept_channels_for
 from .export import load_pruned_export, write_pruned_export
 from .importance import KINDS, hidden_importance, top_channels
 from .merge import check_supported, prune_hidden
-
-BASES = ("lora", "dora", "full")
-NORM_CORRECTIONS = ("exact", "none", "auto")
 
 
 @dataclass
@@ -40,40 +39,35 @@ class PruneLoRAConfig(MethodConfig):
 
     name: str = "prune_lora"
     prune_ratio: float = 0.25  # fraction of hidden channels removed before fine-tuning
-    importance: str = "magnitude"  # magnitude (weights) | activation (residual-stream RMS on calibration batches)
+    # magnitude (weights) | activation (residual-stream RMS on calibration batches)
+    importance: str = one_of("magnitude", *KINDS)
     calibration_batches: int = 4  # training batches for activation importance
     round_to: int = 1
-    align_heads: Any = "auto"
+    align_heads: Any = one_of("auto", "auto", True, False)
     # RMSNorm gains/eps after the cut: exact = PAT's fold (g x sqrt(d/d'), eps x d/d') | none = sliced as
     # they are | auto = the lower LM loss of the two on calibration_batches (exact without batches)
-    norm_correction: str = "auto"
-    base: str = "lora"  # what trains on the pruned model: lora | dora | full
-    lora_r: int = 20
-    lora_alpha: float = 4.0
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "gate", "up", "down"])
+    norm_correction: str = one_of("auto", "exact", "none", "auto")
+    base: str = one_of("lora", "lora", "dora", "full")  # what trains on the pruned model
+    # the LoRA (base=lora|dora), under PEFT's names as in method=lora
+    r: int = 20
+    alpha: float = 4.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEARS))
     baseline_run: Optional[str] = None  # an unpruned run recorded next to this one (see PAT)
 
-    @staticmethod
-    def check(cfg) -> None:
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
         check_config(cfg)
 
 
 def check_config(cfg) -> None:
-    if cfg.importance not in KINDS:
-        raise ConfigError(f"method.importance: '{cfg.importance}' is not one of {' | '.join(KINDS)}")
-    if cfg.norm_correction not in NORM_CORRECTIONS:
-        raise ConfigError(f"method.norm_correction: '{cfg.norm_correction}' is not one of {' | '.join(NORM_CORRECTIONS)}")
-    if cfg.base not in BASES:
-        raise ConfigError(f"method.base: '{cfg.base}' is not one of {' | '.join(BASES)}")
+    """Ranges, one readable line per bad value (OmegaConf checks types, `check_choices` the enums)."""
     if not 0.0 < float(cfg.prune_ratio) < 1.0:
         raise ConfigError(f"method.prune_ratio: {cfg.prune_ratio} must be between 0 and 1 (exclusive)")
     if int(cfg.round_to) < 1:
         raise ConfigError(f"method.round_to: {cfg.round_to} must be a positive integer")
-    if cfg.align_heads not in ("auto", True, False):
-        raise ConfigError(f"method.align_heads: '{cfg.align_heads}' must be auto | true | false")
-    if int(cfg.lora_r) < 1:
-        raise ConfigError(f"method.lora_r: {cfg.lora_r} must be a positive integer")
+    check_lora(cfg)
     if int(cfg.calibration_batches) < 1:
         raise ConfigError("method.calibration_batches: must be at least 1")
 
@@ -86,7 +80,6 @@ class PruneLoRA(Method):
 
     def __init__(self, cfg: PruneLoRAConfig):
         super().__init__(cfg)
-        check_config(cfg)
         self.hidden = 0
         self.n_keep = 0
         self.keep: torch.Tensor | None = None
@@ -160,8 +153,8 @@ class PruneLoRA(Method):
         from sparsetune.methods.lora import DoRA, DoRAConfig, LoRA, LoRAConfig
 
         dora = cfg.base == "dora"
-        lcfg = (DoRAConfig if dora else LoRAConfig)(r=int(cfg.lora_r), alpha=float(cfg.lora_alpha),
-                                                   dropout=float(cfg.lora_dropout), target_modules=list(cfg.lora_targets))
+        lcfg = (DoRAConfig if dora else LoRAConfig)(r=int(cfg.r), alpha=float(cfg.alpha),
+                                                   dropout=float(cfg.dropout), target_modules=list(cfg.target_modules))
         return (DoRA if dora else LoRA)(lcfg).apply(model, replace(self.ctx, arch=arch))
 
     # ------------------------------------------------------------------ figures / state

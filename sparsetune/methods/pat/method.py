@@ -20,7 +20,7 @@ from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method
 
 from .compare import baseline_tables, load_baseline
-from .config import PATConfig, check_config, kept_channels_for, resolve_rank
+from .config import PATConfig, kept_channels_for, resolve_rank
 from .export import load_pruned_export, write_pruned_export
 from .hsm import HSM, ResidualWrite, wrap
 from .importance import hidden_importance, top_channels
@@ -44,7 +44,6 @@ class PAT(Method):
 
     def __init__(self, cfg: PATConfig):
         super().__init__(cfg)
-        check_config(cfg)
         self.mask: SharedMask | None = None
         self.writes: list[ResidualWrite] = []
         self.hidden = 0
@@ -109,9 +108,8 @@ class PAT(Method):
             from sparsetune.methods.lora import DoRA, DoRAConfig, LoRA, LoRAConfig
 
             dora = cfg.base == "dora" or cfg.use_dora
-            lcfg = (DoRAConfig if dora else LoRAConfig)(r=int(cfg.lora_r), alpha=float(cfg.lora_alpha),
-                                                       dropout=float(cfg.lora_dropout),
-                                                       target_modules=list(cfg.lora_targets))
+            lcfg = (DoRAConfig if dora else LoRAConfig)(r=int(cfg.r), alpha=float(cfg.alpha), dropout=float(cfg.dropout),
+                                                       target_modules=list(cfg.target_modules))
             return (DoRA if dora else LoRA)(lcfg).apply(model, replace(self.ctx, arch=arch))
         for p in model.parameters():
             p.requires_grad_(cfg.base == "full")

@@ -5,13 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from sparsetune.config.schema import one_of
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import MethodConfig
-
-SELECTIONS = ("random", "weight", "activation", "gradient")
-ALLOCATIONS = ("global", "per_layer")
-ORDERS = ("largest", "smallest")
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -28,9 +24,11 @@ class S2FTConfig(MethodConfig):
     match_lora_rank: Optional[int] = None
     # role names (q, k, v, o, gate, up, down) or attribute names (q_proj, ...), as LoRA's target_modules
     match_lora_modules: list[str] = field(default_factory=lambda: ["q", "k", "v", "up", "down"])
-    selection: str = "random"  # random | weight | activation | gradient
-    selection_order: str = "largest"  # score-based selection keeps the largest or the smallest scores
-    allocation: str = "global"  # global: over (layer x unit) like the paper | per_layer: equal counts
+    selection: str = one_of("random", "random", "weight", "activation", "gradient")
+    # score-based selection keeps the largest or the smallest scores
+    selection_order: str = one_of("largest", "largest", "smallest")
+    # global: over (layer x unit) like the paper | per_layer: equal counts
+    allocation: str = one_of("global", "global", "per_layer")
     # only the top fraction of blocks hold trained units (1.0 = all blocks, the paper); autograd then
     # builds no graph below the lowest of them, so backward and saved activations shrink with it
     top_fraction: float = 1.0
@@ -41,20 +39,17 @@ class S2FTConfig(MethodConfig):
     # cut the graph below the lowest block holding a trained slice (matters when inputs require grad,
     # e.g. gradient checkpointing's enable_input_require_grads)
     stop_at_lowest_trained_layer: bool = False
-    optimizer_dtype: str = "float32"  # dtype of the trainable slices (master weights and optimizer state)
+    # dtype of the trainable slices (master weights and optimizer state)
+    optimizer_dtype: str = one_of("float32", "float32", "bfloat16", "float16")
 
-    @staticmethod
-    def check(cfg) -> None:
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
         check_config(cfg)
 
 
 def check_config(cfg) -> None:
-    """One readable line per bad value (OmegaConf only checks types)."""
-    for key, allowed in (("selection", SELECTIONS), ("allocation", ALLOCATIONS),
-                         ("selection_order", ORDERS), ("optimizer_dtype", DTYPES)):
-        value = getattr(cfg, key)
-        if value not in allowed:
-            raise ConfigError(f"method.{key}: '{value}' is not one of {' | '.join(allowed)}")
+    """Ranges, one readable line per bad value (OmegaConf checks types, `check_choices` the enums)."""
     for key in ("o_ratio", "d_ratio", "v_ratio", "u_ratio"):
         value = float(getattr(cfg, key))
         if not 0.0 <= value <= 1.0:

@@ -14,7 +14,7 @@ from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method, config_dict
 
 from .adapter import FILENAME, AdapterSlice, S2FTAdapter, _set_module, fingerprint
-from .config import S2FTConfig, check_config
+from .config import S2FTConfig
 from .layers import S2FTLinear
 from .permute import LayerPermutation, expand, invert, permute_model, plan, unit_positions
 from .selection import (
@@ -67,7 +67,6 @@ class S2FT(Method):
 
     def __init__(self, cfg: S2FTConfig):
         super().__init__(cfg)
-        check_config(cfg)
         self.selection: Selection | None = None
         self.permutation: dict[int, LayerPermutation] | None = None
         self.base_model = ""

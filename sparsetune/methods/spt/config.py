@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
+from sparsetune.config.schema import one_of
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import MethodConfig
 
 LORA_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
-FFN_GATES = ("2p", "ste")
 
 
 @dataclass
@@ -43,32 +43,34 @@ class SPTConfig(MethodConfig):
     # hold every selected p at 1/2: on SmolLM2-135M the calibrated router's 2p gates spread 0.03-1.99
     # and cost 3 nats of loss on their own (docs/methods/spt.md); "ste" keeps the router's gradient
     # without scaling the frozen path, and with every block selected it is the dense FFN
-    ffn_gate: str = "2p"
+    ffn_gate: str = one_of("2p", "2p", "ste")
     # decoder layers whose FFN is routed (None: every layer, the paper); the others stay dense
     ffn_layers: Optional[list[int]] = None
     # fit each router on the calibration batches (with kmeans_init) so it starts by picking each token's
     # blocks of largest output norm at gates 2p = 1 (not in the paper: a random router drops half of a
     # pretrained FFN at random, and the task loss alone moves it slowly)
     router_init: bool = True
-    # --- LoRA on the linears (our own small LoRA so its slices can follow the FFN blocks)
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_targets: list[str] = field(default_factory=lambda: list(LORA_ROLES))
+    # --- LoRA on the linears (our own small LoRA so its slices can follow the FFN blocks), under
+    # PEFT's names as in method=lora; target_modules are role names only
+    r: int = 16
+    alpha: float = 32.0
+    target_modules: list[str] = one_of(list(LORA_ROLES), *LORA_ROLES)
     # --- schedule: the first warmup_ratio of the steps run dense attention + dense FFN while the
     # codebooks train (phase 1); sparse attention + routing afterwards (phase 2)
     warmup_ratio: float = 0.1
     sparse_eval: bool = True  # evaluate/generate with the sparse model (False: dense attention + FFN)
     seed: int = 0
 
-    @staticmethod
-    def check(cfg) -> None:
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
         check_config(cfg)
 
 
 def check_config(cfg) -> None:
-    """One readable line per bad value (OmegaConf only checks types)."""
+    """Ranges, one readable line per bad value (OmegaConf checks types, `check_choices` the enums)."""
     for key in ("sub_dim", "num_centroids", "min_keys", "query_chunk", "codebook_tokens", "ffn_blocks",
-                "ffn_top_k", "lora_r", "kmeans_batches", "kmeans_iters"):
+                "ffn_top_k", "r", "kmeans_batches", "kmeans_iters"):
         if int(getattr(cfg, key)) < 1:
             raise ConfigError(f"method.{key}: {getattr(cfg, key)} must be a positive integer")
     if int(cfg.keep_first) < 0:
@@ -79,10 +81,5 @@ def check_config(cfg) -> None:
         raise ConfigError(f"method.warmup_ratio: {cfg.warmup_ratio} must be between 0 and 1")
     if cfg.ffn_top_k > cfg.ffn_blocks:
         raise ConfigError(f"method.ffn_top_k: {cfg.ffn_top_k} exceeds method.ffn_blocks={cfg.ffn_blocks}")
-    if cfg.ffn_gate not in FFN_GATES:
-        raise ConfigError(f"method.ffn_gate: '{cfg.ffn_gate}' is not one of {' | '.join(FFN_GATES)}")
     if float(cfg.codebook_loss_weight) < 0:
         raise ConfigError("method.codebook_loss_weight: must be >= 0")
-    for t in cfg.lora_targets:
-        if t not in LORA_ROLES:
-            raise ConfigError(f"method.lora_targets: '{t}' is not one of {' | '.join(LORA_ROLES)}")

@@ -14,7 +14,7 @@ from sparsetune.errors import ConfigError, UnsupportedModelError
 from sparsetune.methods.base import Method, config_dict
 
 from .attention import SPTAttention, SPTState, capture_mask
-from .config import SPTConfig, check_config
+from .config import SPTConfig
 from .ffn import LoRALinear, RoutedMLP
 from .pq import kmedians
 
@@ -50,7 +50,6 @@ class SPT(Method):
 
     def __init__(self, cfg: SPTConfig):
         super().__init__(cfg)
-        check_config(cfg)
         self.state = SPTState(sparse=float(cfg.warmup_ratio) == 0.0, sparse_eval=bool(cfg.sparse_eval))
         self.attention: list[SPTAttention] = []
         self.ffn: list[RoutedMLP] = []
@@ -91,11 +90,11 @@ class SPT(Method):
             p.requires_grad_(False)
         names = arch.linear_names()
         for b in arch.blocks:
-            for role in self.cfg.lora_targets:
+            for role in self.cfg.target_modules:
                 if role not in names:
                     continue
                 base = b.module.get_submodule(names[role])
-                _set(b.module, names[role], LoRALinear(base, int(self.cfg.lora_r), float(self.cfg.lora_alpha), gen))
+                _set(b.module, names[role], LoRALinear(base, int(self.cfg.r), float(self.cfg.alpha), gen))
         for b in arch.blocks:
             if self.cfg.sparse_attention:
                 wrapped = SPTAttention(b.attn.module, b.index, arch.head_dim, self.cfg, self.state, gen)
