@@ -30,6 +30,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
 from sparsetune.errors import DataError
 from sparsetune.paths import cache_dir
 
@@ -221,8 +223,6 @@ def task_yaml(name: str, rows: Any, fewshot_rows: Any = None, num_fewshot: Optio
 
 def write_task_folder(specs: dict[str, dict[str, Any]], groups: Optional[dict[str, list[str]]] = None) -> Path:
     """Write the YAMLs into a folder named by their content (reused across calls and processes)."""
-    import yaml
-
     texts = {f"{n}.yaml": yaml.safe_dump(s, sort_keys=False, allow_unicode=True) for n, s in specs.items()}
     for group, members in (groups or {}).items():
         texts[f"_{group}.yaml"] = yaml.safe_dump({

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from sparsetune.errors import ConfigError
+
 TEMPLATES = {
     # Alpaca-style, as the LLM-Adapters data used by the S2FT and PAT papers
     "alpaca": (
@@ -23,8 +25,6 @@ TEMPLATE_NAMES = (*TEMPLATES, CHAT)
 
 
 def format_prompt(prompt: str, template: str = "alpaca", tokenizer: Optional[Any] = None) -> str:
-    from sparsetune.errors import ConfigError
-
     if template == CHAT:
         if tokenizer is None:
             raise ConfigError("data.prompt_template=chat needs the tokenizer to format prompts")

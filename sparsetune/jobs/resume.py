@@ -22,9 +22,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from sparsetune.engine.checkpoint import find_resumable
+from sparsetune.engine.distributed import env_world, launched
 from sparsetune.engine.progress import console
 from sparsetune.engine.run_folder import RunFolder, atomic_write_text
 from sparsetune.errors import UserError
+from sparsetune.jobs.config import load_run_config, validate_job
 
 RESUME_KEYS = ("trainer.max_steps", "trainer.eval_every", "trainer.save_every", "trainer.log_every",
                "trainer.device", "trainer.threads", "trainer.nproc", "trainer.grad_accum")
@@ -49,10 +54,6 @@ def resume_overrides(overrides: list[str]) -> list[str]:
 
 def resume_config(run_dir: str, overrides: list[str]):
     """The run's stored config with the accepted overrides applied, and `resume` set to the run."""
-    from omegaconf import OmegaConf
-
-    from sparsetune.jobs.config import load_run_config, validate_job
-
     run = RunFolder.open(run_dir)
     cfg = load_run_config(run)
     rest = resume_overrides(overrides)
@@ -70,8 +71,6 @@ def resume_config(run_dir: str, overrides: list[str]):
 def load_resume_checkpoint(cfg) -> dict[str, Any]:
     """The newest good checkpoint of `cfg.resume` (verified; a damaged latest falls back to the previous
     good one with a warning); a one-line UserError when there is none. Reads only, writes nothing."""
-    from sparsetune.engine.checkpoint import find_resumable
-
     run = RunFolder.open(cfg.resume)
     _, ckpt = find_resumable(run.checkpoints,
                              warn=lambda msg: console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False,
@@ -81,8 +80,6 @@ def load_resume_checkpoint(cfg) -> dict[str, Any]:
 
 def check_world(ckpt: dict[str, Any], cfg) -> None:
     """Processes × grad_accum must match the checkpoint's (the micro-batches of each step); one line if not."""
-    from sparsetune.engine.distributed import env_world, launched
-
     world = env_world().size if launched() else int(cfg.trainer.nproc)
     old_world, old_accum = int(ckpt.get("world_size") or 1), int(ckpt.get("grad_accum") or cfg.trainer.grad_accum)
     if world * int(cfg.trainer.grad_accum) != old_world * old_accum:
@@ -94,8 +91,6 @@ def check_world(ckpt: dict[str, Any], cfg) -> None:
 
 def record_resume(run: RunFolder, cfg, overrides: list[str]) -> None:
     """After a successful restore: store the accepted overrides in config.yaml and overrides.txt."""
-    from omegaconf import OmegaConf
-
     rest = [o for o in overrides if not o.startswith("resume=")]
     if not rest:
         return

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from sparsetune.engine.progress import console
+from sparsetune.jobs.config import compose_job
+from sparsetune.jobs.train import run_train
 from sparsetune.models.loading import vision_base_folder
 from sparsetune.paths import cache_dir
 
@@ -23,8 +25,6 @@ def ensure_vision_base(model_cfg) -> Path | None:
         return folder
     console.print(f"[bold]vision base '{model_cfg.name_or_path}' not cached yet: pretraining it once with "
                   f"recipe={BUILD_RECIPE} (a few minutes on a CPU)…[/bold]")
-    from sparsetune.jobs.config import compose_job
-    from sparsetune.jobs.train import run_train
 
     overrides = [f"recipe={BUILD_RECIPE}", f"cache_as={model_cfg.name_or_path}", "logger=quiet",
                  f"run_dir={cache_dir('models', '_builds')}", *BUILD_OVERRIDES]

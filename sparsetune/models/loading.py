@@ -11,7 +11,13 @@ import importlib.util
 import shutil
 from pathlib import Path
 
+import torch
+from omegaconf import OmegaConf
+from rich.console import Console
+from transformers import AutoModelForCausalLM, AutoModelForImageClassification, AutoTokenizer
+
 from sparsetune.errors import ConfigError, UserError
+from sparsetune.models.tiny import build_tiny, byte_tokenizer
 from sparsetune.paths import cache_dir
 
 DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -19,16 +25,12 @@ DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16
 
 
 def torch_dtype(name: str):
-    import torch
-
     if name not in DTYPES:
         raise ConfigError(f"model.dtype: unknown dtype '{name}'; available: float32, bfloat16, float16")
     return getattr(torch, DTYPES[name])
 
 
 def _auto_class(task: str):
-    from transformers import AutoModelForCausalLM, AutoModelForImageClassification
-
     if task == "causal_lm":
         return AutoModelForCausalLM
     if task == "image_classification":
@@ -37,8 +39,6 @@ def _auto_class(task: str):
 
 
 def _from_folder_or_hub(cfg, location: str):
-    from transformers import AutoTokenizer
-
     kwargs = dict(dtype=torch_dtype(cfg.dtype), revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     if cfg.task == "causal_lm":
         kwargs["attn_implementation"] = cfg.attn_implementation
@@ -67,8 +67,6 @@ def gguf_cache(cfg) -> Path:
     target = cache_dir("models") / cfg.name
     if (target / "config.json").exists():
         return target
-    from rich.console import Console
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = package_dir(cfg.gguf_package)
     gguf = src / cfg.gguf_file
@@ -102,11 +100,8 @@ def vision_base_folder(cfg) -> Path:
 def load_model(cfg):
     """(model, tokenizer) for a ModelConfig; tokenizer is None for vision models."""
     if cfg.source == "config":
-        from sparsetune.models.tiny import build_tiny, byte_tokenizer
-
         if not cfg.model_type:
             raise ConfigError("model.model_type is required when model.source=config")
-        from omegaconf import OmegaConf
 
         config = OmegaConf.to_container(cfg.config, resolve=True) if OmegaConf.is_config(cfg.config) else dict(cfg.config)
         model = build_tiny(cfg.model_type, config, task=cfg.task)

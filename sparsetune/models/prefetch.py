@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from sparsetune.config import compose
+from sparsetune.models.loading import gguf_cache
+
 
 def main() -> None:
-    from sparsetune.config import compose
-    from sparsetune.models.loading import gguf_cache
-
     cfg = compose([])
     if cfg.model.source == "gguf_package":
         print(f"default model cached at {gguf_cache(cfg.model)}")

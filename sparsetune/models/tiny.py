@@ -5,12 +5,22 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+import torch
+import yaml
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    PreTrainedTokenizerFast,
+)
+
+from sparsetune.config.compose import RECIPES_DIR
+
 
 @lru_cache(maxsize=1)
 def byte_tokenizer():
     """A 259-token byte-level tokenizer (256 bytes + bos/eos/pad) that needs no download."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {f"<0x{i:02X}>": i for i in range(256)}
     specials = {"<s>": 256, "</s>": 257, "<pad>": 258}
@@ -46,9 +56,6 @@ def _byte_of(symbol: str) -> int:
 
 def build_tiny(model_type: str, config: dict[str, Any], task: str = "causal_lm", seed: int = 0):
     """Random-weight stock HF model of the given type (no download)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification
-
     hf_config = AutoConfig.for_model(model_type, **dict(config))
     torch.manual_seed(seed)
     if task == "image_classification":
@@ -63,11 +70,6 @@ def build_tiny(model_type: str, config: dict[str, Any], task: str = "causal_lm",
 def tiny_preset(name: str, seed: int = 0, random_biases: bool = True):
     """The `recipes/model/tiny_<name>.yaml` model with random weights; biases random too (HF starts them
     at 0, which would hide bias bugs in tests of slicing, permutation or sparse attention)."""
-    import torch
-    import yaml
-
-    from sparsetune.config.compose import RECIPES_DIR
-
     spec = yaml.safe_load((RECIPES_DIR / "model" / f"tiny_{name}.yaml").read_text())
     model = build_tiny(spec["model_type"], spec["config"], task=spec.get("task", "causal_lm"), seed=seed)
     if random_biases:

@@ -26,6 +26,19 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
+import yaml
+
+from sparsetune.data.benchmarks import (
+    SUITES,
+    expand,
+    full_split_folder,
+    has_local_copy,
+    local_task_names,
+    quiet_lm_eval,
+    task_manager,
+    write_atomic,
+)
+from sparsetune.data.sources.split import hold_out, make_splits
 from sparsetune.data.types import Example, Splits
 from sparsetune.errors import ConfigError, DataError
 from sparsetune.paths import cache_dir
@@ -100,7 +113,6 @@ def _items_cache(folder: Path, name: str) -> Path:
     so a change to any of them formats afresh. Formatting renders ~3 Jinja templates per item
     (lm-eval compiles each anew): ~40 s for the eight commonsense tasks, once."""
     import lm_eval
-    import yaml
 
     spec = (folder / f"{name}.yaml").read_text(encoding="utf-8")
     stock = Path(yaml.safe_load(spec)["include"]).parent
@@ -114,8 +126,6 @@ def _items_cache(folder: Path, name: str) -> Path:
 def _task_examples(names: list[str]) -> dict[str, list[Example]]:
     """Every shipped item of each task as a training Example (row = its index), from the cache when
     it holds them."""
-    from sparsetune.data.benchmarks import full_split_folder, quiet_lm_eval, write_atomic
-
     folder = full_split_folder(names)
     out: dict[str, list[Example]] = {}
     todo = []
@@ -136,16 +146,11 @@ def _task_examples(names: list[str]) -> dict[str, list[Example]]:
 
 def _load_tasks(names: list[str], folder: Optional[Path] = None) -> dict[str, Any]:
     """lm-eval's task objects for `names`, on their whole shipped split."""
-    from sparsetune.data.benchmarks import full_split_folder, quiet_lm_eval, task_manager
-
     with quiet_lm_eval():
         return task_manager(str(folder or full_split_folder(names))).load(list(names))["tasks"]
 
 
 def load_benchmarks(data_cfg: Any) -> Splits:
-    from sparsetune.data.benchmarks import SUITES, expand, has_local_copy, local_task_names, quiet_lm_eval
-    from sparsetune.data.sources.split import hold_out, make_splits
-
     names = expand(list(data_cfg.tasks or []))
     if not names:
         raise ConfigError(f"data.tasks must name lm-eval tasks for source=benchmarks, e.g. {list(SUITES)[0]}")

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from sparsetune.data.sources.bigbench_prepare import SUBTASKS, bigbench_cache, is_prepared
 from sparsetune.data.sources.common import mc_prompt, stable_shuffle, text_seed
+from sparsetune.data.sources.split import make_splits
 from sparsetune.data.types import Example, Splits
 from sparsetune.errors import ConfigError, DataError
 
@@ -146,8 +147,6 @@ def _ensure_cached(tasks: list[str], cache: Path) -> None:
 
 
 def load_bigbench(data_cfg: Any) -> Splits:
-    from sparsetune.data.sources.split import make_splits
-
     tasks = list(data_cfg.tasks or [])
     if not tasks:
         raise ConfigError("data.tasks must name at least one bigbench task for source=bigbench")

@@ -9,6 +9,7 @@ vision source) keep bigbench's own `<task>/<subtask>/task.json` layout. Present 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -18,6 +19,15 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Optional
+
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from sparsetune.errors import DataError
 from sparsetune.paths import cache_dir
@@ -59,7 +69,6 @@ def fetch_sdist(dest: Path, quiet: bool = False) -> Path:
     `pip download` cannot be used on its own: pip >= 25 builds the sdist's metadata even with
     --no-deps and rejects its `bleurt @ file://...` requirement.
     """
-    import hashlib
     import urllib.request
 
     req = urllib.request.Request(f"{_index_url()}/bigbench/", headers={"Accept": "application/vnd.pypi.simple.v1+json"})
@@ -71,7 +80,6 @@ def fetch_sdist(dest: Path, quiet: bool = False) -> Path:
     target, digest = dest / SDIST, hashlib.sha256()
     with urllib.request.urlopen(entry["url"], timeout=60) as resp, open(target, "wb") as out:
         total = int(entry.get("size") or resp.headers.get("Content-Length") or 0)
-        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
 
         with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
                       disable=quiet, transient=True) as bar:
@@ -149,8 +157,6 @@ def _member_task(name: str, wanted: set[str]) -> Optional[tuple[str, Optional[st
 def read_task_files(archive: Path, tasks: Iterable[str], show_progress: bool = True
                     ) -> dict[str, dict[Optional[str], bytes]]:
     """One streaming pass over the sdist: {task: {None: parent task.json, sub: subtask task.json}}."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
     wanted = set(tasks)
     found: dict[str, dict[Optional[str], bytes]] = {}
     columns = (TextColumn("extracting {task.description}"), BarColumn(), DownloadColumn(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sparsetune.data.sources.split import make_splits
 from sparsetune.data.types import Example, Splits
 from sparsetune.errors import DataError
 
@@ -41,8 +42,6 @@ def generate(count: int, seed: int) -> list[Example]:
 
 
 def load_gsm_symbolic(data_cfg: Any) -> Splits:
-    from sparsetune.data.sources.split import make_splits
-
     train = DEFAULT_TRAIN_SIZE if data_cfg.train_size is None else int(data_cfg.train_size)
     count = int(data_cfg.test_size) + int(data_cfg.val_size or 0) + train
     examples = generate(count, int(data_cfg.split_seed))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sparsetune.data.sources.jsonl import example_from_row
+from sparsetune.data.sources.split import make_splits
 from sparsetune.data.types import Example, Splits
 from sparsetune.errors import ConfigError, DataError
 
@@ -17,8 +18,6 @@ OFFLINE_HINT = ("use an offline data set instead: data=commonsense_mix, data=gsm
 
 
 def load_hub(data_cfg: Any) -> Splits:
-    from sparsetune.data.sources.split import make_splits
-
     hub_id = data_cfg.hub_id
     if not hub_id:
         raise ConfigError("data.hub_id is required for source=hub (e.g. yahma/alpaca-cleaned)")

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from sparsetune.data.sources.split import make_splits
 from sparsetune.data.types import Example, Splits
 from sparsetune.errors import ConfigError, DataError
 
@@ -146,8 +147,6 @@ def read_rows(path: Path) -> list[tuple[str, Any]]:
 
 
 def load_jsonl(data_cfg: Any) -> Splits:
-    from sparsetune.data.sources.split import make_splits
-
     by_task: dict[str, list[Example]] = {}
     fixed: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
     has_split: Optional[bool] = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sparsetune.data.sources.common import mc_prompt, stable_rng
+from sparsetune.data.sources.split import make_splits
 from sparsetune.data.types import Example, Splits
 from sparsetune.errors import ConfigError
 
@@ -68,8 +69,6 @@ def generate(tasks: list[str], per_task: int, seed: int) -> dict[str, list[Examp
 
 
 def load_synthetic(data_cfg: Any) -> Splits:
-    from sparsetune.data.sources.split import make_splits
-
     tasks = list(data_cfg.tasks or TASKS)
     train = DEFAULT_TRAIN_SIZE if data_cfg.train_size is None else int(data_cfg.train_size)
     rest = int(data_cfg.val_size or 0) + train
