@@ -69,11 +69,19 @@ def test_prototype_terms_match_hand_computation():
         q = [math.exp(x) / sum(math.exp(y) for y in b) for x in b]
         return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
 
-    k0, k1 = kl([1.0, 0.0], [0.0, 0.0]), kl([0.0, 0.0], [0.0, 2.0])
+    # default, the reference's: KL(p_proto || p_f), push hinge on the batch mean
+    k0, k1 = kl([0.0, 0.0], [1.0, 0.0]), kl([0.0, 2.0], [0.0, 0.0])
     assert float(losses.prototype_pull(feats, labels, protos)) == pytest.approx((k0 + k1) / 2, abs=1e-6)
     bnd = 0.5
-    want = (max(0.0, bnd - k0) + max(0.0, bnd - k1)) / 2
+    want = max(0.0, bnd - (k0 + k1) / 2)
     assert float(losses.prototype_push(feats, labels, protos, bnd)) == pytest.approx(want, abs=1e-6)
+    # the earlier forms: KL(p_f || p_proto), hinge per sample
+    o0, o1 = kl([1.0, 0.0], [0.0, 0.0]), kl([0.0, 0.0], [0.0, 2.0])
+    assert float(losses.prototype_pull(feats, labels, protos, "sample_to_proto")) == pytest.approx(
+        (o0 + o1) / 2, abs=1e-6)
+    want = (max(0.0, bnd - o0) + max(0.0, bnd - o1)) / 2
+    assert float(losses.prototype_push(feats, labels, protos, bnd, "sample_to_proto", "per_sample")) == pytest.approx(
+        want, abs=1e-6)
 
 
 def test_group_lasso_and_alpha_warmup():

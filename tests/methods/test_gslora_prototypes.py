@@ -1,6 +1,9 @@
-"""GS-LoRA++ prototypes across a task sequence: a class forgotten in an earlier task keeps the
-prototype it had when the model still knew it, so the push term for it can be met (a zero row
-would compare against a uniform distribution, KL <= ln K < BND_pro, and never be satisfied)."""
+"""GS-LoRA++ prototype terms: the KL order and push hinge as the reference code computes them
+(bjzhb666/GS-LoRA: F.kl_div(log_softmax(f), log_softmax(proto), log_target=True), batch-mean hinge),
+the project's earlier forms as options, and prototypes across a task sequence: a class forgotten in
+an earlier task keeps the prototype it had when the model still knew it, so the push keeps it away
+from where it used to sit (a zero row would compare against a uniform distribution, which in the
+reference's order any confident prediction, the forgotten class's own included, gets past)."""
 
 from __future__ import annotations
 
@@ -8,8 +11,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from sparsetune.errors import ConfigError
 from sparsetune.jobs.config import compose_job as compose
 from sparsetune.methods import build_method
 from sparsetune.methods.base import ForgetTask, MethodContext
@@ -53,24 +58,121 @@ def test_earlier_forgotten_classes_keep_the_prototype_from_when_they_were_known(
 
 
 def test_push_term_for_an_earlier_forgotten_class_can_be_met():
-    """With the carried-over prototype the hinge is zero once the sample moved far from where the
-    class used to sit; a zero prototype row would keep it at BND_pro - KL(p || uniform) > 0 forever."""
+    """With the carried-over prototype the push is met once a forgotten sample left where its class
+    used to sit, and active while the sample still sits there. A zero row (uniform prototype) fails
+    both ways: in the reference's order KL(u || p_f) = -ln K - mean_k log p_f,k is large for any
+    confident prediction, so a sample still predicted as its forgotten class meets the hinge; in the
+    earlier order KL(p_f || u) <= ln K < BND_pro, so the hinge is never met."""
     model, method = pp_method()
     with torch.no_grad():
         method.arch.head.weight.mul_(100.0)  # a confident classifier: peaked class prototypes
     method.start_task(model, ForgetTask(1, [0, 1], [], list(range(2, 10)), batches_of(list(range(10)))))
     method.end_task(model)
     method.start_task(model, ForgetTask(2, [2], [0, 1], list(range(3, 10)), batches_of(list(range(2, 10)))))
-    proto0 = method.prototypes[0]
+    protos, bnd = method.prototypes, method.cfg.proto_bnd
+    proto0 = protos[0]
     assert proto0.abs().sum() > 0
-    # a forgotten sample of class 0 whose logits put all mass where the old prototype put the least
+    label = torch.tensor([0])
+    # far: all mass where the old prototype put the least; near: the class's old output itself
     far = torch.full((1, 10), -30.0)
     far[0, int(proto0.argmin())] = 30.0
-    bnd = method.cfg.proto_bnd
-    push = losses.prototype_push(far, torch.tensor([0]), method.prototypes, bnd)
-    uniform_kl = math.log(10)  # the most a zero (uniform) prototype row could ever give
-    assert uniform_kl < bnd
-    assert float(push) == 0.0
+    near = proto0[None].clone()
+    assert float(losses.prototype_push(far, label, protos, bnd)) == 0.0  # met: the sample moved away
+    assert float(losses.prototype_push(near, label, protos, bnd)) > 0.0  # active: it still sits there
+    uniform = torch.zeros_like(protos)  # what a zero row would be compared against
+    assert float(losses.prototype_push(near, label, uniform, bnd)) == 0.0  # met without forgetting
+    assert float(losses.prototype_push(far, label, protos, bnd, "sample_to_proto")) == 0.0  # earlier order: met
+    # earlier order against a zero row: KL(p_f || u) <= ln K < BND_pro, the hinge can never be met
+    assert float(losses.prototype_push(far, label, uniform, bnd, "sample_to_proto")) >= bnd - math.log(10) - 1e-5 > 0
+
+
+def reference_kl(features: torch.Tensor, labels: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(p_proto || p_f) written with torch's F.kl_div(input=log q, target=p) = KL(p || q),
+    q the sample's distribution and p the prototype's (the reference code's argument order)."""
+    return F.kl_div(F.log_softmax(features, -1), F.softmax(protos[labels], -1), reduction="none").sum(-1)
+
+
+def sample_to_proto_kl(features: torch.Tensor, labels: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    return F.kl_div(F.log_softmax(protos[labels], -1), F.softmax(features, -1), reduction="none").sum(-1)
+
+
+def test_default_kl_is_the_reference_order_and_the_option_the_earlier_one():
+    gen = torch.Generator().manual_seed(0)
+    feats, protos = 3 * torch.randn(6, 10, generator=gen), 3 * torch.randn(10, 10, generator=gen)
+    labels = torch.tensor([0, 3, 3, 7, 9, 1])
+    want, other = reference_kl(feats, labels, protos), sample_to_proto_kl(feats, labels, protos)
+    assert (want - other).abs().max() > 0.1  # the two orders differ on these tensors
+    assert torch.allclose(losses.kl_to_prototype(feats, labels, protos), want, atol=1e-5)
+    batchmean = F.kl_div(F.log_softmax(feats, -1), F.log_softmax(protos[labels], -1), reduction="batchmean",
+                         log_target=True)  # the reference's pull, as it writes it
+    assert float(losses.prototype_pull(feats, labels, protos)) == pytest.approx(float(batchmean), rel=1e-5)
+    assert torch.allclose(losses.kl_to_prototype(feats, labels, protos, "sample_to_proto"), other, atol=1e-5)
+    assert float(losses.prototype_pull(feats, labels, protos, "sample_to_proto")) == pytest.approx(
+        float(other.mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="proto_to_sample"):
+        losses.kl_to_prototype(feats, labels, protos, "both")
+
+
+def test_default_push_hinges_the_batch_mean_and_the_option_each_sample():
+    protos = 12.0 * torch.eye(10)  # peaked prototypes
+    labels = torch.tensor([2, 3])
+    feats = torch.stack([protos[5], protos[3]])  # sample 0 far beyond the bound, sample 1 on its prototype
+    bnd = 4.0
+    kl = reference_kl(feats, labels, protos)
+    assert float(kl[0]) > bnd > float(kl[1])
+    batch_mean = F.relu(bnd - kl.mean())  # the reference: ReLU(BND_pro - batchmean KL)
+    per_sample = F.relu(bnd - kl).mean()
+    assert float(batch_mean) != pytest.approx(float(per_sample), abs=0.1)
+    assert float(losses.prototype_push(feats, labels, protos, bnd)) == pytest.approx(float(batch_mean), abs=1e-5)
+    assert float(losses.prototype_push(feats, labels, protos, bnd, reduction="per_sample")) == pytest.approx(
+        float(per_sample), abs=1e-5)
+    old = F.relu(bnd - sample_to_proto_kl(feats, labels, protos)).mean()  # the project's form before issue #23
+    assert float(losses.prototype_push(feats, labels, protos, bnd, "sample_to_proto", "per_sample")) == pytest.approx(
+        float(old), abs=1e-5)
+    with pytest.raises(ValueError, match="batch_mean"):
+        losses.prototype_push(feats, labels, protos, bnd, reduction="sum")
+
+
+def test_the_method_computes_the_configured_forms():
+    model, method = pp_method()
+    assert (method.cfg.proto_kl, method.cfg.proto_push) == ("proto_to_sample", "batch_mean")
+    with torch.no_grad():
+        method.arch.head.weight.mul_(30.0)  # logits far enough apart that the two orders differ clearly
+    method.start_task(model, ForgetTask(1, [0, 1], [], list(range(2, 10)), batches_of(list(range(10)))))
+    gen = torch.Generator().manual_seed(3)
+    x_r, x_f = torch.randn(4, 1, 28, 28, generator=gen), torch.randn(4, 1, 28, 28, generator=gen)
+    y_r, y_f = torch.tensor([2, 5, 5, 9]), torch.tensor([0, 1, 1, 0])
+    batch = {"pixel_values": x_r, "labels": y_r, "forget_pixel_values": x_f, "forget_labels": y_f}
+    protos, cfg = method.prototypes, method.cfg
+    with torch.no_grad():
+        f_r, f_f = model(pixel_values=x_r).logits, model(pixel_values=x_f).logits
+
+        def terms():
+            out = method.extra_loss(model, batch, model(pixel_values=x_r))
+            return float(out["proto_retain"]), float(out["proto_forget"])
+
+        pull, push = terms()
+        assert pull == pytest.approx(cfg.proto_retain_weight * float(reference_kl(f_r, y_r, protos).mean()), rel=1e-4)
+        assert push == pytest.approx(
+            cfg.proto_forget_weight * float(F.relu(cfg.proto_bnd - reference_kl(f_f, y_f, protos).mean())), rel=1e-4)
+        cfg.proto_kl, cfg.proto_push = "sample_to_proto", "per_sample"
+        pull_old, push_old = terms()
+        assert pull_old == pytest.approx(
+            cfg.proto_retain_weight * float(sample_to_proto_kl(f_r, y_r, protos).mean()), rel=1e-4)
+        assert push_old == pytest.approx(
+            cfg.proto_forget_weight * float(F.relu(cfg.proto_bnd - sample_to_proto_kl(f_f, y_f, protos)).mean()),
+            rel=1e-4)
+        assert pull != pytest.approx(pull_old, rel=1e-3)
+
+
+def test_the_forms_compose_and_unknown_ones_are_refused():
+    cfg = compose(["model=tiny_vit", "data=fashion_mnist", "method=gslora_pp", "method.proto_kl=sample_to_proto",
+                   "method.proto_push=per_sample"])
+    assert (cfg.method.proto_kl, cfg.method.proto_push) == ("sample_to_proto", "per_sample")
+    with pytest.raises(ConfigError, match="method.proto_kl"):
+        compose(["model=tiny_vit", "data=fashion_mnist", "method=gslora_pp", "method.proto_kl=sample"])
+    with pytest.raises(ConfigError, match="method.proto_push"):
+        compose(["model=tiny_vit", "data=fashion_mnist", "method=gslora_pp", "method.proto_push=sum"])
 
 
 def test_embedding_prototypes_are_carried_over_too():

@@ -51,17 +51,17 @@ class GSLoRAConfig(MethodConfig):
     proto_on: str = one_of("logits", "logits", "embeddings")  # embeddings: the classifier's input
     proto_forget_weight: float = 0.1
     proto_retain_weight: float = 0.1
-    proto_bnd: float = 4.0  # hinge on KL(p(x_f) || proto) for forgotten samples
+    proto_bnd: float = 4.0  # push hinge bound on the forgotten samples' KL (scale: docs/methods/gslora.md)
+    # KL order (losses.KL_DIRECTIONS): proto_to_sample, KL(p_proto || p_f), is the reference code's;
+    # sample_to_proto, KL(p_f || p_proto), the project's form before issue #23, kept for comparison
+    proto_kl: str = one_of("proto_to_sample", "proto_to_sample", "sample_to_proto")
+    # push hinge (losses.PUSH_REDUCTIONS): batch_mean, ReLU(bnd - mean KL), is the reference's;
+    # per_sample, mean ReLU(bnd - KL), the earlier form (few far samples cannot meet it for the batch)
+    proto_push: str = one_of("batch_mean", "batch_mean", "per_sample")
     # per-method overrides of trainer.lr and of each task's step count (methods differ: LoRA vs full)
     lr: Optional[float] = None
     steps: Optional[int] = None
     select_every: int = 0  # steps between validation checks for model selection (0: trainer.eval_every)
-
-
-@dataclass
-class GSLoRAPlusConfig(GSLoRAConfig):
-    name: str = "gslora_pp"
-    prototypes: bool = True
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -70,6 +70,12 @@ class GSLoRAPlusConfig(GSLoRAConfig):
             raise ConfigError(f"method.r: {cfg.r} must be a positive integer (the LoRA rank)")
         if float(cfg.zero_below) < 0:
             raise ConfigError(f"method.zero_below: {cfg.zero_below} must be >= 0 (0 disables)")
+
+
+@dataclass
+class GSLoRAPlusConfig(GSLoRAConfig):
+    name: str = "gslora_pp"
+    prototypes: bool = True
 
 
 @dataclass

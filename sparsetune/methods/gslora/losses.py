@@ -5,7 +5,9 @@ with scale s=64. Our HF classifiers have plain linear logits, whose CE lives on 
 the bound is ln(K) + margin: once CE_i > ln(K) the true class has p < 1/K and can no longer be the
 argmax, and the margin (default 2, p < e^-2/K) leaves room for drift. The hinge is applied per
 sample and then averaged (the paper hinges the batch mean), so a few samples with huge CE cannot
-satisfy the bound for the rest of the batch.
+satisfy the bound for the rest of the batch. The GS-LoRA++ prototype terms follow the reference
+code by default (KL(p_proto || p_f), push hinge on the batch-mean KL); the project's earlier forms
+stay as options (KL_DIRECTIONS, PUSH_REDUCTIONS).
 """
 
 from __future__ import annotations
@@ -45,24 +47,50 @@ def sparsity_weight(step: int, total_steps: int, alpha: float, warmup: float) ->
     return alpha if step >= warmup * total_steps else 0.0
 
 
-def kl_to_prototype(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
-    """Per-sample KL(softmax(f(x)) || softmax(proto_y)), as the paper writes KL(f(x) || p_y)."""
-    log_p = F.log_softmax(features.float(), dim=-1)
-    log_q = F.log_softmax(prototypes[labels].float(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+# The prototype KL's argument order (method.proto_kl). proto_to_sample is the reference code's:
+# F.kl_div(log_softmax(f), log_softmax(proto), log_target=True) = KL(p_proto || p_f). sample_to_proto,
+# KL(p_f || p_proto), is the order this project computed before issue #23; kept as an option so the
+# two can be compared (docs/methods/gslora.md, "Four tasks of two classes").
+KL_DIRECTIONS = ("proto_to_sample", "sample_to_proto")
+# How the push hinge meets the batch (method.proto_push). batch_mean is the reference's:
+# ReLU(bnd - mean_i KL_i). per_sample, mean_i ReLU(bnd - KL_i), is this project's earlier form (as for
+# the CE hinge: a few samples far beyond bnd cannot satisfy the bound for the rest of the batch).
+PUSH_REDUCTIONS = ("batch_mean", "per_sample")
 
 
-def prototype_pull(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+def kl_to_prototype(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
+                    direction: str = "proto_to_sample") -> torch.Tensor:
+    """Per-sample KL between softmax(f(x)) and softmax(proto_y), in the order `direction` names.
+
+    proto_to_sample, KL(p_proto || p_f) = CE(p_proto, p_f) - H(p_proto), is unbounded above (it grows
+    without limit as p_f empties the classes the prototype holds); sample_to_proto, KL(p_f || p_proto),
+    is at most -log min_k p_proto,k."""
+    log_f = F.log_softmax(features.float(), dim=-1)
+    log_p = F.log_softmax(prototypes[labels].float(), dim=-1)
+    if direction == "proto_to_sample":
+        return (log_p.exp() * (log_p - log_f)).sum(dim=-1)
+    if direction == "sample_to_proto":
+        return (log_f.exp() * (log_f - log_p)).sum(dim=-1)
+    raise ValueError(f"unknown KL direction '{direction}'; available: {', '.join(KL_DIRECTIONS)}")
+
+
+def prototype_pull(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
+                   direction: str = "proto_to_sample") -> torch.Tensor:
     """Retained samples stay close to their class prototype: mean KL (0 for no samples)."""
     if not len(labels):
         return features.float().sum() * 0.0
-    return kl_to_prototype(features, labels, prototypes).mean()
+    return kl_to_prototype(features, labels, prototypes, direction).mean()
 
 
-def prototype_push(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor,
-                   bnd: float) -> torch.Tensor:
-    """Forgotten samples move away from their old prototype until KL reaches bnd: mean ReLU(bnd - KL)
-    (0 for no samples)."""
+def prototype_push(features: torch.Tensor, labels: torch.Tensor, prototypes: torch.Tensor, bnd: float,
+                   direction: str = "proto_to_sample", reduction: str = "batch_mean") -> torch.Tensor:
+    """Forgotten samples move away from their old prototype until KL reaches bnd (0 for no samples):
+    batch_mean ReLU(bnd - mean_i KL_i) (the reference) | per_sample mean_i ReLU(bnd - KL_i)."""
     if not len(labels):
         return features.float().sum() * 0.0
-    return F.relu(bnd - kl_to_prototype(features, labels, prototypes)).mean()
+    kl = kl_to_prototype(features, labels, prototypes, direction)
+    if reduction == "batch_mean":
+        return F.relu(bnd - kl.mean())
+    if reduction == "per_sample":
+        return F.relu(bnd - kl).mean()
+    raise ValueError(f"unknown push reduction '{reduction}'; available: {', '.join(PUSH_REDUCTIONS)}")

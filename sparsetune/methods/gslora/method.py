@@ -111,7 +111,7 @@ class GSLoRA(ForgettingMethod):
             feats_r = features(outputs, self.capture, cfg.proto_on)  # captured by the engine's forward
             feats_r, labels_r = self._with_prototype(feats_r, batch["labels"])
             terms["proto_retain"] = cfg.proto_retain_weight * losses.prototype_pull(
-                feats_r, labels_r, self.prototypes)
+                feats_r, labels_r, self.prototypes, cfg.proto_kl)
         if "forget_pixel_values" in batch and (cfg.beta or (use_protos and cfg.proto_forget_weight)):
             out_f = model(pixel_values=batch["forget_pixel_values"])
             if cfg.beta:
@@ -121,7 +121,7 @@ class GSLoRA(ForgettingMethod):
                 feats_f, labels_f = self._with_prototype(features(out_f, self.capture, cfg.proto_on),
                                                          batch["forget_labels"])
                 terms["proto_forget"] = cfg.proto_forget_weight * losses.prototype_push(
-                    feats_f, labels_f, self.prototypes, cfg.proto_bnd)
+                    feats_f, labels_f, self.prototypes, cfg.proto_bnd, cfg.proto_kl, cfg.proto_push)
         if self.groups and self.alpha_now and not cfg.proximal:
             terms["sparsity"] = self.alpha_now * group_lasso(self.groups)
         return terms

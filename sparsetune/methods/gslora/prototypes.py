@@ -9,8 +9,10 @@ distributions, hence the default. Both go through the same softmax-KL (losses.kl
 Classes forgotten in an earlier task are absent from a later task's data, but (with
 `forget.revisit_earlier`) still in its forgotten half. They keep the prototype computed when the model
 last knew them (`carry_over`): the push term then keeps them away from where they used to sit. A
-zero row instead would compare against a uniform distribution, whose KL (at most ln K) can never
-reach BND_pro, so the hinge would never be met.
+zero row instead would compare against a uniform distribution u, which is no target in either KL
+order: in the reference's, KL(u || p_f) = -ln K - mean_k log p_f,k is large for any confident output,
+the forgotten class's own included, so a sample still predicted as its class would meet the hinge;
+in the earlier order, KL(p_f || u) <= ln K < BND_pro never meets it (a permanent "be confident" term).
 """
 
 from __future__ import annotations
