@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from sparsetune.bench.runner import Benchmark, Setting, Variant
+from sparsetune.data.benchmarks import full_split_folder
+from sparsetune.models.loading import gguf_cache
 
 TASK = "piqa"
 
@@ -69,9 +71,6 @@ def measure_sparsetune(cfg, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_lm_eval(cfg, settings: dict[str, Any]) -> dict[str, Any]:
-    from sparsetune.data.benchmarks import full_split_folder
-    from sparsetune.models.loading import gguf_cache
-
     task, threads = settings["task"], _threads(cfg)
     folder = gguf_cache(cfg.model) if cfg.model.source == "gguf_package" else cfg.model.name_or_path
     include = full_split_folder([task])  # the same redirect sparsetune uses; it overrides the stock name

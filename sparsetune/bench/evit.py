@@ -23,6 +23,12 @@ from typing import Any
 import torch
 
 from sparsetune.bench.runner import Benchmark, Setting, Variant
+from sparsetune.bench.worker import worker_setup
+from sparsetune.engine.measure import StepTimer, latency, peak_memory_mb, reset_peak_memory
+from sparsetune.methods import build_method
+from sparsetune.methods.base import MethodContext
+from sparsetune.methods.evit.config import EViTConfig
+from sparsetune.models import load_model
 
 MEASURE = "sparsetune.bench.evit:measure_inference"
 KEEP_RATES = (0.9, 0.8, 0.7, 0.6, 0.5)
@@ -41,13 +47,6 @@ def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
 
 
 def measure_inference(cfg, settings: dict[str, Any]) -> dict[str, Any]:
-    from sparsetune.bench.worker import worker_setup
-    from sparsetune.engine.measure import StepTimer, latency, peak_memory_mb, reset_peak_memory
-    from sparsetune.methods import build_method
-    from sparsetune.methods.base import MethodContext
-    from sparsetune.methods.evit.config import EViTConfig
-    from sparsetune.models import load_model
-
     device = worker_setup(cfg, settings)
     model, _ = load_model(cfg.model)
     evit = cfg.method.name == "evit"

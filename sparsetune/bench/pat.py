@@ -25,8 +25,14 @@ import time
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from sparsetune.bench.runner import Benchmark, Setting, Variant
+from sparsetune.bench.worker import worker_setup
+from sparsetune.engine.measure import count_parameters, latency, peak_memory_mb, reset_peak_memory
+from sparsetune.methods.pat import hidden_importance, prune_hidden, top_channels
+from sparsetune.methods.pat.config import kept_channels_for
+from sparsetune.models import get_arch, load_model
 
 MEASURE = "sparsetune.bench.pat:measure_inference"
 RATIOS = (20, 25, 30)
@@ -55,10 +61,6 @@ def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
 
 def pruned_like_pat(model, method_cfg):
     """The dense model cut to PAT's kept count for `method_cfg`, channels by weight magnitude (no training)."""
-    from sparsetune.methods.pat import hidden_importance, prune_hidden, top_channels
-    from sparsetune.methods.pat.config import kept_channels_for
-    from sparsetune.models import get_arch
-
     arch = get_arch(model)
     n = kept_channels_for(arch, method_cfg.prune_ratio, method_cfg.round_to, method_cfg.align_heads)
     keep = top_channels(hidden_importance(model, arch, kind="magnitude"), n)
@@ -67,8 +69,6 @@ def pruned_like_pat(model, method_cfg):
 
 def _clock(device):
     """A logits processor that only records when each new token's logits arrive."""
-    from transformers import LogitsProcessor
-
     class Clock(LogitsProcessor):
         def __init__(self) -> None:
             self.times: list[float] = []
@@ -84,8 +84,6 @@ def _clock(device):
 
 def _decode(model, ids, mask, new_tokens: int, device) -> tuple[float, float]:
     """(seconds from the first to the last new token, seconds of the whole generate call)."""
-    from transformers import LogitsProcessorList
-
     clock = _clock(device)
     start = time.perf_counter()
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -98,10 +96,6 @@ def _decode(model, ids, mask, new_tokens: int, device) -> tuple[float, float]:
 
 
 def measure_inference(cfg, settings: dict[str, Any]) -> dict[str, Any]:
-    from sparsetune.bench.worker import worker_setup
-    from sparsetune.engine.measure import count_parameters, latency, peak_memory_mb, reset_peak_memory
-    from sparsetune.models import get_arch, load_model
-
     device = worker_setup(cfg, settings)
     model, _ = load_model(cfg.model)
     hidden_before = model.config.get_text_config().hidden_size

@@ -10,6 +10,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from sparsetune.errors import UserError
+
 BENCHMARKS: dict[str, str] = {
     "eval": "sparsetune.bench.eval",
     "lora": "sparsetune.bench.baselines",
@@ -22,8 +24,6 @@ BENCHMARKS: dict[str, str] = {
 
 
 def _entry(name: str) -> tuple[str, str]:
-    from sparsetune.errors import UserError
-
     if name not in BENCHMARKS:
         raise UserError(f"unknown benchmark '{name}'; available: {', '.join(sorted(BENCHMARKS))}")
     module, _, function = BENCHMARKS[name].partition(":")

@@ -14,12 +14,23 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from omegaconf import OmegaConf
 from rich.console import Console
+from rich.table import Table
+
+from sparsetune.bench.registry import build_benchmark
+from sparsetune.engine.logging import build_logger, log_results_table
+from sparsetune.errors import UserError
+from sparsetune.eval.report import format_value
+from sparsetune.jobs.config import compose_job
+from sparsetune.paths import runs_root
 
 console = Console(stderr=True)
 
@@ -73,8 +84,6 @@ def _run_variant(variant: Variant, setting: Setting, timeout: int) -> dict[str, 
 
 
 def device_info() -> dict[str, Any]:
-    import torch
-
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "platform": platform.platform(),
             "processor": platform.processor() or platform.machine()}
     if torch.cuda.is_available():
@@ -135,10 +144,6 @@ def format_ratio(median: float, spread: list[float] | None) -> str:
 
 def print_comparison(title: str, block: dict[str, dict[str, Any]]) -> None:
     """Metrics as rows, variants as columns: ratios stay readable however many metrics there are."""
-    from rich.table import Table
-
-    from sparsetune.eval.report import format_value
-
     table = Table(title=title, title_justify="left")
     table.add_column("metric", style="bold", no_wrap=True)  # ratio rows are named in full
     for vname in block:
@@ -188,9 +193,6 @@ def run_block(setting: Setting, variants: list[Variant], baseline: str, ratio_me
 def run_benchmark(name: str, quick: bool = False, out: str | None = None, overrides: list[str] | None = None,
                   timeout: int = 1800, rounds: int | None = None,
                   run_variant: RunVariant | None = None) -> dict[str, Any]:
-    from sparsetune.bench.registry import build_benchmark
-    from sparsetune.errors import UserError
-
     rounds = DEFAULT_ROUNDS if rounds is None else rounds
     if rounds < 1:
         raise UserError(f"--rounds must be at least 1, got {rounds}")
@@ -233,13 +235,6 @@ def log_to_wandb(results: dict[str, Any], overrides: list[str]) -> None:
     as a table `bench/<block>` (one row per variant) and in the summary; skipped when W&B is off."""
     if os.environ.get("WANDB_MODE") == "disabled":
         return
-    import time
-
-    from omegaconf import OmegaConf
-
-    from sparsetune.engine.logging import build_logger, log_results_table
-    from sparsetune.jobs.config import compose_job
-    from sparsetune.paths import runs_root
 
     # only the logging keys: the rest are the variants' (method.r=8 may not fit the default method)
     cfg = compose_job([o for o in overrides if o.lstrip("+~").startswith(("logger.", "logger=", "run_dir="))])

@@ -7,9 +7,16 @@ import copy
 from typing import Any
 
 import torch
+from peft import LoraConfig, get_peft_model
 
 from sparsetune.bench.runner import Benchmark, Setting, Variant
+from sparsetune.engine.measure import latency
+from sparsetune.engine.runtime import quiet_libraries, resolve_device
+from sparsetune.methods import build_method
 from sparsetune.methods.base import MethodContext
+from sparsetune.methods.lora import resolve_targets
+from sparsetune.methods.s2ft import MixedAdapterModel, switch
+from sparsetune.models import get_arch, load_model
 
 STEP = "sparsetune.bench.training_step:measure_train_step"
 RANK = 16  # LoRA rank; S²FT gets exactly LoRA-r16's parameter count on the same modules (4 with --quick)
@@ -64,12 +71,6 @@ def _inputs(model, settings: dict[str, Any]) -> torch.Tensor:
 def measure_s2ft_serving(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     """Switch time between two S²FT adapters (in place, slices only) and a batch whose rows use
     different adapters (MixedAdapterModel), on a stock base."""
-    from sparsetune.engine.measure import latency
-    from sparsetune.engine.runtime import quiet_libraries, resolve_device
-    from sparsetune.methods import build_method
-    from sparsetune.methods.s2ft import MixedAdapterModel, switch
-    from sparsetune.models import load_model
-
     quiet_libraries()
     device = resolve_device(cfg.trainer.device)
     base, _ = load_model(cfg.model)
@@ -106,13 +107,6 @@ def measure_s2ft_serving(cfg, settings: dict[str, Any]) -> dict[str, Any]:
 
 def measure_lora_serving(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     """PEFT LoRA: switching = unmerge A + merge B; mixed batch = forward(adapter_names=[...])."""
-    from peft import LoraConfig, get_peft_model
-
-    from sparsetune.engine.measure import latency
-    from sparsetune.engine.runtime import quiet_libraries, resolve_device
-    from sparsetune.methods.lora import resolve_targets
-    from sparsetune.models import get_arch, load_model
-
     quiet_libraries()
     device = resolve_device(cfg.trainer.device)
     base, _ = load_model(cfg.model)

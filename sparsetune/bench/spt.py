@@ -17,9 +17,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from sparsetune.bench.runner import Benchmark, Setting, Variant
+from sparsetune.bench.worker import worker_setup
+from sparsetune.engine.losses import causal_lm_loss
+from sparsetune.engine.measure import StepTimer, count_parameters, peak_memory_mb, reset_peak_memory
+from sparsetune.engine.optim import build_optimizer
+from sparsetune.methods import build_method
 from sparsetune.methods.base import MethodContext
+from sparsetune.models import load_model
 
 MEASURE = "sparsetune.bench.spt:measure_block"
 ALL_LINEARS = "[q,k,v,o,gate,up,down]"
@@ -83,8 +90,6 @@ def _find(model: torch.nn.Module, suffix: str) -> torch.nn.Module:
 
 def build_block_model(settings: dict[str, Any], attn_implementation: str, seed: int = 0):
     """A one-block LlamaForCausalLM of the benchmark's shape (random weights, 256-token vocabulary)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(hidden_size=settings["hidden"], num_attention_heads=settings["heads"],
                          num_key_value_heads=settings["heads"], intermediate_size=settings["ffn"],
                          num_hidden_layers=1, vocab_size=256, max_position_embeddings=max(2048, settings["seq"]),
@@ -115,10 +120,6 @@ def saved_mb(model: torch.nn.Module, fn) -> float:
 
 def _train_steps(model, method, cfg, settings: dict[str, Any], device: str, vocab: int):
     """fwd + bwd + AdamW steps on random tokens: (median step time, peak memory MB, batch, step-loss fn)."""
-    from sparsetune.engine.losses import causal_lm_loss
-    from sparsetune.engine.measure import StepTimer, peak_memory_mb, reset_peak_memory
-    from sparsetune.engine.optim import build_optimizer
-
     model.train()
     optimizer = build_optimizer(method, model, cfg.trainer)
     batch, seq, warmup = settings["batch"], settings["seq"], settings.get("warmup", 2)
@@ -141,10 +142,6 @@ def _train_steps(model, method, cfg, settings: dict[str, Any], device: str, voca
 
 
 def measure_block(cfg, settings: dict[str, Any]) -> dict[str, Any]:
-    from sparsetune.bench.worker import worker_setup
-    from sparsetune.engine.measure import StepTimer, count_parameters
-    from sparsetune.methods import build_method
-
     device = worker_setup(cfg, settings)
     impl = cfg.model.attn_implementation
     model = build_block_model(settings, impl, int(cfg.seed))
@@ -183,11 +180,6 @@ def measure_block(cfg, settings: dict[str, Any]) -> dict[str, Any]:
 def measure_model(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     """The whole model `cfg.model` (SmolLM2-135M's shape by default): step time, peak memory and the
     MB autograd saves in one training forward."""
-    from sparsetune.bench.worker import worker_setup
-    from sparsetune.engine.measure import count_parameters
-    from sparsetune.methods import build_method
-    from sparsetune.models import load_model
-
     device = worker_setup(cfg, settings)
     model, _ = load_model(cfg.model)
     model.config._attn_implementation = cfg.model.attn_implementation

@@ -7,19 +7,18 @@ from typing import Any
 
 import torch
 
+from sparsetune.bench.worker import worker_setup
+from sparsetune.engine.grad_checkpoint import enable_gradient_checkpointing
+from sparsetune.engine.lean_mlp import make_mlps_lean
+from sparsetune.engine.losses import causal_lm_loss
+from sparsetune.engine.measure import StepTimer, count_parameters, peak_memory_mb, reset_peak_memory
+from sparsetune.engine.optim import build_optimizer
+from sparsetune.methods import build_method
 from sparsetune.methods.base import MethodContext
+from sparsetune.models import load_model
 
 
 def measure_train_step(cfg, settings: dict[str, Any]) -> dict[str, Any]:
-    from sparsetune.bench.worker import worker_setup
-    from sparsetune.engine.grad_checkpoint import enable_gradient_checkpointing
-    from sparsetune.engine.lean_mlp import make_mlps_lean
-    from sparsetune.engine.losses import causal_lm_loss
-    from sparsetune.engine.measure import StepTimer, count_parameters, peak_memory_mb, reset_peak_memory
-    from sparsetune.engine.optim import build_optimizer
-    from sparsetune.methods import build_method
-    from sparsetune.models import load_model
-
     device = worker_setup(cfg, settings)
     model, _ = load_model(cfg.model)
     method = build_method(cfg.method)

@@ -7,13 +7,14 @@ import importlib
 import json
 import sys
 
+import torch
+
+from sparsetune.engine.offline import configure_network
+from sparsetune.engine.runtime import quiet_libraries, resolve_device, seed_everything
+
 
 def worker_setup(cfg, settings: dict) -> str:
     """Quiet libraries, thread count, seeds; returns the device every measurement runs on."""
-    import torch
-
-    from sparsetune.engine.runtime import quiet_libraries, resolve_device, seed_everything
-
     quiet_libraries()
     threads = settings.get("threads") or cfg.trainer.threads
     if threads:
@@ -27,7 +28,6 @@ def main() -> None:
     from sparsetune.jobs.config import compose_job as compose
 
     cfg = compose(spec["overrides"])
-    from sparsetune.engine.offline import configure_network
 
     configure_network(cfg)  # a local benchmark reaches no other host (Hub flags, W&B)
     module, fn = spec["measure"].split(":")

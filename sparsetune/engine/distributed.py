@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.nn.parallel import DistributedDataParallel
 
 # rank 0 evaluates (and, at the end, exports) while the others wait at a barrier: allow for a long eval
 PG_TIMEOUT = timedelta(minutes=60)
@@ -117,8 +119,6 @@ def wrap_ddp(module: torch.nn.Module, device: str, find_unused: bool) -> torch.n
     """DistributedDataParallel around the loop's loss module (gradients averaged across ranks in
     buckets, overlapped with backward). `find_unused` only for methods whose trainable parameters can
     miss a step's graph: it costs a graph walk per forward."""
-    from torch.nn.parallel import DistributedDataParallel
-
     ids = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else None
     return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=find_unused)
 
@@ -135,8 +135,6 @@ def shard_fsdp(module: torch.nn.Module, blocks: list[torch.nn.Module]) -> torch.
 
 
 def is_sharded(t: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
     return isinstance(t, DTensor)
 
 
@@ -148,8 +146,6 @@ def full_tensor(t: torch.Tensor) -> torch.Tensor:
 def load_into(param: torch.Tensor, value: torch.Tensor) -> None:
     """Copy a full tensor into a parameter, keeping only this rank's shard when it is sharded (every
     rank holds the full value, so no communication)."""
-    from torch.distributed.tensor import distribute_tensor
-
     if is_sharded(param):
         value = distribute_tensor(value.to(param.device, param.dtype), param.device_mesh, param.placements,
                                   src_data_rank=None)

@@ -25,6 +25,9 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 from torch.utils.checkpoint import checkpoint
 
+from sparsetune.engine.losses import unwrap
+from sparsetune.models import get_arch
+
 _CACHE_KWARGS = ("cache", "past_key_values", "past_key_value", "layer_past")
 _ORIGINAL = "_sparsetune_forward_before_checkpointing"
 
@@ -96,9 +99,6 @@ def _checkpointed_forward(self, *args, **kwargs):
 
 def _blocks(model: nn.Module, arch=None) -> list[nn.Module]:
     if arch is None:
-        from sparsetune.engine.losses import unwrap
-        from sparsetune.models import get_arch
-
         arch = get_arch(unwrap(model))
     return [b.module for b in arch.blocks]
 

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Optional
 
+import torch
+
 _MB = 1024 * 1024
 
 
@@ -25,8 +27,6 @@ def _is_cuda(device: Any) -> bool:
 
 def _sync(device: Any) -> None:
     if _is_cuda(device):
-        import torch
-
         torch.cuda.synchronize(device)
 
 
@@ -34,8 +34,6 @@ def peak_memory_mb(device: Any = "cpu") -> float:
     """Peak memory in MB since the last `reset_peak_memory` (CPU: since process start where the OS
     cannot reset it). CUDA: tensors allocated by torch; CPU: the whole process's peak RSS."""
     if _is_cuda(device):
-        import torch
-
         return torch.cuda.max_memory_allocated(device) / _MB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # ru_maxrss is kilobytes on Linux, bytes on macOS
@@ -46,8 +44,6 @@ def reset_peak_memory(device: Any = "cpu") -> None:
     """Start a new peak-memory window. CPU (Linux): resets the process high-water mark to the current
     RSS through /proc/self/clear_refs; elsewhere the CPU peak keeps counting from process start."""
     if _is_cuda(device):
-        import torch
-
         torch.cuda.reset_peak_memory_stats(device)
         return
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+from transformers import get_scheduler
 
 from sparsetune.config.checks import SCHEDULES
 from sparsetune.errors import ConfigError
@@ -64,8 +65,6 @@ def _warmup_first(schedule, warmup: int):
 def build_scheduler(optimizer, tcfg, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """transformers.get_scheduler(name, optimizer, warm-up, total) with the warm-up convention above.
     Its state_dict (the step count) round-trips for an exact resume."""
-    from transformers import get_scheduler
-
     name = check_schedule(tcfg.schedule)
     warmup = int(tcfg.warmup_steps or 0)
     # LambdaLR evaluates the factor of step 0 at construction; the lr set here is overwritten below

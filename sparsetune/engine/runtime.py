@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 
 import numpy as np
 import torch
@@ -12,8 +13,6 @@ from sparsetune.errors import ConfigError
 
 def quiet_libraries() -> None:
     """Our progress bar and tables replace transformers' per-load bars and deprecation chatter."""
-    import warnings
-
     from transformers.utils import logging as hf_logging
 
     warnings.filterwarnings("ignore", category=FutureWarning)

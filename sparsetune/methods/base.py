@@ -10,7 +10,11 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from omegaconf import OmegaConf
+
 from sparsetune.config.schema import MethodConfig
+from sparsetune.errors import UserError
+from sparsetune.models.arch import get_arch
 
 if TYPE_CHECKING:
     import torch
@@ -23,8 +27,6 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     if is_dataclass(cfg):
         return asdict(cfg)
     try:
-        from omegaconf import OmegaConf
-
         return OmegaConf.to_container(cfg, resolve=True)
     except Exception:  # noqa: BLE001 - anything mapping-like is good enough for provenance
         return dict(cfg)
@@ -49,8 +51,6 @@ class MethodContext:
     @classmethod
     def of(cls, model: torch.nn.Module, **kwargs: Any) -> MethodContext:
         """A context for `model` outside any job (tests, notebooks): arch only, unless given."""
-        from sparsetune.models.arch import get_arch
-
         return cls(arch=get_arch(model), **kwargs)
 
 
@@ -147,8 +147,6 @@ class Method:
     def export_merged(self, model: torch.nn.Module, path: Path) -> Path:
         """A stock Hugging Face folder of the trained model (a method whose `export()` writes its own
         format overrides this)."""
-        from sparsetune.errors import UserError
-
         raise UserError(f"--format merged is not available for method '{self.cfg.name}'; use --format adapter")
 
     def load_export(self, model: torch.nn.Module, path: Path) -> torch.nn.Module | None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peft import LoraConfig, get_peft_model
+
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method, MethodConfig
+from sparsetune.models.arch import expand_roles
 
 
 @dataclass
@@ -38,8 +41,6 @@ def check_lora(cfg) -> None:
 
 def resolve_targets(arch, targets: list[str]) -> list[str]:
     """Role names (or aliases / groups, models/arch.py) → the module paths PEFT matches (suffixes inside each block)."""
-    from sparsetune.models.arch import expand_roles
-
     names = arch.linear_names()
     out = []
     for target, role in ((t, r) for t in targets for r in expand_roles([t], names)):
@@ -58,8 +59,6 @@ class LoRA(Method):
     use_dora = False
 
     def apply(self, model, ctx):
-        from peft import LoraConfig, get_peft_model
-
         self.ctx, arch = ctx, ctx.arch
         suffixes = resolve_targets(arch, list(self.cfg.target_modules))
         block_prefix = arch.name_of(arch.blocks[0].module).rsplit(".", 1)[0]

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sparsetune.engine.progress import console
 from sparsetune.errors import ConfigError, UserError
 from sparsetune.jobs.sweep.folder import Sweep, create_folder
 from sparsetune.jobs.sweep.grid import LAUNCHER_GROUP, compose_points, expand, override_key
@@ -25,6 +26,7 @@ from sparsetune.jobs.sweep.hydra_launcher import (
     run_hydra_launcher,
 )
 from sparsetune.jobs.sweep.launch import reuse_finished, run_tasks
+from sparsetune.jobs.sweep.report import report
 
 SWEEP_JOBS = ("train", "prune", "forget", "eval")
 
@@ -55,8 +57,6 @@ def plan(job: str, overrides: Sequence[str], child_args: Sequence[str] = ()) -> 
 def run_sweep(job: str, overrides: Sequence[str], child_args: Sequence[str] = (), show_cfg: bool = False) -> int:
     """Plan, run the unfinished points, write sweep.json and the report. Returns the exit status:
     0 when every point finished, 1 when some failed (they run again when the command is repeated)."""
-    from sparsetune.engine.progress import console
-
     sweep, cfg = plan(job, overrides, child_args)
     if show_cfg:
         _print_points(sweep)
@@ -95,7 +95,6 @@ def run_sweep(job: str, overrides: Sequence[str], child_args: Sequence[str] = ()
             run_hydra_launcher(sweep, todo, console)
     finally:
         sweep.write()
-    from sparsetune.jobs.sweep.report import report
 
     report(sweep.folder, json.loads(sweep.record_path.read_text()), metric=sweep.settings.metric,
            x=sweep.settings.x, console=console)

@@ -17,9 +17,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sparsetune.engine.run_folder import atomic_write_text
 from sparsetune.errors import ConfigError, UserError
 from sparsetune.jobs.sweep import launch
 from sparsetune.jobs.sweep.grid import Grid, Point, hydra_value, override_key, run_of
+from sparsetune.jobs.sweep.report import default_metric, headline_metrics
+from sparsetune.paths import runs_root
 
 SWEEP_FILE = "sweep.json"
 POINT_FILE = "point.json"
@@ -84,14 +87,11 @@ class Sweep:
         if not self.in_place:
             root = self.point_root(point)
             root.mkdir(parents=True, exist_ok=True)
-            from sparsetune.engine.run_folder import atomic_write_text
 
             atomic_write_text(root / POINT_FILE, json.dumps({"overrides": point.overrides, "params": point.params},
                                                             indent=2) + "\n")
 
     def write(self) -> None:
-        from sparsetune.engine.run_folder import atomic_write_text
-
         record = {
             "name": self.name, "job": self.job, "command": self.command, "launcher": self.launcher,
             "jobs": int(self.settings.jobs), "metric": self.settings.metric,
@@ -130,8 +130,6 @@ class Sweep:
 
     def collect(self, point: Point) -> None:
         """Status, run folder and headline metrics of a point from what is on disk."""
-        from sparsetune.jobs.sweep.report import headline_metrics
-
         if self.in_place:
             run = Path(run_of(point)).expanduser().resolve()
         else:
@@ -154,8 +152,6 @@ class Sweep:
 
     def finish(self, point: Point, console) -> None:
         """A point that ran: its status from disk, sweep.json rewritten, one console line."""
-        from sparsetune.jobs.sweep.report import default_metric
-
         self.collect(point)
         self.write()
         shown = " ".join(f"{k}={v}" for k, v in point.params.items()) or point.id
@@ -172,8 +168,6 @@ class Sweep:
 
 def create_folder(cfg, job: str, grid: Grid) -> tuple[Path, str]:
     """The sweep folder and its name: `sweep.dir`, `sweep.name`, or a new timestamped one claimed by mkdir."""
-    from sparsetune.paths import runs_root
-
     if cfg.sweep.dir:
         folder = Path(cfg.sweep.dir).expanduser().resolve()
         return folder, str(cfg.sweep.name or folder.name)

@@ -14,8 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.object_type import ObjectType
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+
 from sparsetune.config.compose import RECIPES_DIR, SEARCHPATH_KEY
+from sparsetune.engine.run_folder import RunFolder
 from sparsetune.errors import ConfigError
+from sparsetune.jobs.config import compose_job
 
 LAUNCHER_GROUP = "hydra/launcher"
 RAW_KEYS = ("run", "recipe")  # values the command line reads as text, not through Hydra's parser
@@ -74,8 +82,6 @@ class _GroupOptions:
         self._searchpath = searchpath
 
     def get_group_options(self, group_name, results_filter=None, config_name=None, overrides=None):
-        from hydra.core.object_type import ObjectType
-
         names = self._loader.get_group_options(group_name, results_filter or ObjectType.CONFIG, "config",
                                                self._searchpath)
         return [n for n in names if not n.startswith("user__")]
@@ -86,9 +92,6 @@ class _GroupOptions:
 
 @contextmanager
 def hydra_loader() -> Iterator[Any]:
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
         yield GlobalHydra.instance().config_loader()
 
@@ -115,14 +118,10 @@ def expand(overrides: Sequence[str]) -> Grid:
     """The cartesian product of every sweep override, as Hydra's BasicSweeper builds it (a later
     override of the same key replaces an earlier one in its place); fixed overrides keep their
     original text."""
-    from hydra.errors import HydraException
-
     searchpath = [o for o in overrides if override_key(o) == SEARCHPATH_KEY]
     entries: dict[str, tuple[str, Any]] = {}
     settings, launcher = [], []
     with hydra_loader() as loader:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         parser = OverridesParser.create(config_loader=_GroupOptions(loader, searchpath))
         for raw in overrides:
             try:
@@ -171,9 +170,6 @@ def expand(overrides: Sequence[str]) -> Grid:
 def compose_points(job: str, grid: Grid, in_place: bool):
     """Compose (and so validate) every point before anything runs, as Hydra's sweeper does; returns the
     first point's config (the sweep's own settings are the same for all)."""
-    from sparsetune.engine.run_folder import RunFolder
-    from sparsetune.jobs.config import compose_job
-
     first = None
     for point in grid.points:
         if in_place:

@@ -9,6 +9,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra import compose
+from hydra._internal.callbacks import Callbacks
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.errors import HydraException
+from hydra.types import HydraContext
+
 from sparsetune.errors import ConfigError, UserError
 from sparsetune.jobs.sweep.folder import latest_run
 from sparsetune.jobs.sweep.grid import (
@@ -57,9 +65,6 @@ def available_launchers(loader) -> list[str]:
 def launcher_config(name: str, launcher_overrides: Sequence[str], folder: Path, job_name: str):
     """Hydra's composed config with the launcher plugin selected (`hydra/launcher=NAME` plus
     `hydra.launcher.*`), as Hydra's own multirun composes it; one line when the plugin is missing."""
-    from hydra import compose
-    from hydra.errors import HydraException
-
     overrides = [o for o in launcher_overrides if override_key(o) != LAUNCHER_GROUP]
     overrides = [f"{LAUNCHER_GROUP}={name}", *overrides,
                  f"hydra.sweep.dir={hydra_value(str(folder))}", "hydra.sweep.subdir=.launcher/${hydra.job.num}",
@@ -83,12 +88,6 @@ def launcher_config(name: str, launcher_overrides: Sequence[str], folder: Path, 
 def run_hydra_launcher(sweep, todo: list[Point], console) -> None:
     """Hand the points to a Hydra launcher plugin (submitit_slurm: one SLURM array job); each job runs
     its point's command line on the node. Blocks until the jobs end, as Hydra's multirun does."""
-    from hydra._internal.callbacks import Callbacks  # what Hydra's own multirun passes its launcher
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.core.plugins import Plugins
-    from hydra.core.utils import JobStatus
-    from hydra.types import HydraContext
-
     task = PointTask({p.index: sweep.argv(p, None) for p in todo},
                      {p.index: str(sweep.log_path(p)) for p in todo}, os.getcwd())
     cfg = launcher_config(sweep.launcher, sweep.grid.launcher, sweep.folder, f"sparsetune-{sweep.name}")

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,8 +118,6 @@ def run_tasks(lanes: Sequence[Task], jobs: int, on_start: Callable[[Task, list[s
     process's, or the task's own) sets them. `on_start(task, argv)` and `on_finish(task)` are called one
     at a time. A failure is its task's status, not the pool's; on an interrupt the running children
     are terminated and nothing more starts."""
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
     if not lanes:
         return
     jobs = max(1, min(int(jobs), len(lanes)))

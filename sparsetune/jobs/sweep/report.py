@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sparsetune.eval.report import format_value, print_table
+from sparsetune.jobs.sweep.plots import as_float, figure, mean_line, save_figure
+
 SEED = "seed"
 PREFERRED = ("eval/average/score",)  # the held-out split's average over its tasks, when there is one
 SHOWN = ("train_loss", "step_time_s", "peak_memory_mb")  # next to the metric in the tables
@@ -70,8 +73,6 @@ def groups(record: dict[str, Any], metric: str, x: str | None = None):
 def plot(record: dict[str, Any], metric: str, path: Path, x: str | None = None) -> Path | None:
     """The metric against the x key (numeric axis when every value is a number, log-scaled when they span
     two decades); error bars are the std over seeds."""
-    from sparsetune.jobs.sweep.plots import as_float, figure, mean_line, save_figure
-
     lines, x = groups(record, metric, x)
     if not lines or x is None:
         return None
@@ -127,8 +128,6 @@ def seed_rows(record: dict[str, Any], metric: str) -> dict[str, dict[str, Any]]:
 
 
 def _md_table(rows: dict[str, dict[str, Any]], first: str) -> list[str]:
-    from sparsetune.eval.report import format_value
-
     cols = list(dict.fromkeys(c for r in rows.values() for c in r))
     out = [f"| {first} | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for name, row in rows.items():
@@ -141,8 +140,6 @@ def report(folder: Path, record: dict[str, Any], metric: str | None = None, x: s
            console=None) -> dict[str, Any]:
     """Print the tables (stdout, like a run's summary), write summary.md and the plot; `console` gets
     the notices. Returns what was written."""
-    from sparsetune.eval.report import print_table
-
     points = record.get("points", [])
     metric = metric or default_metric(points)
     seeded = _bare(SEED) in {_bare(k) for k in record.get("grid", {})} and len(record["grid"].get(SEED, [])) > 1

@@ -24,7 +24,8 @@ from torch import nn
 from sparsetune.config.schema import one_of
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method, MethodConfig
-from sparsetune.methods.lora import check_lora
+from sparsetune.methods.lora import DoRA, DoRAConfig, LoRA, LoRAConfig, check_lora
+from sparsetune.models.arch import get_arch
 
 from .compare import baseline_tables, load_baseline
 from .config import ALL_LINEARS, kept_channels_for
@@ -95,8 +96,6 @@ class PruneLoRA(Method):
 
     # ------------------------------------------------------------------ apply
     def apply(self, model: nn.Module, ctx) -> nn.Module:
-        from sparsetune.models.arch import get_arch
-
         self.ctx, arch = ctx, ctx.arch
         if self.keep is not None:
             raise RuntimeError("PruneLoRA.apply was already called; build a new method for another model")
@@ -150,7 +149,6 @@ class PruneLoRA(Method):
         if cfg.base == "full":
             model.requires_grad_(True)
             return model
-        from sparsetune.methods.lora import DoRA, DoRAConfig, LoRA, LoRAConfig
 
         dora = cfg.base == "dora"
         lcfg = (DoRAConfig if dora else LoRAConfig)(r=int(cfg.r), alpha=float(cfg.alpha),

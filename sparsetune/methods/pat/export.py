@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from .compare import export_figures
 
@@ -37,6 +38,5 @@ def load_pruned_export(model: nn.Module, path: Path) -> nn.Module | None:
     path = Path(path)
     if not (path / "pat.json").exists() or not (path / "config.json").exists():
         return None
-    from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=next(model.parameters()).dtype).eval()

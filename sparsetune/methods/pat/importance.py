@@ -12,6 +12,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from sparsetune.models.arch import get_arch
+
 from .mask import top_n
 from .merge import base_of, effective_weight
 
@@ -22,8 +24,6 @@ KINDS = ("magnitude", "activation")
 def hidden_importance(model: nn.Module, arch=None, batches: Iterable[dict] | None = None,
                       kind: str = "magnitude") -> torch.Tensor:
     """A (hidden,) float32 CPU score per hidden channel; larger = more important."""
-    from sparsetune.models.arch import get_arch
-
     live = get_arch(base_of(model))
     if kind == "magnitude":
         score = effective_weight(live.embed)[0].pow(2).sum(0)

@@ -18,9 +18,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+from accelerate import init_empty_weights
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from transformers import AutoModelForCausalLM
 
 from sparsetune.errors import UnsupportedModelError
+from sparsetune.models.arch import get_arch
 
 from .hsm import ResidualWrite
 
@@ -99,10 +103,6 @@ def _plain_lora(module) -> bool:
 def effective_weight(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(weight, bias) of a linear/embedding with any PEFT adapter merged, in >= float32; no side effects."""
     module = unwrap(module)
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # pragma: no cover - peft is a dependency
-        BaseTunerLayer = ()
     if isinstance(module, BaseTunerLayer):
         base = module.get_base_layer()
         dt = _compute_dtype(base.weight.dtype)
@@ -213,11 +213,6 @@ def prune_hidden(model: nn.Module, arch=None, keep=None, *, write_maps: dict | N
     the final norm gain), untie otherwise; "untie" always unties.
     `arch` is accepted for symmetry with the other helpers; modules are re-read from `model`.
     """
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    from sparsetune.models.arch import get_arch
-
     hf = base_of(model)
     live = get_arch(hf)
     check_supported(live)
@@ -311,8 +306,6 @@ def prune_hidden(model: nn.Module, arch=None, keep=None, *, write_maps: dict | N
 
 def hsm_maps(model: nn.Module) -> tuple[dict, WriteMap | None]:
     """WriteMaps (gain = s * hard gate) of every ResidualWrite in a PAT-wrapped model, by (layer, role)."""
-    from sparsetune.models.arch import get_arch
-
     live = get_arch(base_of(model))
 
     def to_map(w) -> WriteMap | None:

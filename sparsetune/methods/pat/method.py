@@ -18,6 +18,7 @@ from torch import nn
 
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method
+from sparsetune.methods.lora import DoRA, DoRAConfig, LoRA, LoRAConfig
 
 from .compare import baseline_tables, load_baseline
 from .config import PATConfig, kept_channels_for, resolve_rank
@@ -105,8 +106,6 @@ class PAT(Method):
     def _apply_base(self, model: nn.Module, arch) -> nn.Module:
         cfg = self.cfg
         if cfg.base in ("lora", "dora") or cfg.use_dora:
-            from sparsetune.methods.lora import DoRA, DoRAConfig, LoRA, LoRAConfig
-
             dora = cfg.base == "dora" or cfg.use_dora
             lcfg = (DoRAConfig if dora else LoRAConfig)(r=int(cfg.r), alpha=float(cfg.alpha), dropout=float(cfg.dropout),
                                                        target_modules=list(cfg.target_modules))

@@ -24,9 +24,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from sparsetune.errors import UserError
+from sparsetune.models.arch import get_arch
 
 from .layers import COL, S2FTLinear
 
@@ -42,8 +45,6 @@ def fingerprint(model: nn.Module, samples: int = 1024) -> str:
     Rounding to bf16 makes fp32 and bf16 loads of one checkpoint agree; q/k/gate are permuted by
     S²FT's co-permutation, so a permuted training model does not pass for the stock base.
     """
-    from sparsetune.models.arch import get_arch
-
     arch = get_arch(model)
     tensors = [arch.embed.weight]
     for b in arch.blocks:
@@ -98,8 +99,6 @@ class S2FTAdapter:
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
-
         path = Path(path)
         if path.suffix != ".safetensors":
             path.mkdir(parents=True, exist_ok=True)
@@ -116,8 +115,6 @@ class S2FTAdapter:
 
     @classmethod
     def load(cls, path: str | Path) -> S2FTAdapter:
-        from safetensors import safe_open
-
         path = Path(path)
         if path.is_dir():
             path = path / FILENAME

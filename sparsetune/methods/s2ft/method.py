@@ -12,6 +12,7 @@ from torch import nn
 
 from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method, config_dict
+from sparsetune.models.arch import get_arch
 
 from .adapter import FILENAME, AdapterSlice, S2FTAdapter, _set_module, fingerprint
 from .config import S2FTConfig
@@ -93,8 +94,6 @@ class S2FT(Method):
 
     def calibrate(self, model: nn.Module, batches: Iterable[dict], arch=None) -> None:
         """Score units on up to `calibration_batches` batches (dicts of model inputs; labels optional)."""
-        from sparsetune.models.arch import get_arch
-
         arch = arch or get_arch(model)
         kinds = [k for k, r in self.ratios().items() if r > 0]
         batches = list(itertools.islice(batches, int(self.cfg.calibration_batches)))
@@ -229,8 +228,6 @@ class S2FT(Method):
 
     def merged_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """A stock-layout state dict: Δ merged into W and the co-permutation undone (model untouched)."""
-        from sparsetune.models.arch import get_arch
-
         sd = {k: v for k, v in model.state_dict().items() if not k.endswith(".delta")}
         for name, module in self.slice_modules(model).items():
             sd[f"{name}.weight"] = module.merged_weight()
@@ -267,8 +264,6 @@ class S2FT(Method):
 
     def merge_and_unpermute(self, model: nn.Module, arch=None) -> nn.Module:
         """In place: fold Δ into W, restore plain nn.Linears and the stock layout (ends training)."""
-        from sparsetune.models.arch import get_arch
-
         for name, module in self.slice_modules(model).items():
             _set_module(model, name, module.unwrap(merge=True))
         if self.permutation:

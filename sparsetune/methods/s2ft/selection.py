@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from sparsetune.errors import ConfigError
+from sparsetune.models.arch import expand_roles
 
 if TYPE_CHECKING:
     from torch import nn
@@ -104,8 +105,6 @@ class Geometry:
 
 def lora_params(geo: Geometry, rank: int, modules: Iterable[str]) -> int:
     """Parameters LoRA of rank `rank` trains on `modules` (role or *_proj names) in every block."""
-    from sparsetune.models.arch import expand_roles
-
     total = 0
     for name, role in ((n, role) for n in modules for role in expand_roles([n], geo.shapes)):
         if role not in geo.shapes:
