@@ -11,6 +11,7 @@ import torch
 
 from sparsetune.engine.offline import configure_network
 from sparsetune.engine.runtime import quiet_libraries, resolve_device, seed_everything
+from sparsetune.jobs.config import compose_job
 
 
 def worker_setup(cfg, settings: dict) -> str:
@@ -25,9 +26,7 @@ def worker_setup(cfg, settings: dict) -> str:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
-    from sparsetune.jobs.config import compose_job as compose
-
-    cfg = compose(spec["overrides"])
+    cfg = compose_job(spec["overrides"])
 
     configure_network(cfg)  # a local benchmark reaches no other host (Hub flags, W&B)
     module, fn = spec["measure"].split(":")

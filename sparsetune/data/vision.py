@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import Dataset
 
+from sparsetune.data import vision_sources as src
 from sparsetune.data.images import RawImages, as_uint8_nchw  # noqa: F401 (re-exported)
 from sparsetune.data.types import Splits
 from sparsetune.errors import DataError
@@ -56,9 +57,7 @@ class ImageDataset(Dataset):
 
 
 def readers() -> dict[str, Callable[[Any], RawImages]]:
-    """Vision source name -> reader (imported lazily: PIL, scikit-learn only when used)."""
-    from sparsetune.data import vision_sources as src
-
+    """Vision source name -> reader (PIL and scikit-learn are imported by a reader when it is used)."""
     return {
         "fashion_mnist": src.read_fashion_mnist,
         "mnist5k": src.read_mnist5k,

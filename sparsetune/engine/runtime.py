@@ -7,14 +7,13 @@ import warnings
 
 import numpy as np
 import torch
+from transformers.utils import logging as hf_logging
 
 from sparsetune.errors import ConfigError
 
 
 def quiet_libraries() -> None:
     """Our progress bar and tables replace transformers' per-load bars and deprecation chatter."""
-    from transformers.utils import logging as hf_logging
-
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
     hf_logging.set_verbosity_error()
