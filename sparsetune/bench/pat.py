@@ -31,7 +31,7 @@ from sparsetune.bench.runner import Benchmark, Setting, Variant
 from sparsetune.bench.worker import worker_setup
 from sparsetune.engine.measure import count_parameters, latency, peak_memory_mb, reset_peak_memory
 from sparsetune.methods.pat import hidden_importance, prune_hidden, top_channels
-from sparsetune.methods.pat.config import kept_channels_for
+from sparsetune.methods.pat.channels import kept_channels_for
 from sparsetune.models import get_arch, load_model
 
 MEASURE = "sparsetune.bench.pat:measure_inference"

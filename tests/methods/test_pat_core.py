@@ -11,7 +11,7 @@ import yaml
 from sparsetune.errors import ConfigError, UnsupportedModelError
 from sparsetune.methods.base import MethodContext
 from sparsetune.methods.pat import PAT, PATConfig, SharedMask, beta_at, tau_at
-from sparsetune.methods.pat.config import kept_count
+from sparsetune.methods.pat.channels import kept_count
 from sparsetune.methods.pat.merge import config_accepts
 from sparsetune.models.arch import get_arch
 from sparsetune.models.tiny import build_tiny

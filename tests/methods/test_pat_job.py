@@ -139,7 +139,7 @@ def test_prune_then_lora_resume_rebuilds_the_same_channels():
 
 def test_pat_recipes_compose_with_the_same_kept_count():
     from sparsetune.methods import method_class
-    from sparsetune.methods.pat.config import kept_channels_for
+    from sparsetune.methods.pat.channels import kept_channels_for
 
     pat, base = compose(["recipe=pat_llama"]), compose(["recipe=pat_baseline_llama"])
     assert pat.method.name == "pat" and base.method.name == "prune_lora"

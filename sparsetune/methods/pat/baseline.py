@@ -27,8 +27,9 @@ from sparsetune.methods.base import Method, MethodConfig
 from sparsetune.methods.lora import DoRA, DoRAConfig, LoRA, LoRAConfig, check_lora
 from sparsetune.models.arch import get_arch
 
+from .channels import kept_channels_for
 from .compare import baseline_tables, load_baseline
-from .config import ALL_LINEARS, kept_channels_for
+from .config import ALL_LINEARS
 from .export import load_pruned_export, write_pruned_export
 from .importance import KINDS, hidden_importance, top_channels
 from .merge import check_supported, prune_hidden

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -88,37 +87,3 @@ def check_config(cfg) -> None:
 def resolve_rank(rank: Any, hidden: int) -> int:
     """'auto' -> min(200, d // 4): the reference's 200 is a quarter of nothing on a 576-wide model."""
     return min(200, max(1, hidden // 4)) if rank == "auto" else min(int(rank), hidden)
-
-
-def kept_count(hidden: int, prune_ratio: float, multiple: int = 1) -> int:
-    """N = round((1 - ratio) * d), then to the nearest multiple of `multiple` (at least one multiple)."""
-    n0 = round((1.0 - float(prune_ratio)) * hidden)
-    n = max(multiple, int(round(n0 / multiple)) * multiple)
-    if n >= hidden:
-        raise ConfigError(f"method.prune_ratio={prune_ratio} with channels rounded to a multiple of {multiple} "
-                          f"keeps all {hidden} hidden channels; lower method.round_to or raise the ratio")
-    return n
-
-
-def lcm(a: int, b: int) -> int:
-    return a * b // math.gcd(a, b)
-
-
-def kept_channels_for(arch, prune_ratio: float, round_to: int = 1, align_heads: Any = "auto") -> int:
-    """N for a model: round((1 - ratio) d) to `round_to`, and to the head count when transformers requires it.
-
-    One rule for PAT, the prune-then-finetune baseline and `sparsetune bench pat`, so all three keep the
-    same number of channels.
-    """
-    from .merge import config_accepts
-
-    d, multiple = arch.hidden_size, int(round_to)
-    n = kept_count(d, prune_ratio, multiple)
-    config = arch.model.config
-    if align_heads is True or (align_heads == "auto" and not config_accepts(config, n, arch.head_dim)):
-        multiple = lcm(multiple, arch.num_heads)
-        n = kept_count(d, prune_ratio, multiple)
-    if not config_accepts(config, n, arch.head_dim):
-        raise ConfigError(f"method.prune_ratio={prune_ratio}: transformers rejects hidden_size={n} for "
-                          f"{arch.family}; set method.align_heads=true or change method.round_to")
-    return n

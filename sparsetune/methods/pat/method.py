@@ -20,8 +20,9 @@ from sparsetune.errors import ConfigError
 from sparsetune.methods.base import Method
 from sparsetune.methods.lora import DoRA, DoRAConfig, LoRA, LoRAConfig
 
+from .channels import kept_channels_for
 from .compare import baseline_tables, load_baseline
-from .config import PATConfig, kept_channels_for, resolve_rank
+from .config import PATConfig, resolve_rank
 from .export import load_pruned_export, write_pruned_export
 from .hsm import HSM, ResidualWrite, wrap
 from .importance import hidden_importance, top_channels
