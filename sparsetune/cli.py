@@ -1,7 +1,10 @@
 """`sparsetune` command line: Typer commands that compose Hydra recipes and run jobs.
 
 Heavy libraries (torch, transformers, hydra) are imported inside the commands so `--help` is fast.
-Every user mistake surfaces as one line on stderr and exit status 2.
+Every user mistake surfaces as one line on stderr and exit status 2; faults mid-run are one line too,
+each with its own status (sparsetune/errors.py): 3 diverged, 4 run folder gone, 5 disk refused a
+write, 130 Ctrl-C, 143 SIGTERM. SIGINT/SIGTERM never cut a run folder write in half
+(sparsetune/engine/interrupts.py).
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from typing import Optional
 
 import typer
 
-from sparsetune.errors import UserError
+from sparsetune.engine.interrupts import stop_on_signals
+from sparsetune.errors import RunFault, UserError
 
 app = typer.Typer(
     add_completion=True,
@@ -362,19 +366,40 @@ def _click_error(exc: Exception):
     return isinstance(exc, tuple(bases)) if bases else False
 
 
+def _interrupted(guard, exc: BaseException | None = None) -> None:
+    """Ctrl-C / SIGTERM: one line (a training loop's says its step, last good checkpoint and resume
+    command) and 130 / 143. Typer turns a KeyboardInterrupt into a bare status 130: the guard kept it."""
+    raised = exc if hasattr(exc, "exit_code") else getattr(guard, "raised", None)
+    typer.echo(f"error: {raised or 'interrupted (Ctrl-C)'}", err=True)
+    sys.exit(getattr(raised, "exit_code", 130))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _normalise_argv(list(sys.argv[1:] if argv is None else argv))
+    with stop_on_signals() as guard:
+        _main(args, guard)
+
+
+def _main(args: list[str], guard) -> None:
     try:
         rc = app(args, prog_name="sparsetune", standalone_mode=False)
+        if rc == 130:
+            _interrupted(guard)
         sys.exit(rc if isinstance(rc, int) else 0)
-    except UserError as exc:
+    except (UserError, RunFault) as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.echo("aborted", err=True)
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt) as exc:
+        _interrupted(guard, exc)
+    except OSError as exc:
+        from sparsetune.engine.run_folder import DISK_ERRNOS, write_fault
+
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        typer.echo(f"error: {write_fault(exc.filename or 'a file', exc)}", err=True)
+        sys.exit(5)
     except Exception as exc:
         if not _click_error(exc):
             raise

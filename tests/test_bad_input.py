@@ -1,10 +1,23 @@
 """Hostile input, table-driven: every case exits 2 with one stderr line and no traceback, creates no
-run folder, and leaves existing run folders byte for byte as they were (config, CLI and resume cases)."""
+run folder, and leaves existing run folders byte for byte as they were (config, CLI and resume cases).
+
+Faults mid-run, table-driven too (FAULTS, SIGNALS): a diverged run, a full disk, a run folder deleted
+under a run, SIGTERM and Ctrl-C each end with one `error:` line (the step, the last good checkpoint,
+the resume command) and their documented exit status, and leave no half line and no temporary
+checkpoint folder behind (issue #22 items 1-4; README "Faults and exit codes")."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,6 +119,8 @@ CASES = [
     (["train", "resume=<no_checkpoints>"], "checkpoint"),
     (["train", "resume=<copy>", "method.r=8"], "resume"),
     (["train", "resume=<copy>", "trainer.lr=1"], "resume"),
+    (["train", "resume=<copy>", "<full-disk>"], "MB free"),  # resume checks free space too
+    (["train", "resume=<locked>"], "being written by another sparsetune process"),  # one writer per run folder
     # --- the command line itself
     (["--bogus"], "--bogus"),
     (["trian"], "Did you mean 'train'"),
@@ -118,7 +133,8 @@ CASES = [
 
 
 @pytest.mark.parametrize("args,needle", CASES, ids=[f"{i:02d}-{' '.join(a[-1:])[:40]}" for i, (a, _) in enumerate(CASES)])
-def test_bad_input_exits_2_with_one_line_and_touches_nothing(args, needle, finished, tmp_path, monkeypatch, capsys):
+def test_bad_input_exits_2_with_one_line_and_touches_nothing(args, needle, finished, tmp_path, monkeypatch, capsys,
+                                                          request):
     runs = tmp_path / "runs"
     runs.mkdir()
     existing = runs / finished.name
@@ -137,8 +153,12 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(args, needle, finis
             continue
         elif a.endswith(">") and "=<" in a:
             key, how = a[:-1].split("=<")
-            if how == "copy":
+            if how in ("copy", "locked"):
                 target = existing
+                if how == "locked":  # another writer holds the run folder (its own open file, as a process would)
+                    fd = os.open(existing / ".lock", os.O_RDWR | os.O_CREAT)
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                    request.addfinalizer(lambda fd=fd: os.close(fd))
             else:
                 target = tmp_path / how  # a damaged copy outside the runs root
                 shutil.copytree(finished, target)
@@ -146,7 +166,8 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(args, needle, finis
             a = f"{key}={target}"
         argv.append(a)
     watched = {p: snapshot(p) for p in (runs, *[tmp_path / a.split("=<")[1][:-1] for a in args
-                                               if a.endswith(">") and "=<" in a and "copy" not in a])}
+                                               if a.endswith(">") and "=<" in a and a[:-1].split("=<")[1]
+                                               not in ("copy", "locked")])}
     with pytest.raises(SystemExit) as info:
         main(argv)
     out, err = capsys.readouterr()
@@ -160,3 +181,153 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(args, needle, finis
 
 def test_the_table_is_long_enough():
     assert len(CASES) >= 40
+
+
+# --- faults mid-run ---------------------------------------------------------------------------------
+F = ["model=tiny_llama", "data=synthetic_arith", "logger=quiet", "eval=none", "trainer.batch_size=2",
+     "trainer.threads=1", "trainer.log_every=1"]
+
+
+def _enospc_checkpoint(monkeypatch, runs: Path) -> None:
+    """The disk fills while step 2's checkpoint is written (safetensors reports it in its own words)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real, calls = safetensors.torch.save_file, {"n": 0}
+
+    def full(tensors, path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # two files per checkpoint: the first file of the second checkpoint
+            Path(path).write_bytes(b"half")
+            raise SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                  'message: "No space left on device" })')
+        return real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+
+
+def _enospc_metrics(monkeypatch, runs: Path) -> None:
+    """The disk fills in the middle of metrics.jsonl's third line: half of it reaches the file."""
+    import sparsetune.engine.logging as logging_mod
+
+    calls = {"n": 0}
+
+    def full(fd, data):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.write(fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        os.write(fd, data)
+
+    monkeypatch.setattr(logging_mod, "_append", full, raising=False)
+
+
+def _delete_folder(monkeypatch, runs: Path) -> None:
+    """Someone removes the whole run folder after step 2."""
+    from sparsetune.engine.loop import TrainLoop
+
+    real = TrainLoop.train_step
+
+    def step(self):
+        metrics = real(self)
+        if self.state.step == 2:
+            for run in runs.iterdir():
+                shutil.rmtree(run)
+        return metrics
+
+    monkeypatch.setattr(TrainLoop, "train_step", step)
+
+
+FAULTS = [
+    # (case, overrides, fault, exit status, needle in the one error line)
+    ("nan-weights", ["trainer.max_grad_norm=null", "trainer.lr=1e30", "trainer.save_every=2", "trainer.warmup_steps=0",
+                     "trainer.max_steps=6"], None, 3, "trained weights are not finite"),
+    ("stuck-at-uniform", ["trainer.lr=1e3", "trainer.warmup_steps=0", "trainer.max_steps=30", "trainer.save_every=1"],
+     None, 3, "uniform prediction"),
+    ("disk-full-checkpoint", ["trainer.max_steps=4", "trainer.save_every=1"], _enospc_checkpoint, 5,
+     "could not write checkpoint step-0000002: No space left on device"),
+    ("disk-full-metrics", ["trainer.max_steps=4", "trainer.save_every=1"], _enospc_metrics, 5,
+     "metrics.jsonl: No space left on device"),
+    ("folder-deleted", ["trainer.max_steps=6", "trainer.save_every=1"], _delete_folder, 4, "deleted or moved"),
+]
+
+
+def _error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1 and lines[-1] == errors[0], err
+    return errors[0]
+
+
+def _no_debris(run: Path) -> None:
+    hidden = [p for p in run.rglob(".*") if p.name != ".lock"]  # .tmp-step-N, .summary.json.XXXX, ...
+    assert not hidden, hidden
+    for line in (run / "metrics.jsonl").read_text().splitlines():  # whole lines only
+        json.loads(line)
+    assert (run / "metrics.jsonl").read_text().endswith("\n") or not (run / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("case,overrides,fault,code,needle", FAULTS, ids=[f[0] for f in FAULTS])
+def test_fault_mid_run_is_one_line_with_its_exit_status(case, overrides, fault, code, needle, tmp_path, monkeypatch,
+                                                        capsys):
+    runs = tmp_path / "runs"
+    if fault:
+        fault(monkeypatch, runs)
+    with pytest.raises(SystemExit) as info:
+        main(["train", *F, *overrides, f"run_dir={runs}"])
+    line = _error_line(capsys.readouterr().err)
+    assert info.value.code == code and needle in line, (info.value.code, line)
+    if case == "folder-deleted":
+        assert not any(runs.iterdir()), "the deleted run folder was recreated"
+        return
+    (run,) = runs.iterdir()
+    _no_debris(run)
+    latest = (run / "checkpoints" / "latest")
+    good = run / "checkpoints" / latest.read_text().strip() if latest.exists() else None
+    if code == 3:  # diverged: summary.json says so; every checkpoint left is finite
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "diverged" and summary["diverged_at_step"] >= 1
+        assert summary["last_good_checkpoint"] == (str(good) if good else None)
+        from sparsetune.engine.checkpoint import load_checkpoint, nonfinite
+
+        for step in (run / "checkpoints").glob("step-*"):
+            assert nonfinite(load_checkpoint(step)) is None, step
+    else:  # a fault: the line names the last good checkpoint and how to resume
+        assert good is not None and f"last good checkpoint: {good}" in line, line
+        assert f"resume with: sparsetune train resume={run}" in line, line
+        from sparsetune.engine.checkpoint import load_checkpoint
+
+        assert load_checkpoint(good)["loop"]["step"] == int(good.name[5:])
+
+
+SIGNALS = [  # (case, signal, exit status, what the line says)
+    ("sigterm", signal.SIGTERM, 143, "terminated (SIGTERM) at step"),
+    ("ctrl-c", signal.SIGINT, 130, "interrupted (Ctrl-C) at step"),
+]
+
+
+@pytest.mark.parametrize("case,sig,code,needle", SIGNALS, ids=[s[0] for s in SIGNALS])
+def test_signal_mid_run_is_one_line_with_its_exit_status(case, sig, code, needle, tmp_path):
+    runs = tmp_path / "runs"
+    child = subprocess.Popen(
+        [sys.executable, "-m", "sparsetune.cli", "train", *F, "trainer.max_steps=100000", "trainer.save_every=3",
+         f"run_dir={runs}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal's foreground job has it
+    deadline = time.time() + 300
+    while time.time() < deadline and child.poll() is None:
+        latest = list(runs.glob("*/checkpoints/latest")) if runs.exists() else []
+        if latest and latest[0].read_text().strip() >= "step-0000006":
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, child.stderr.read()
+    child.send_signal(sig)
+    assert child.wait(timeout=120) == code
+    line = _error_line(child.stderr.read())
+    (run,) = runs.iterdir()
+    assert needle in line and "last good checkpoint:" in line and f"resume with: sparsetune train resume={run}" in line
+    _no_debris(run)
+    from sparsetune.engine.checkpoint import find_resumable
+
+    path, _ = find_resumable(run / "checkpoints")
+    assert str(path) in line  # the checkpoint named is the one resume= starts from

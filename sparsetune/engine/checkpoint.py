@@ -17,6 +17,13 @@ Format (`checkpoints/step-<N>/`), nothing in it is ever unpickled:
 - `manifest.json` — format version, step, and each file's size and sha256, verified before loading.
 
 A legacy `state.pt` (torch pickle) is refused, never loaded: unpickling runs code.
+
+Only a finite state is a checkpoint: `save_checkpoint` refuses weights, optimiser or method state with
+a NaN/Inf (`NonFiniteStateError`; the loop reports the run as diverged), so `latest` always names a
+state worth resuming. A write the disk refuses (full disk) or a second Ctrl-C removes the temporary
+folder before the error goes up (`WriteFaultError`, one line); a first Ctrl-C or SIGTERM waits for the
+write to finish (engine/interrupts.py). Nothing is written into a run folder that was deleted or moved
+mid-run (engine/run_folder.py `check_present`).
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -32,7 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sparsetune.engine.run_folder import atomic_write_text
+from sparsetune.engine.interrupts import critical
+from sparsetune.engine.run_folder import DISK_ERRNOS, atomic_write_text, check_present, write_fault
 from sparsetune.errors import UserError
 
 FORMAT = "sparsetune-checkpoint"
@@ -50,6 +60,58 @@ class CheckpointError(UserError):
 
 class DamagedCheckpointError(CheckpointError):
     """A checkpoint whose files are missing, truncated, or fail their manifest hashes."""
+
+
+class NonFiniteStateError(ValueError):
+    """The state to save holds NaN/Inf weights or optimiser/method state; nothing was written."""
+
+
+# --- finiteness ------------------------------------------------------------------------------------
+CHECKED = ("optimizer", "method", "scaler")  # state sections besides the weights that must be finite
+
+
+def _bad_count(t: torch.Tensor) -> int:
+    return int((~torch.isfinite(t)).sum()) if t.is_floating_point() or t.is_complex() else 0
+
+
+def _nonfinite_paths(obj: Any, path: str, out: list[str]) -> None:
+    if isinstance(obj, torch.Tensor):
+        if _bad_count(obj):
+            out.append(path)
+    elif isinstance(obj, float):
+        if not math.isfinite(obj):
+            out.append(path)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _nonfinite_paths(v, f"{path}/{k}", out)
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _nonfinite_paths(v, f"{path}/{i}", out)
+
+
+def nonfinite(state: dict[str, Any]) -> str | None:
+    """None when the weights (`model`) and the optimiser, method and scaler state are all finite;
+    otherwise what is not, in words (how many weights; which state entries)."""
+    weights = [t for t in (state.get("model") or {}).values() if isinstance(t, torch.Tensor)]
+    bad = sum(_bad_count(t) for t in weights)
+    paths: list[str] = []
+    for section in CHECKED:
+        if section in state:
+            _nonfinite_paths(state[section], section, paths)
+    parts = []
+    if bad:
+        parts.append(f"{bad:,} of {sum(t.numel() for t in weights):,} trained weights are not finite")
+    if paths:
+        more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+        parts.append(f"non-finite state in {', '.join(paths[:3])}{more}")
+    return "; ".join(parts) or None
+
+
+def _os_error(exc: BaseException) -> BaseException:
+    """safetensors reports a full disk as `IoError(Os { code: 28, ..., message: "No space left on device" })`:
+    the OSError inside, when there is one."""
+    found = re.search(r"Os \{ code: (\d+)", str(exc))
+    return OSError(int(found.group(1)), os.strerror(int(found.group(1)))) if found else exc
 
 
 # --- RNG ------------------------------------------------------------------------------------------
@@ -141,32 +203,50 @@ def _sha256(path: Path) -> str:
 
 # --- save / find / load -------------------------------------------------------------------------
 def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write `folder/step-<N>/` atomically and point `folder/latest` at it."""
+    """Write `folder/step-<N>/` atomically and point `folder/latest` at it.
+
+    Raises NonFiniteStateError (nothing written) for a non-finite state, RunFolderGoneError when the
+    run folder was deleted or moved, WriteFaultError when the disk refuses a write (the temporary
+    folder is removed first; `latest` still names the previous checkpoint)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_present(folder)
+    problem = nonfinite(state)
+    if problem:
+        raise NonFiniteStateError(problem)
     final = folder / f"step-{step:07d}"
     tmp = folder / f".tmp-step-{step:07d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    state = dict(state)
-    model = {k: v.detach().cpu().contiguous().clone() for k, v in (state.pop("model", None) or {}).items()}
-    tensors: dict[str, torch.Tensor] = {}
-    encoded = _encode(state, "", tensors)
-    save_file(model, str(tmp / MODEL))
-    save_file(tensors, str(tmp / TENSORS))
-    (tmp / STATE).write_text(json.dumps(encoded, allow_nan=False) + "\n")
-    files = {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-             for name in (MODEL, TENSORS, STATE)}
-    atomic_write_text(tmp / MANIFEST, json.dumps({"format": FORMAT, "version": VERSION, "step": step,
-                                                  "files": files}, indent=1) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    atomic_write_text(folder / "latest", final.name + "\n")
-    for old in sorted(folder.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    try:
+        with critical():
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob(".tmp-step-*"):  # left by a killed writer (this process holds the lock)
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+            state = dict(state)
+            model = {k: v.detach().cpu().contiguous().clone() for k, v in (state.pop("model", None) or {}).items()}
+            tensors: dict[str, torch.Tensor] = {}
+            encoded = _encode(state, "", tensors)
+            save_file(model, str(tmp / MODEL))
+            save_file(tensors, str(tmp / TENSORS))
+            (tmp / STATE).write_text(json.dumps(encoded, allow_nan=False) + "\n")
+            files = {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                     for name in (MODEL, TENSORS, STATE)}
+            atomic_write_text(tmp / MANIFEST, json.dumps({"format": FORMAT, "version": VERSION, "step": step,
+                                                          "files": files}, indent=1) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            atomic_write_text(folder / "latest", final.name + "\n")
+            for old in sorted(folder.glob("step-*"))[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        cause = _os_error(exc) if isinstance(exc, SafetensorError) else exc
+        if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:
+            raise write_fault(f"checkpoint {final.name}", cause) from None
+        raise
     return final
 
 

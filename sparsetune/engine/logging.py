@@ -20,7 +20,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from sparsetune.engine.run_folder import atomic_write_text
+from sparsetune.engine.interrupts import critical
+from sparsetune.engine.run_folder import DISK_ERRNOS, atomic_write_text, check_present, write_fault
 
 
 class MetricLogger(Protocol):
@@ -49,8 +50,18 @@ def _step_of(line: str) -> int | None:
     return int(record.get("step", 0)) if isinstance(record, dict) else None
 
 
+def _append(fd: int, data: bytes) -> None:
+    """Write all of `data` at the end of the file (os.write may write part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class JsonlLogger:
-    """Appends one JSON object per call to metrics.jsonl (flushed, so a killed run keeps its log)."""
+    """Appends one JSON object per call to metrics.jsonl, a whole line or nothing: each line goes to
+    the file in one unbuffered append (a killed run keeps its log), a write the disk refuses is cut
+    back to the last whole line (WriteFaultError), a Ctrl-C waits for the line to be written, and a
+    run folder deleted mid-run is not written to (RunFolderGoneError)."""
 
     def __init__(self, path: Path, truncate_after_step: int | None = None):
         self.path = Path(path)
@@ -61,12 +72,24 @@ class JsonlLogger:
             kept = [ln for ln in self.path.read_text().splitlines()
                     if _step_of(ln) is not None and _step_of(ln) <= truncate_after_step]
             atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
-        self._fh = self.path.open("a")
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._step = truncate_after_step or 0
 
     def _write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
+        data = (json.dumps(record) + "\n").encode()
+        check_present(self.path.parent)
+        with critical():
+            size = os.fstat(self._fd).st_size
+            try:
+                _append(self._fd, data)
+            except OSError as exc:
+                try:
+                    os.ftruncate(self._fd, size)  # no half line: back to the last whole record
+                except OSError:
+                    pass
+                if exc.errno in DISK_ERRNOS:
+                    raise write_fault(self.path, exc) from None
+                raise
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._step = step
@@ -84,7 +107,9 @@ class JsonlLogger:
         pass
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class ConsoleLogger:

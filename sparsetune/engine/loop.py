@@ -1,8 +1,21 @@
 """The training loop every job shares: accumulation, clipping, autocast (bf16, fp16 with a grad
-scaler), schedule, periodic eval, atomic checkpoints, exact resume and a NaN/Inf guard — in one
+scaler), schedule, periodic eval, atomic checkpoints, exact resume and a divergence guard — in one
 process or in each rank of a torch.distributed group (engine/distributed.py), where rank r of W
 takes every W-th micro-batch of the same seeded order, so W ranks × grad_accum g make the same
-optimiser step as one process with W·g accumulation."""
+optimiser step as one process with W·g accumulation.
+
+Divergence (exit 3, `TrainingDivergedError`): a non-finite loss or gradient norm, weights or optimiser
+state that are not finite when a checkpoint is due (no checkpoint is written), or a loss that sits at
+its uniform-prediction value ln(classes) with a zero gradient norm for `STUCK_STEPS` steps in a row
+(no checkpoint is written on such steps). The run stops with one line naming the last good
+checkpoint, and summary.json says `"status": "diverged"` with the step and that checkpoint.
+
+Faults: SIGTERM or a first Ctrl-C stop the run after the write in progress (exit 143 / 130), a
+second Ctrl-C at once; a write the disk refuses (exit 5) or a run folder deleted mid-run (exit 4)
+stop it too. Each is one line with the step, the last good checkpoint and the resume command. The
+run folder's lock (engine/run_folder.py) is taken again on resume, in `restore`, before anything is
+written, together with a free-space check.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +25,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,13 +34,24 @@ from sparsetune.config.checks import check_precision
 from sparsetune.engine import distributed as dist
 from sparsetune.engine.checkpoint import (
     CheckpointError,
+    NonFiniteStateError,
     latest_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from sparsetune.engine.interrupts import stop_on_signals
 from sparsetune.engine.measure import peak_memory_mb
-from sparsetune.errors import TrainingDivergedError
+from sparsetune.engine.run_folder import RunFolder, owning_run
+from sparsetune.errors import (
+    RunFault,
+    RunFolderGoneError,
+    TrainingDivergedError,
+    WriteFaultError,
+)
+
+STUCK_STEPS = 3  # steps in a row at the uniform-prediction loss with zero gradient that count as diverged
+STUCK_RTOL = 1e-4  # how close to ln(classes) "at the uniform-prediction loss" is
 
 
 @dataclass
@@ -178,6 +203,7 @@ class TrainLoop:
         self.sharded = any(dist.is_sharded(p) for p in model.parameters())
         self.state = stream.state
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.suspect = False  # the last step sat at the uniform-prediction loss with zero gradient
         self.scaler = None
         check_precision(tcfg.precision, str(torch.device(device)))
         if tcfg.precision == "fp16":
@@ -187,6 +213,32 @@ class TrainLoop:
                 self.scaler = ShardedGradScaler()  # all-reduces found-inf across the shards
             else:
                 self.scaler = torch.amp.GradScaler("cuda")
+
+    # --- the run folder ----------------------------------------------------------------------
+    def _run_folder(self) -> RunFolder | None:
+        """The run folder the checkpoints go into: the one this process has locked, else the nearest
+        folder above `checkpoint_dir` with a config.yaml (a forget run keeps one checkpoint folder per task)."""
+        if self.checkpoint_dir is None:
+            return None
+        key = owning_run(self.checkpoint_dir)
+        if key is not None:
+            return RunFolder(Path(key))
+        for folder in list(Path(self.checkpoint_dir).parents)[:3]:
+            if (folder / "config.yaml").is_file():
+                return RunFolder(folder)
+        return None
+
+    def _where(self) -> str:
+        """"; last good checkpoint: …; resume with: …" for a one-line message."""
+        good = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir is not None else None
+        if good is None:
+            return "; no checkpoint was written yet"
+        run = self._run_folder()
+        command = run.resume_command() if run is not None else None
+        return f"; last good checkpoint: {good}" + (f"; resume with: {command}" if command else "")
+
+    def _stopped(self, what: str) -> str:
+        return f"{what} at step {self.state.step} of {self.total_steps}{self._where()}"
 
     # --- checkpoints -------------------------------------------------------------------------
     def checkpoint(self) -> None:
@@ -217,13 +269,34 @@ class TrainLoop:
                 state["scaler"] = self.scaler.state_dict()
             if self.extra_state:
                 state.update(self.extra_state())
-            save_checkpoint(self.checkpoint_dir, self.state.step, state)
-        dist.barrier()
+        verdict = None  # rank 0's outcome, shared with every rank (the broadcast is also the barrier)
+        try:
+            if dist.is_main():
+                save_checkpoint(self.checkpoint_dir, self.state.step, state)
+        except NonFiniteStateError as exc:
+            verdict = ("diverged", str(exc))
+        except RunFault as exc:
+            verdict = (type(exc).__name__, str(exc))
+            if not dist.active():
+                raise
+        verdict = dist.broadcast_object(verdict)
+        if verdict is None:
+            return
+        kind, message = verdict
+        if kind == "diverged":
+            self._diverged(f"after the update, {message}", step=self.state.step)
+        raise {"RunFolderGoneError": RunFolderGoneError}.get(kind, WriteFaultError)(message)
 
     def restore(self, ckpt: dict[str, Any]) -> None:
+        """Load a checkpoint into the live objects. Rank 0 first becomes the run folder's one writer
+        (RunFolderBusyError, exit 2, while another process writes it) and checks its free space:
+        this comes before anything on resume writes into the folder."""
+        run = self._run_folder()
+        if run is not None and dist.is_main():
+            run.claim_for_resume()
         missing = set(ckpt["model"]) - {n for n, _ in self.model.named_parameters()}
         if missing:
-            raise TrainingDivergedError(f"checkpoint does not match the model: unknown tensors {sorted(missing)[:3]}")
+            raise CheckpointError(f"checkpoint does not match the model: unknown tensors {sorted(missing)[:3]}")
         with torch.no_grad():
             params = dict(self.model.named_parameters())
             for name, value in ckpt["model"].items():
@@ -305,6 +378,7 @@ class TrainLoop:
             grad_norm = float(dist.full_tensor(norm))
             if not math.isfinite(grad_norm) and self.scaler is None:  # fp16: the scaler skips the step
                 self._diverged(f"gradient norm is {grad_norm}")
+        self.suspect = self._at_uniform(task_loss) and self._grad_norm(grad_norm) == 0.0
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -335,19 +409,67 @@ class TrainLoop:
             metrics["grad_norm"] = grad_norm
         return metrics
 
-    def _diverged(self, what: str) -> None:
-        good = latest_checkpoint(self.checkpoint_dir)
+    def _uniform_loss(self) -> float | None:
+        """ln(classes): the loss of a model that predicts every token (class) with equal probability."""
+        if not hasattr(self, "_uniform"):
+            model = self.model
+            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            weight = getattr(head, "weight", None)
+            config = getattr(model, "config", None)
+            n = weight.shape[0] if weight is not None else (getattr(config, "num_labels", None)
+                                                           or getattr(config, "vocab_size", None))
+            self._uniform = math.log(n) if n and n > 1 else None
+        return self._uniform
+
+    def _at_uniform(self, loss: float) -> bool:
+        uniform = self._uniform_loss()
+        return uniform is not None and abs(loss - uniform) <= STUCK_RTOL * uniform
+
+    def _grad_norm(self, known: float | None) -> float:
+        """The step's gradient norm (computed here when clipping is off); call before zero_grad."""
+        if known is not None:
+            return known
+        norm = torch.nn.utils.clip_grad_norm_(self.params, float("inf"))  # scales by 1: measures only
+        return float(dist.full_tensor(norm))
+
+    def _diverged(self, what: str, step: int | None = None) -> None:
+        """Stop the run: one line naming the last good checkpoint; summary.json says it diverged."""
+        step = self.state.step + 1 if step is None else step
+        good = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir is not None else None
         where = f"; last good checkpoint: {good}" if good else "; no checkpoint was written yet"
-        raise TrainingDivergedError(
-            f"training diverged at step {self.state.step + 1}: {what}{where} (try a lower trainer.lr)")
+        run = self._run_folder()
+        if run is not None and dist.is_main():
+            summary = {"status": "diverged", "diverged_at_step": step, "reason": what,
+                       "last_good_checkpoint": str(good) if good else None, **summarise(self.state)}
+            try:
+                run.write_summary(summary)
+            except (OSError, RunFault):
+                pass  # the one line below still says what happened
+        raise TrainingDivergedError(f"training diverged at step {step}: {what}{where} (try a lower trainer.lr)")
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self) -> LoopState:
+        """Train to `total_steps`. SIGINT/SIGTERM, a refused write and a vanished run folder end it with
+        one line that names the step, the last good checkpoint and the resume command."""
+        with stop_on_signals(self._stopped):
+            try:
+                return self._run()
+            except RunFolderGoneError as exc:
+                raise RunFolderGoneError(f"{exc} (at step {self.state.step})") from None
+            except WriteFaultError as exc:
+                if "resume with" in str(exc) or self.checkpoint_dir is None:
+                    raise
+                where = self._where().replace("; resume with", "; free some space, then resume with")
+                raise WriteFaultError(f"{exc} (at step {self.state.step}){where}") from None
+
+    def _run(self) -> LoopState:
         self.model.train()
         task = self.progress.add_task("train", total=self.total_steps, completed=self.state.step,
                                       loss=float("nan"), rate="") if self.progress else None
+        stuck = 0
         while self.state.step < self.total_steps:
             metrics = self.train_step()
+            stuck = stuck + 1 if self.suspect else 0
             st = self.state
             st.train_losses.append(metrics["loss"])
             st.step_times.append(metrics["step_time_s"])
@@ -362,7 +484,11 @@ class TrainLoop:
                 dist.barrier()
             if st.step % max(1, self.tcfg.log_every) == 0 or last:
                 self.logger.log(metrics, st.step)
-            if (self.tcfg.save_every and st.step % self.tcfg.save_every == 0) or last:
+            if stuck >= STUCK_STEPS or (stuck and last):
+                self._diverged(f"the loss has sat at {metrics['loss']:.6g}, a uniform prediction "
+                               f"(ln {round(math.exp(self._uniform_loss()))}), with a zero gradient norm for "
+                               f"{stuck} step{'s' if stuck > 1 else ''}", step=st.step - stuck + 1)
+            if ((self.tcfg.save_every and st.step % self.tcfg.save_every == 0) or last) and not stuck:
                 self.checkpoint()
             if task is not None:
                 rate = metrics.get("tokens_per_s") or metrics.get("images_per_s", 0.0)

@@ -29,7 +29,9 @@ def run_job(cfg, overrides: list[str], job: str = "train") -> dict[str, Any]:
     if needs_spawn(cfg):
         return spawn(cfg, overrides, job)
     from sparsetune.engine.distributed import teardown
+    from sparsetune.engine.run_folder import held_run_folders, release_run_folders
 
+    held = held_run_folders()
     try:
         if job == "forget":
             from sparsetune.jobs.forget import run_forget
@@ -40,3 +42,4 @@ def run_job(cfg, overrides: list[str], job: str = "train") -> dict[str, Any]:
         return run_train(cfg, overrides, job)
     finally:
         teardown()  # leave the process group (torchrun / accelerate / trainer.nproc children)
+        release_run_folders(keep=held)  # the job's run folder lock (a CLI process ends here anyway)

@@ -30,9 +30,15 @@ def apply_eval_overrides(cfg, overrides: list[str]):
 
 def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     """Rebuild the run's model from its config and final checkpoint, evaluate the held-out split,
-    and record the results in its summary.json."""
+    and record the results in its summary.json.
+
+    A run another process is writing right now (its lock is held) is scored from its last complete
+    checkpoint, never from a half-written export/, and the line says which step; nothing is recorded
+    in the run folder then (one writer per run folder). Otherwise this process holds the lock while
+    it records, so a resume cannot start writing underneath it."""
     from sparsetune.engine.offline import configure_network
-    from sparsetune.engine.run_folder import RunFolder
+    from sparsetune.engine.run_folder import RunFolder, held_run_folders, release_run_folders
+    from sparsetune.errors import RunFolderBusyError
     from sparsetune.eval.report import print_table
     from sparsetune.eval.suite import evaluate_model
     from sparsetune.jobs.config import load_run_config
@@ -40,49 +46,88 @@ def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
 
     run = RunFolder.open(run_dir)
     cfg = apply_eval_overrides(load_run_config(run), overrides)
-    configure_network(cfg)  # the export path below does not go through setup()
-    ensure_vision_base(cfg.model)
-    model, tokenizer, splits, source, method = _from_export(cfg, run)
-    if model is None:
-        job, path = from_checkpoint(cfg, run)
-        if job is None:
-            raise UserError(f"run has no export or checkpoint to evaluate: {run.path}")
-        model, tokenizer, splits, source = job.method.prepare_for_eval(job.model), job.tokenizer, job.splits, path
-        method = job.method
-    console.print(f"evaluating {run.path} (from {source})")
-    results = evaluate_model(cfg, model, tokenizer, splits, "test", run.path)
-    points = score_points(cfg, method, model, tokenizer, splits, run.path)
-    summary = run.read_summary()
-    summary.setdefault("eval", {}).update(results)
-    if points:
-        summary["eval_points"] = points
-    run.write_summary(summary)
-    log_eval(cfg, run.path, results, points, step=int(summary.get("steps") or 0))
+    held = held_run_folders()
+    try:
+        run.lock()
+        busy = False
+    except RunFolderBusyError:
+        busy = True  # being written: read its last complete checkpoint, record nothing
+    try:
+        configure_network(cfg)  # the export path below does not go through setup()
+        ensure_vision_base(cfg.model)
+        summary = run.read_summary()
+        model, tokenizer, splits, source, method = _from_export(cfg, run) if not busy else (None,) * 5
+        step = summary.get("steps")
+        if model is None:
+            job, path = from_checkpoint(cfg, run, retry=busy)
+            if job is None:
+                if busy:
+                    raise UserError(f"{run.path} is being written by another process and has no complete "
+                                    "checkpoint yet; evaluate it after its first checkpoint (trainer.save_every)")
+                raise UserError(f"run has no export or checkpoint to evaluate: {run.path}")
+            model, tokenizer, splits, source = job.method.prepare_for_eval(job.model), job.tokenizer, job.splits, path
+            method, step = job.method, checkpoint_step(path)
+        console.print(f"evaluating {run.path} (from {source}{at_step(step, cfg)})"
+                      + ("; the run is still being written by another process: results are not recorded in it"
+                         if busy else ""), highlight=False, soft_wrap=True)
+        results = evaluate_model(cfg, model, tokenizer, splits, "test", run.path)
+        points = score_points(cfg, method, model, tokenizer, splits, run.path)
+        if not busy:
+            summary.setdefault("eval", {}).update(results)
+            if points:
+                summary["eval_points"] = points
+            run.write_summary(summary)
+            log_eval(cfg, run.path, results, points, step=int(summary.get("steps") or 0))
+    finally:
+        release_run_folders(keep=held)
     print_table("eval (held-out split)", results)
     if points:
         print_table("eval points (held-out split)", points)
     return results
 
 
-def from_checkpoint(cfg, run):
-    """(Job, checkpoint path) with the run's model rebuilt as it was at its last checkpoint (method
-    applied, trained tensors loaded); (None, None) when the run has no checkpoint."""
-    from sparsetune.engine.checkpoint import latest_checkpoint, load_checkpoint
+def checkpoint_step(path: Path) -> int:
+    """The optimiser step of a `step-<N>` checkpoint folder."""
+    return int(Path(path).name.split("-", 1)[1])
+
+
+def at_step(step: int | None, cfg) -> str:
+    """", step N of M" for a message (M only for a run that counts steps, not epochs)."""
+    if step is None:
+        return ""
+    total = None if cfg.trainer.epochs else cfg.trainer.max_steps
+    return f", step {step}" + (f" of {total}" if total else "")
+
+
+def from_checkpoint(cfg, run, path: Path | None = None, retry: bool = False):
+    """(Job, checkpoint path) with the run's model rebuilt as it was at its last checkpoint (or at
+    `path`) — method applied, trained tensors loaded; (None, None) when the run has no checkpoint.
+
+    `retry`: the run is being written, so the checkpoint `latest` named may be pruned while it is
+    read; then the newer one `latest` names by now is read instead."""
+    from sparsetune.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
     from sparsetune.jobs.assemble import setup
 
-    path = latest_checkpoint(run.checkpoints)
-    if path is None:
-        return None, None
-    ckpt = load_checkpoint(path)  # verified safetensors + JSON; never unpickles (a legacy state.pt is refused)
+    attempts = 5 if retry and path is None else 1
+    for attempt in range(attempts):
+        chosen = path or latest_checkpoint(run.checkpoints)
+        if chosen is None:
+            return None, None
+        try:
+            ckpt = load_checkpoint(chosen)  # verified safetensors + JSON; never unpickles (a legacy state.pt is refused)
+            break
+        except CheckpointError:
+            if attempt + 1 == attempts or latest_checkpoint(run.checkpoints) == chosen:
+                raise
     job = setup(cfg, [], "eval", method_state=ckpt["method"], create_run=False, load_data=needs_data(cfg))
     params = dict(job.model.named_parameters())
     unknown = sorted(set(ckpt["model"]) - set(params))
     if unknown:
-        raise UserError(f"checkpoint {path.name} does not match the run's model: unknown tensors {unknown[:3]}")
+        raise UserError(f"checkpoint {chosen.name} does not match the run's model: unknown tensors {unknown[:3]}")
     with torch.no_grad():
         for name, value in ckpt["model"].items():
             params[name].copy_(value)
-    return job, path
+    return job, chosen
 
 
 def log_eval(cfg, run_path, results: dict[str, Any], points: dict[str, Any] | None, step: int = 0) -> None:

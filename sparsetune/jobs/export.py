@@ -12,6 +12,10 @@
 
 Every folder carries a model card (README.md) and, when W&B is on, is logged as a W&B Artifact. The
 folder is written next to its destination and renamed into place, so a failed export leaves nothing.
+
+The folder and its card name the training step they hold (default folder `<run>/export-<fmt>-step<N>`).
+A run another process is writing right now (its run folder lock is held) is exported from its last
+complete checkpoint — never from a half-written export/ — and the card says the run was still training.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +45,37 @@ def refusal(method: str, fmt: str) -> str | None:
     return None
 
 
+@dataclass
+class Source:
+    """What an export is made from: the run's export/ folder (`checkpoint` None) or one checkpoint."""
+
+    checkpoint: Path | None
+    step: int | None
+    training: bool  # another process is writing the run right now
+
+
+def _source(cfg, run, fmt: str) -> Source:
+    from sparsetune.engine.checkpoint import latest_checkpoint
+    from sparsetune.jobs.evaluate import checkpoint_step
+
+    training = run.in_use()
+    cls = method_class(cfg.method.name)
+    copies = fmt in ("adapter", "peft") or cls.stock_export
+    if copies and not training and run.export.is_dir() and any(run.export.iterdir()):
+        latest = latest_checkpoint(run.checkpoints)
+        return Source(None, run.read_summary().get("steps") or (checkpoint_step(latest) if latest else None), False)
+    latest = latest_checkpoint(run.checkpoints)
+    if latest is None and training:
+        raise UserError(f"{run.path} is being written by another process and has no complete checkpoint yet; "
+                        "export it after its first checkpoint (trainer.save_every)")
+    if latest is None:  # an export/ on a stock base (no checkpoint): the run's final step
+        return Source(None, run.read_summary().get("steps"), False)
+    return Source(latest, checkpoint_step(latest), training)
+
+
 def export_run(run_dir: str, fmt: str, out: str | None = None, command: str | None = None) -> Path:
-    """Write `run_dir`'s model in `fmt` to `out` (default `<run>/export-<fmt>`); returns the folder."""
+    """Write `run_dir`'s model in `fmt` to `out` (default `<run>/export-<fmt>-step<N>`); returns the folder."""
+    from sparsetune.engine.checkpoint import CheckpointError
     from sparsetune.engine.offline import configure_network
     from sparsetune.engine.run_folder import RunFolder
     from sparsetune.engine.runtime import quiet_libraries
@@ -53,38 +87,51 @@ def export_run(run_dir: str, fmt: str, out: str | None = None, command: str | No
     reason = refusal(method, fmt)
     if reason:
         raise UserError(reason)
-    dest = Path(out).expanduser().resolve() if out else run.path / f"export-{fmt}"
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise UserError(f"{dest} exists and is not empty; remove it or pass --out NEW_FOLDER")
     configure_network(cfg)
     quiet_libraries()
-    staging = dest.parent / f".{dest.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        notes = _write(fmt, cfg, run, staging)
-        command = command or f"sparsetune export run={run.path} --format {fmt}" + (f" --out {out}" if out else "")
-        write_model_card(staging, cfg, run, fmt, command, notes)
-        if dest.exists():
-            dest.rmdir()  # empty (checked above)
-        os.replace(staging, dest)
-    finally:
+    for attempt in range(5):  # a run being written may prune the checkpoint read; then take the newer one
+        source = _source(cfg, run, fmt)
+        name = f"export-{fmt}" + (f"-step{source.step}" if source.step is not None else "")
+        dest = Path(out).expanduser().resolve() if out else run.path / name
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise UserError(f"{dest} exists and is not empty; remove it or pass --out NEW_FOLDER")
+        staging = dest.parent / f".{dest.name}.partial-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            notes = _write(fmt, cfg, run, staging, source)
+            command = command or f"sparsetune export run={run.path} --format {fmt}" + (f" --out {out}" if out else "")
+            write_model_card(staging, cfg, run, fmt, command, notes, source)
+            if dest.exists():
+                dest.rmdir()  # empty (checked above)
+            os.replace(staging, dest)
+            break
+        except CheckpointError:
+            pruned = source.training and source.checkpoint is not None and not source.checkpoint.exists()
+            if not pruned or attempt == 4:
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    if source.training:
+        from sparsetune.engine.progress import console
+
+        console.print(f"the run is still being written by another process: exported its last complete checkpoint, "
+                      f"step {source.step}", highlight=False, soft_wrap=True)
     _log_artifact(cfg, run, dest, fmt)
     return dest
 
 
 # ------------------------------------------------------------------ writers
-def _write(fmt: str, cfg, run, path: Path) -> list[str]:
+def _write(fmt: str, cfg, run, path: Path, source: Source) -> list[str]:
     """Write the folder; returns notes for the model card."""
     cls = method_class(cfg.method.name)
     notes = [cls.merged_note] if fmt == "merged" and cls.merged_note else []
     if fmt in ("adapter", "peft") or cls.stock_export:
-        _copy_run_export(cfg, run, path)
+        _copy_run_export(cfg, run, path, source)
         if fmt == "peft" and not (path / "adapter_config.json").exists():
             raise UserError(f"{run.export} is not a PEFT adapter folder (no adapter_config.json)")
         return notes
-    meth, model, tokenizer = _training_model(cfg, run)
+    meth, model, tokenizer = _training_model(cfg, run, source=source)
     model.eval()
     meth.export_merged(model, path)
     if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
@@ -92,24 +139,25 @@ def _write(fmt: str, cfg, run, path: Path) -> list[str]:
     return notes
 
 
-def _copy_run_export(cfg, run, path: Path) -> None:
-    """The run's `export/` as it is; rebuilt from the last checkpoint when the run has none."""
-    if run.export.is_dir() and any(run.export.iterdir()):
+def _copy_run_export(cfg, run, path: Path, source: Source) -> None:
+    """The run's `export/` as it is; rebuilt from the checkpoint when the source is one (the run has
+    no export/, or is still being written)."""
+    if source.checkpoint is None and run.export.is_dir() and any(run.export.iterdir()):
         shutil.copytree(run.export, path)
         return
-    meth, model, _ = _training_model(cfg, run, allow_export=False)
+    meth, model, _ = _training_model(cfg, run, allow_export=False, source=source)
     meth.export(model, path)
 
 
-def _training_model(cfg, run, allow_export: bool = True):
-    """(method, model, tokenizer): the model as training left it, method applied. From the last
-    checkpoint; without one, from the run's export on a fresh stock base (a PEFT folder, or the
-    method's `load_export`)."""
+def _training_model(cfg, run, allow_export: bool = True, source: Source | None = None):
+    """(method, model, tokenizer): the model as training left it, method applied. From the source's
+    checkpoint (else the last one); without one, from the run's export on a fresh stock base (a PEFT
+    folder, or the method's `load_export`)."""
     from sparsetune.jobs.evaluate import from_checkpoint
     from sparsetune.jobs.vision_base import ensure_vision_base
 
     ensure_vision_base(cfg.model)  # only a rebuild needs the base (copies of export/ do not)
-    job, _ = from_checkpoint(cfg, run)
+    job, _ = from_checkpoint(cfg, run, path=source.checkpoint if source is not None else None)
     if job is not None:
         return job.method, job.model, job.tokenizer
     if allow_export and run.export.is_dir():
@@ -158,12 +206,26 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def write_model_card(path: Path, cfg, run, fmt: str, command: str, notes: list[str]) -> Path:
-    """README.md: method, base model, data, the run's metrics, how to load, the commands. A README the
-    method wrote itself (EViT, SPT) is kept below, under "Method notes"."""
+def _step_text(source: Source | None, cfg) -> str:
+    """"80 of 80", "10 of 80 (the run was still training)", or "unknown"."""
+    from sparsetune.jobs.evaluate import at_step
+
+    if source is None or source.step is None:
+        return "unknown"
+    text = at_step(source.step, cfg).removeprefix(", step ")
+    where = f"checkpoint `{source.checkpoint.name}`" if source.checkpoint is not None else "the run's export/"
+    return f"{text}, from {where}" + (" (the run was still training)" if source.training else "")
+
+
+def write_model_card(path: Path, cfg, run, fmt: str, command: str, notes: list[str],
+                     source: Source | None = None) -> Path:
+    """README.md: method, base model, data, the training step, the run's metrics, how to load, the
+    commands. A README the method wrote itself (EViT, SPT) is kept below, under "Method notes". The
+    metrics of a run still being written are left out: its summary.json is not this step's."""
     method, model_cfg = cfg.method.name, cfg.model
     base = model_cfg.name_or_path or model_cfg.name
-    summary = run.read_summary()
+    training = source is not None and source.training
+    summary = {} if training else run.read_summary()
     overrides = (run.path / "overrides.txt")
     made_by = overrides.read_text().strip() if overrides.exists() else ""
     library = "peft" if fmt == "peft" or (fmt == "adapter" and method_class(method).peft_adapter) else "transformers"
@@ -171,14 +233,17 @@ def write_model_card(path: Path, cfg, run, fmt: str, command: str, notes: list[s
     rows = _metric_rows(summary)
     lines = [
         "---", f"library_name: {library}", f"base_model: {base}", f"tags: [sparsetune, {method}]", "---", "",
-        f"# {run.path.name} ({method}, {fmt})", "",
+        f"# {run.path.name} ({method}, {fmt}"
+        + (f", step {source.step})" if source is not None and source.step is not None else ")"), "",
         "| | |", "|---|---|",
         f"| method | `{method}` |", f"| base model | `{base}` (sparsetune model `{model_cfg.name}`, source {model_cfg.source}) |",
-        f"| data | `{cfg.data.name}` |", f"| format | {fmt} |", f"| recipe | {cfg.recipe or '-'} |", "",
+        f"| data | `{cfg.data.name}` |", f"| format | {fmt} |", f"| recipe | {cfg.recipe or '-'} |",
+        f"| training step | {_step_text(source, cfg)} |", "",
         "## Metrics", "",
         *(["From the run's summary.json: held-out eval per task, then the run's own figures (`run` rows).", "",
            "| task | metric | value |", "|---|---|---|", *rows]
-          if rows else ["The run recorded no metrics (summary.json has none)."]), "",
+          if rows else [f"The run was still training (step {source.step}): it has no final metrics yet."
+                        if training else "The run recorded no metrics (summary.json has none)."]), "",
         "## How to load", "", _how_to_load(fmt, method, model_cfg.task), "",
         "## Provenance", "",
         f"- this folder: `{command}`",

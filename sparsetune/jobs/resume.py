@@ -70,8 +70,12 @@ def resume_config(run_dir: str, overrides: list[str]):
 
 def load_resume_checkpoint(cfg) -> dict[str, Any]:
     """The newest good checkpoint of `cfg.resume` (verified; a damaged latest falls back to the previous
-    good one with a warning); a one-line UserError when there is none. Reads only, writes nothing."""
+    good one with a warning); a one-line UserError when there is none. Reads only, writes nothing.
+    Rank 0 first claims the folder (its lock: one writer per run folder; and free space), so a second
+    writer is refused before it loads anything."""
     run = RunFolder.open(cfg.resume)
+    if env_world().rank == 0:
+        run.claim_for_resume()
     _, ckpt = find_resumable(run.checkpoints,
                              warn=lambda msg: console.print(f"[yellow]warning:[/yellow] {msg}", highlight=False,
                                                           soft_wrap=True))

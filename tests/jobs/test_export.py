@@ -63,7 +63,7 @@ def stock_base(model: str):
 def check_card(folder: Path, method: str, fmt: str) -> None:
     card = (folder / "README.md").read_text()
     for needle in (f"method | `{method}`", "base model", "synthetic_arith", "train_loss",
-                   "sparsetune export run=", f"--format {fmt}", "the run: `sparsetune "):
+                   "sparsetune export run=", f"--format {fmt}", "the run: `sparsetune ", "| training step | 2 of 2"):
         assert needle in card, needle
 
 
@@ -73,7 +73,7 @@ def test_lora_dora_merged_and_peft_give_the_training_logits(tmp_path, monkeypatc
 
     run, ref = train_capturing(tmp_path, monkeypatch, "tiny_llama", method, "method.r=4")
     merged = export_run(str(run), "merged")
-    assert merged == run / "export-merged" and not list((merged).glob("adapter_*"))
+    assert merged == run / "export-merged-step2" and not list((merged).glob("adapter_*"))
     torch.testing.assert_close(stock_logits(merged), ref["logits"], atol=1e-5, rtol=1e-5)
     check_card(merged, method, "merged")
 
@@ -148,3 +148,43 @@ def test_pat_merged_is_the_pruned_stock_model_of_the_run(tmp_path, monkeypatch):
     assert AutoModelForCausalLM.from_pretrained(merged).config.hidden_size == 48  # physically pruned
     torch.testing.assert_close(stock_logits(merged), ref["logits"], atol=1e-4, rtol=1e-4)
     check_card(merged, "pat", "merged")
+
+
+def test_export_and_eval_of_a_run_being_written_use_its_last_complete_checkpoint(tmp_path, capsys):
+    """Issue #22 item 2: while another process holds the run folder's lock, export and eval read the last
+    complete checkpoint (not a stale or half-written export/), say which step, and record nothing in it."""
+    import fcntl
+    import os
+
+    from sparsetune.jobs.evaluate import evaluate_run
+
+    overrides = ["model=tiny_llama", "data=synthetic_arith", "method=full", "logger=quiet", "eval.limit=2",
+                 "trainer.max_steps=4", "trainer.save_every=1", "trainer.batch_size=4", "trainer.lr=5e-2",
+                 f"run_dir={tmp_path}"]
+    run_job(compose(overrides), overrides)
+    run = next(p for p in tmp_path.iterdir() if p.is_dir())
+    (run / "checkpoints" / "latest").write_text("step-0000003\n")  # a writer between checkpoints 3 and 4:
+    before = {p.name: p.read_bytes() for p in (run / "summary.json", run / "metrics.jsonl")}  # export/ is stale
+    fd = os.open(run / ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the writer
+    try:
+        capsys.readouterr()
+        merged = export_run(str(run), "merged")
+        assert merged == run / "export-merged-step3"
+        assert "| training step | 3 of 4, from checkpoint `step-0000003` (the run was still training)" in \
+            (merged / "README.md").read_text()
+        from transformers import AutoModelForCausalLM
+
+        from sparsetune.engine.checkpoint import load_checkpoint
+
+        step3, step4 = (load_checkpoint(run / "checkpoints" / f"step-000000{n}")["model"] for n in (3, 4))
+        exported = AutoModelForCausalLM.from_pretrained(merged).state_dict()
+        name = "model.layers.0.self_attn.q_proj.weight"
+        torch.testing.assert_close(exported[name], step3[name])  # step 3's weights, not export/'s (step 4)
+        assert not torch.equal(step3[name], step4[name])
+        evaluate_run(str(run), [])
+        out = capsys.readouterr()
+        assert "step 3 of 4" in out.out + out.err and "still being written" in out.out + out.err
+        assert {p.name: p.read_bytes() for p in (run / "summary.json", run / "metrics.jsonl")} == before
+    finally:
+        os.close(fd)
