@@ -19,8 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# SCHEDULES, the one list of schedules, lives with the schema; engine/optim.py reads it from here
-from sparsetune.config.schema import SCHEDULES, check_choices  # noqa: F401
+from sparsetune.config.schema import check_choices
 from sparsetune.errors import ConfigError
 
 # trainer.device is a pattern (cuda:N), not a plain enum: checked here, not by check_choices
@@ -186,7 +185,8 @@ def check_config(cfg) -> None:
 
 
 def check_sweep(cfg) -> None:
-    """`sweep.*` (sparsetune/jobs/sweep.py); the launcher name is checked against Hydra's plugins in sweep_launch.py."""
+    """`sweep.*` (sparsetune/jobs/sweep/); the launcher name is checked against Hydra's plugins in
+    sweep/hydra_launcher.py."""
     v = _get(cfg, "sweep.jobs", 1)
     _need("sweep.jobs", v, _int_at_least(1)(v), "must be an integer >= 1 (points run at once)")
     for key in ("sweep.name", "sweep.metric", "sweep.x", "sweep.launcher", "sweep.dir"):

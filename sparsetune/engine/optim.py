@@ -16,7 +16,7 @@ import math
 import torch
 from transformers import get_scheduler
 
-from sparsetune.config.checks import SCHEDULES
+from sparsetune.config.schema import SCHEDULES
 from sparsetune.errors import ConfigError
 
 

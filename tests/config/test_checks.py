@@ -8,11 +8,8 @@ import os
 import pytest
 from omegaconf import OmegaConf
 
-from sparsetune.config.checks import (
-    SCHEDULES,
-    check_environment,
-    forbid_stored_trust_remote_code,
-)
+from sparsetune.config.checks import check_environment, forbid_stored_trust_remote_code
+from sparsetune.config.schema import SCHEDULES
 from sparsetune.errors import ConfigError
 from sparsetune.jobs.config import compose_job
 

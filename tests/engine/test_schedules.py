@@ -94,12 +94,6 @@ def test_polynomial_below_its_end_lr_is_a_config_error():
         build_scheduler(opt, SimpleNamespace(schedule="polynomial", warmup_steps=0), 10)
 
 
-def test_checks_and_engine_agree_on_schedule_names():
-    from sparsetune.config.checks import SCHEDULES as CHECKED
-
-    assert set(CHECKED) == set(SCHEDULES)
-
-
 # ------------------------------------------------------------------ trainer.num_workers (BatchStream)
 
 def _stream(num_workers: int, state=None):
