@@ -1,80 +1,33 @@
-"""The promise of the method interface: a new method is its own module, one registry line and its
-option file. A toy method registered here trains, is refused or accepted by the multi-process
-launcher from its own facts, exports in every format it offers and is evaluated, with no job edit."""
+"""The promise of the method interface: a new method is its own module, one registry line (or one entry
+point of the package it lives in) and its option file. A toy method from outside the repository
+trains in one process and in two (DDP through the launcher), is refused FSDP from its own facts,
+exports in every format it offers and is evaluated, with no job edit."""
 
 from __future__ import annotations
 
-import sys
-import types
-from dataclasses import dataclass
+import json
+import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from sparsetune.config.schema import MethodConfig
 from sparsetune.errors import ConfigError, UserError
-from sparsetune.methods.base import Method
 
-
-@dataclass
-class ScaleConfig(MethodConfig):
-    name: str = "toy_scale"
-    init: float = 1.0
-
-    @staticmethod
-    def check(cfg) -> None:
-        if not cfg.init > 0:
-            raise ConfigError("method.init: must be > 0")
-
-
-class ScaledNorm(torch.nn.Module):
-    def __init__(self, norm: torch.nn.Module, init: float):
-        super().__init__()
-        self.norm, self.scale = norm, torch.nn.Parameter(torch.tensor(float(init)))
-
-    def forward(self, x):
-        return self.norm(x) * self.scale
-
-
-class ToyScale(Method):
-    """Trains one scalar after the final norm; its export is its own file, its merged form a stock folder."""
-
-    config_class = ScaleConfig
-    stock_export = False
-    no_peft_reason = "a scalar is not a PEFT module"
-    merged_note = "the scale is folded into the final norm"
-
-    def apply(self, model, ctx):
-        super().apply(model, ctx)
-        model.requires_grad_(False)
-        model.model.norm = ScaledNorm(model.model.norm, self.cfg.init)
-        return model
-
-    def export(self, model, path):
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "scale.txt").write_text(str(model.model.norm.scale.item()))
-        return path
-
-    @torch.no_grad()
-    def export_merged(self, model, path):
-        wrapped = model.model.norm
-        wrapped.norm.weight.mul_(wrapped.scale)
-        model.model.norm = wrapped.norm
-        model.save_pretrained(path)
-        return path
+PLUGINS = Path(__file__).resolve().parents[1] / "fixtures" / "plugins"
 
 
 @pytest.fixture()
 def toy(tmp_path, monkeypatch):
+    """The toy method installed the way a user's package would be: its module and its entry point on
+    the path (PYTHONPATH too, so the processes of a multi-process run find it), plus its option file."""
     from sparsetune import methods
     from sparsetune.jobs import config as job_config
 
-    module = types.ModuleType("toy_scale_method")
-    module.ToyScale = ToyScale
-    monkeypatch.setitem(sys.modules, "toy_scale_method", module)
-    monkeypatch.setitem(methods.REGISTRY, "toy_scale", "toy_scale_method:ToyScale")  # the one registry line
+    monkeypatch.syspath_prepend(str(PLUGINS))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])))
+    assert methods.load_plugins() == {"toy_scale": "toy_scale_method:ToyScale"}  # found through its entry point
+    monkeypatch.delitem(methods.REGISTRY, "toy_scale")  # undone after the test ...
+    monkeypatch.setitem(methods.REGISTRY, "toy_scale", "toy_scale_method:ToyScale")  # ... by monkeypatch
     monkeypatch.setattr(job_config, "_registered", [])  # register its schema like the built-in ones
     (tmp_path / "conf" / "method").mkdir(parents=True)
     (tmp_path / "conf" / "method" / "toy_scale.yaml").write_text("name: toy_scale\n")  # its option file
@@ -119,3 +72,16 @@ def test_a_new_method_trains_exports_and_evaluates_without_job_edits(toy, tmp_pa
     # eval of the run rebuilds it from its checkpoint
     result = runner.invoke(app, ["eval", f"run={run}"])
     assert result.exit_code == 0, result.output
+
+
+def test_a_plugin_method_trains_in_two_processes_under_ddp(toy, tmp_path):
+    """The launcher's children find the plug-in through its entry point (nothing is registered in them
+    by hand) and train it under DDP; rank 0 writes the run."""
+    from typer.testing import CliRunner
+
+    from sparsetune.cli import app
+
+    result = CliRunner().invoke(app, ["train", *toy, *_overrides(tmp_path, "trainer.nproc=2")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(next((tmp_path / "runs").iterdir()).joinpath("summary.json").read_text())
+    assert summary["method"] == "toy_scale" and summary["world_size"] == 2 and summary["strategy"] == "ddp"
