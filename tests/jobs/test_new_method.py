@@ -26,12 +26,11 @@ def toy(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(PLUGINS))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(PLUGINS), os.environ.get("PYTHONPATH")])))
     assert methods.load_plugins() == {"toy_scale": "toy_scale_method:ToyScale"}  # found through its entry point
-    monkeypatch.delitem(methods.REGISTRY, "toy_scale")  # undone after the test ...
-    monkeypatch.setitem(methods.REGISTRY, "toy_scale", "toy_scale_method:ToyScale")  # ... by monkeypatch
     monkeypatch.setattr(job_config, "_registered", [])  # register its schema like the built-in ones
     (tmp_path / "conf" / "method").mkdir(parents=True)
     (tmp_path / "conf" / "method" / "toy_scale.yaml").write_text("name: toy_scale\n")  # its option file
-    return ["--config-dir", str(tmp_path / "conf")]
+    yield ["--config-dir", str(tmp_path / "conf")]
+    del methods.REGISTRY["toy_scale"]  # uninstalled: later tests see the built-in methods only
 
 
 def _overrides(tmp_path, *extra):
