@@ -39,7 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
+from safetensors import SafetensorError
 
 from sparsetune.engine.interrupts import critical
 from sparsetune.engine.run_folder import DISK_ERRNOS, atomic_write_text, check_present, write_fault
@@ -208,9 +210,6 @@ def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int = 
     Raises NonFiniteStateError (nothing written) for a non-finite state, RunFolderGoneError when the
     run folder was deleted or moved, WriteFaultError when the disk refuses a write (the temporary
     folder is removed first; `latest` still names the previous checkpoint)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     check_present(folder)
     problem = nonfinite(state)
@@ -228,8 +227,8 @@ def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int = 
             model = {k: v.detach().cpu().contiguous().clone() for k, v in (state.pop("model", None) or {}).items()}
             tensors: dict[str, torch.Tensor] = {}
             encoded = _encode(state, "", tensors)
-            save_file(model, str(tmp / MODEL))
-            save_file(tensors, str(tmp / TENSORS))
+            safetensors.torch.save_file(model, str(tmp / MODEL))
+            safetensors.torch.save_file(tensors, str(tmp / TENSORS))
             (tmp / STATE).write_text(json.dumps(encoded, allow_nan=False) + "\n")
             files = {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
                      for name in (MODEL, TENSORS, STATE)}
@@ -306,15 +305,12 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Verify and load one checkpoint folder. Raises CheckpointError (a UserError) on any problem."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = Path(path)
     try:
         verify_checkpoint(path)
         try:
-            model = load_file(str(path / MODEL))
-            tensors = load_file(str(path / TENSORS))
+            model = safetensors.torch.load_file(str(path / MODEL))
+            tensors = safetensors.torch.load_file(str(path / TENSORS))
             state = _decode(json.loads((path / STATE).read_text()), tensors)
         except (SafetensorError, ValueError, OSError, UnicodeDecodeError) as exc:
             raise DamagedCheckpointError(f"unreadable: {str(exc).splitlines()[0] if str(exc) else exc}") from None

@@ -20,8 +20,12 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from rich.console import Console
+
 from sparsetune.engine.interrupts import critical
+from sparsetune.engine.offline import wandb_offline_settings
 from sparsetune.engine.run_folder import DISK_ERRNOS, atomic_write_text, check_present, write_fault
+from sparsetune.errors import ConfigError
 
 
 class MetricLogger(Protocol):
@@ -116,8 +120,6 @@ class ConsoleLogger:
     """Prints eval results as they happen (step metrics are shown by the progress bar)."""
 
     def __init__(self, console=None):
-        from rich.console import Console
-
         self.console = console or Console(stderr=True)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
@@ -148,8 +150,6 @@ class WandbLogger:
 
     def __init__(self, run_dir: Path, cfg, config_dict: dict[str, Any], name: str, resume_id: str | None = None,
                  job: str | None = None):
-        from sparsetune.engine.offline import wandb_offline_settings
-
         mode = os.environ.get("WANDB_MODE") or cfg.wandb_mode
         if mode != "online":
             # read by wandb at import and when it starts its service process: set before importing it
@@ -299,8 +299,6 @@ def job_name(run_dir: Path) -> str | None:
 def build_logger(cfg, run_dir: Path, config_dict: dict[str, Any], name: str,
                  resume_step: int | None = None, wandb_id: str | None = None, job: str | None = None) -> MultiLogger:
     """`job` is the W&B job_type unless `logger.job_type` is set; by default it is read from the run folder."""
-    from sparsetune.errors import ConfigError
-
     loggers: list[MetricLogger] = []
     for backend in cfg.backends:
         if backend == "jsonl":

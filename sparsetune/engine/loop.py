@@ -24,6 +24,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,6 @@ class BatchStream:
 
     def _prefetch(self, epoch: int, index: int) -> None:
         """Keep futures for this rank's next 2 x num_workers positions from (epoch, index), and only those."""
-        from concurrent.futures import ThreadPoolExecutor
-
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.num_workers, thread_name_prefix="sparsetune-batches")
         wanted, pos = [], (epoch, index)

@@ -26,8 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sparsetune.config.checks import check_environment
 from sparsetune.engine.interrupts import critical
-from sparsetune.errors import RunFolderBusyError, RunFolderGoneError, UserError, WriteFaultError
+from sparsetune.errors import ConfigError, RunFolderBusyError, RunFolderGoneError, UserError, WriteFaultError
 from sparsetune.paths import runs_root
 
 LOCK = ".lock"
@@ -147,8 +152,6 @@ class RunFolder:
     def create(cls, cfg, overrides: list[str], job: str) -> RunFolder:
         """A new folder `<root>/<YYYYmmdd-HHMMSS>-<recipe>`; suffixed `-2`, `-3`, … if that name is taken
         (also by a concurrent process: the folder is claimed by an atomic mkdir)."""
-        from omegaconf import OmegaConf
-
         root = runs_root(cfg.run_dir)
         root.mkdir(parents=True, exist_ok=True)
         stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.recipe or job}"
@@ -185,9 +188,6 @@ class RunFolder:
     def claim_for_resume(self) -> None:
         """Before a resume writes anything: become the folder's one writer and check its disk has room
         (the same free-space check a new run gets); one line (exit 2) otherwise."""
-        from sparsetune.config.checks import check_environment
-        from sparsetune.errors import ConfigError
-
         self.lock()
         try:
             check_environment(self.path)
@@ -218,10 +218,6 @@ class RunFolder:
 
     def load_raw_config(self):
         """config.yaml as stored; the jobs layer validates it against the schemas."""
-        import yaml
-        from omegaconf import OmegaConf
-        from omegaconf.errors import OmegaConfBaseException
-
         try:
             cfg = OmegaConf.load(self.config_path)
         except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as exc:

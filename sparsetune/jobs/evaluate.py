@@ -6,20 +6,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
+from sparsetune.data import load_splits
+from sparsetune.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from sparsetune.engine.logging import build_logger, log_results_table
+from sparsetune.engine.measure import count_parameters
+from sparsetune.engine.offline import configure_network
 from sparsetune.engine.progress import console
-from sparsetune.errors import UserError
+from sparsetune.engine.run_folder import RunFolder, held_run_folders, release_run_folders
+from sparsetune.engine.runtime import apply_threads, quiet_libraries, resolve_device
+from sparsetune.errors import RunFolderBusyError, UserError
 from sparsetune.eval.points import score_points
-from sparsetune.jobs.common import show_method_output
+from sparsetune.eval.report import print_table
+from sparsetune.eval.suite import eval_tasks, evaluate_model
+from sparsetune.jobs.assemble import setup
+from sparsetune.jobs.common import eval_log, show_method_output
+from sparsetune.jobs.config import load_run_config, validate_job
+from sparsetune.jobs.vision_base import ensure_vision_base
+from sparsetune.methods import build_method
 from sparsetune.methods.base import Method
+from sparsetune.models import load_model
 
 
 def apply_eval_overrides(cfg, overrides: list[str]):
     """Only eval-time settings may change when re-evaluating a run (eval.*, trainer.device/threads)."""
-    from omegaconf import OmegaConf
-
-    from sparsetune.jobs.config import validate_job
-
     allowed = ("eval.", "trainer.device", "trainer.threads", "logger.")
     bad = [o for o in overrides if not o.lstrip("+").startswith(allowed)]
     if bad:
@@ -36,14 +47,6 @@ def evaluate_run(run_dir: str, overrides: list[str]) -> dict[str, Any]:
     checkpoint, never from a half-written export/, and the line says which step; nothing is recorded
     in the run folder then (one writer per run folder). Otherwise this process holds the lock while
     it records, so a resume cannot start writing underneath it."""
-    from sparsetune.engine.offline import configure_network
-    from sparsetune.engine.run_folder import RunFolder, held_run_folders, release_run_folders
-    from sparsetune.errors import RunFolderBusyError
-    from sparsetune.eval.report import print_table
-    from sparsetune.eval.suite import evaluate_model
-    from sparsetune.jobs.config import load_run_config
-    from sparsetune.jobs.vision_base import ensure_vision_base
-
     run = RunFolder.open(run_dir)
     cfg = apply_eval_overrides(load_run_config(run), overrides)
     held = held_run_folders()
@@ -105,9 +108,6 @@ def from_checkpoint(cfg, run, path: Path | None = None, retry: bool = False):
 
     `retry`: the run is being written, so the checkpoint `latest` named may be pruned while it is
     read; then the newer one `latest` names by now is read instead."""
-    from sparsetune.engine.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-    from sparsetune.jobs.assemble import setup
-
     attempts = 5 if retry and path is None else 1
     for attempt in range(attempts):
         chosen = path or latest_checkpoint(run.checkpoints)
@@ -134,11 +134,6 @@ def log_eval(cfg, run_path, results: dict[str, Any], points: dict[str, Any] | No
     """Eval results (and eval points) to the run's metric loggers: a metrics.jsonl record and a W&B run
     named `<run>-eval` (offline by default, job_type eval, in the run's group) with the per-task results
     and the eval points as tables; the console tables are printed by the caller."""
-    from omegaconf import OmegaConf
-
-    from sparsetune.engine.logging import build_logger, log_results_table
-    from sparsetune.jobs.common import eval_log
-
     lcfg = OmegaConf.merge(cfg.logger, {"backends": [b for b in cfg.logger.backends if b != "console"]})
     logger = build_logger(lcfg, run_path, OmegaConf.to_container(cfg, resolve=True), f"{run_path.name}-eval",
                           job="eval")
@@ -159,11 +154,6 @@ def log_eval(cfg, run_path, results: dict[str, Any], points: dict[str, Any] | No
 
 def _from_export(cfg, run):
     """(model, tokenizer, splits, source, method) built from the run's export/ when its method can load one."""
-    from sparsetune.data import load_splits
-    from sparsetune.engine.runtime import apply_threads, quiet_libraries, resolve_device
-    from sparsetune.methods import build_method
-    from sparsetune.models import load_model
-
     method = build_method(cfg.method)
     if type(method).load_export is Method.load_export or not run.export.exists():
         return None, None, None, None, None
@@ -180,21 +170,12 @@ def _from_export(cfg, run):
 def needs_data(cfg) -> bool:
     """Whether this evaluation reads the recipe's data set: the held-out split or eval points do; an
     eval of lm-eval tasks alone (eval.tasks=[arc_easy]) never loads or prepares the training data."""
-    from sparsetune.eval.suite import eval_tasks
-
     heldout, _ = eval_tasks(cfg.eval)
     return heldout or bool(list(cfg.eval.points or [])) or cfg.data.kind == "vision"
 
 
 def evaluate_recipe(cfg, overrides: list[str]) -> dict[str, Any]:
     """Evaluate the recipe's model with the method applied but untrained (e.g. the base model)."""
-    from sparsetune.engine.measure import count_parameters
-    from sparsetune.engine.offline import configure_network
-    from sparsetune.eval.report import print_table
-    from sparsetune.eval.suite import evaluate_model
-    from sparsetune.jobs.assemble import setup
-    from sparsetune.jobs.vision_base import ensure_vision_base
-
     configure_network(cfg)
     ensure_vision_base(cfg.model)
     job = setup(cfg, overrides, "eval", load_data=needs_data(cfg))

@@ -27,8 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+from peft import PeftModel
+
+from sparsetune.engine.checkpoint import CheckpointError, latest_checkpoint
+from sparsetune.engine.logging import build_logger
+from sparsetune.engine.offline import configure_network
+from sparsetune.engine.progress import console
+from sparsetune.engine.run_folder import RunFolder
+from sparsetune.engine.runtime import quiet_libraries, seed_everything
 from sparsetune.errors import UserError
-from sparsetune.methods import method_class
+from sparsetune.jobs.config import load_run_config
+from sparsetune.jobs.evaluate import at_step, checkpoint_step, from_checkpoint
+from sparsetune.jobs.vision_base import ensure_vision_base
+from sparsetune.methods import build_method, method_class
+from sparsetune.models import load_model
 
 FORMATS = ("merged", "adapter", "peft")
 
@@ -55,9 +68,6 @@ class Source:
 
 
 def _source(cfg, run, fmt: str) -> Source:
-    from sparsetune.engine.checkpoint import latest_checkpoint
-    from sparsetune.jobs.evaluate import checkpoint_step
-
     training = run.in_use()
     cls = method_class(cfg.method.name)
     copies = fmt in ("adapter", "peft") or cls.stock_export
@@ -75,12 +85,6 @@ def _source(cfg, run, fmt: str) -> Source:
 
 def export_run(run_dir: str, fmt: str, out: str | None = None, command: str | None = None) -> Path:
     """Write `run_dir`'s model in `fmt` to `out` (default `<run>/export-<fmt>-step<N>`); returns the folder."""
-    from sparsetune.engine.checkpoint import CheckpointError
-    from sparsetune.engine.offline import configure_network
-    from sparsetune.engine.run_folder import RunFolder
-    from sparsetune.engine.runtime import quiet_libraries
-    from sparsetune.jobs.config import load_run_config
-
     run = RunFolder.open(run_dir)
     cfg = load_run_config(run)
     method = cfg.method.name
@@ -113,8 +117,6 @@ def export_run(run_dir: str, fmt: str, out: str | None = None, command: str | No
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     if source.training:
-        from sparsetune.engine.progress import console
-
         console.print(f"the run is still being written by another process: exported its last complete checkpoint, "
                       f"step {source.step}", highlight=False, soft_wrap=True)
     _log_artifact(cfg, run, dest, fmt)
@@ -153,24 +155,15 @@ def _training_model(cfg, run, allow_export: bool = True, source: Source | None =
     """(method, model, tokenizer): the model as training left it, method applied. From the source's
     checkpoint (else the last one); without one, from the run's export on a fresh stock base (a PEFT
     folder, or the method's `load_export`)."""
-    from sparsetune.jobs.evaluate import from_checkpoint
-    from sparsetune.jobs.vision_base import ensure_vision_base
-
     ensure_vision_base(cfg.model)  # only a rebuild needs the base (copies of export/ do not)
     job, _ = from_checkpoint(cfg, run, path=source.checkpoint if source is not None else None)
     if job is not None:
         return job.method, job.model, job.tokenizer
     if allow_export and run.export.is_dir():
-        from sparsetune.engine.runtime import seed_everything
-        from sparsetune.methods import build_method
-        from sparsetune.models import load_model
-
         seed_everything(cfg.seed)  # a `source=config` base is built from the seed
         base, tokenizer = load_model(cfg.model)
         method = build_method(cfg.method)
         if (run.export / "adapter_config.json").exists():
-            from peft import PeftModel
-
             return method, PeftModel.from_pretrained(base, str(run.export)), tokenizer
         model = method.load_export(base, run.export)
         if model is not None:
@@ -208,8 +201,6 @@ def _fmt(value: Any) -> str:
 
 def _step_text(source: Source | None, cfg) -> str:
     """"80 of 80", "10 of 80 (the run was still training)", or "unknown"."""
-    from sparsetune.jobs.evaluate import at_step
-
     if source is None or source.step is None:
         return "unknown"
     text = at_step(source.step, cfg).removeprefix(", step ")
@@ -257,8 +248,6 @@ def write_model_card(path: Path, cfg, run, fmt: str, command: str, notes: list[s
 
 
 def _method_settings(cfg) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
     m = cfg.method
     return OmegaConf.to_container(m, resolve=True) if OmegaConf.is_config(m) else dict(m)
 
@@ -266,10 +255,6 @@ def _method_settings(cfg) -> dict[str, Any]:
 # ------------------------------------------------------------------ W&B
 def _log_artifact(cfg, run, dest: Path, fmt: str) -> None:
     """The export as a W&B model Artifact in its own run (job_type export) when W&B is on."""
-    from omegaconf import OmegaConf
-
-    from sparsetune.engine.logging import build_logger
-
     if "wandb" not in cfg.logger.backends:
         return
     lcfg = OmegaConf.merge(cfg.logger, {"backends": ["wandb"]})
