@@ -44,7 +44,13 @@ import torch
 from safetensors import SafetensorError
 
 from sparsetune.engine.interrupts import critical
-from sparsetune.engine.run_folder import DISK_ERRNOS, atomic_write_text, check_present, write_fault
+from sparsetune.engine.run_folder import (
+    DISK_ERRNOS,
+    atomic_write_text,
+    check_present,
+    owning_run,
+    write_fault,
+)
 from sparsetune.errors import UserError
 
 FORMAT = "sparsetune-checkpoint"
@@ -219,7 +225,8 @@ def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int = 
     tmp = folder / f".tmp-step-{step:07d}"
     try:
         with critical():
-            folder.mkdir(parents=True, exist_ok=True)
+            # inside a locked run folder, never recreate a deleted parent (check_present's race window)
+            folder.mkdir(parents=owning_run(folder) is None, exist_ok=True)
             for stale in folder.glob(".tmp-step-*"):  # left by a killed writer (this process holds the lock)
                 shutil.rmtree(stale, ignore_errors=True)
             tmp.mkdir()
@@ -242,6 +249,8 @@ def save_checkpoint(folder: Path, step: int, state: dict[str, Any], keep: int = 
                 shutil.rmtree(old, ignore_errors=True)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (OSError, SafetensorError)):
+            check_present(folder)  # the folder deleted during this write: say so, not ENOENT
         cause = _os_error(exc) if isinstance(exc, SafetensorError) else exc
         if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:
             raise write_fault(f"checkpoint {final.name}", cause) from None

@@ -91,6 +91,7 @@ class JsonlLogger:
                     os.ftruncate(self._fd, size)  # no half line: back to the last whole record
                 except OSError:
                     pass
+                check_present(self.path.parent)  # deleted during the write: say so
                 if exc.errno in DISK_ERRNOS:
                     raise write_fault(self.path, exc) from None
                 raise

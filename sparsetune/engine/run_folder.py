@@ -235,6 +235,7 @@ class RunFolder:
         try:
             atomic_write_text(self.summary_path, json.dumps(summary, indent=2, default=str) + "\n")
         except OSError as exc:
+            check_present(self.path)  # deleted during the write: say so
             if exc.errno not in DISK_ERRNOS:
                 raise
             raise write_fault(self.summary_path, exc) from None
