@@ -175,18 +175,23 @@ def needs_data(cfg) -> bool:
 
 
 def evaluate_recipe(cfg, overrides: list[str]) -> dict[str, Any]:
-    """Evaluate the recipe's model with the method applied but untrained (e.g. the base model)."""
+    """Evaluate the recipe's model with the method applied but untrained (e.g. the base model). The new
+    run folder's lock is held while it is written (released at the end, for in-process callers)."""
     configure_network(cfg)
     ensure_vision_base(cfg.model)
-    job = setup(cfg, overrides, "eval", load_data=needs_data(cfg))
-    model = job.method.prepare_for_eval(job.model)
-    results = evaluate_model(cfg, model, job.tokenizer, job.splits, "test", job.run.path)
-    points = score_points(cfg, job.method, model, job.tokenizer, job.splits, job.run.path)
-    trainable, total = count_parameters(job.model)
-    job.run.write_summary({"recipe": cfg.recipe, "method": cfg.method.name, "model": cfg.model.name,
-                           "data": cfg.data.name, "total_params": total, "eval": results,
-                           **({"eval_points": points} if points else {})})
-    log_eval(cfg, job.run.path, results, points)
+    held = held_run_folders()
+    try:
+        job = setup(cfg, overrides, "eval", load_data=needs_data(cfg))
+        model = job.method.prepare_for_eval(job.model)
+        results = evaluate_model(cfg, model, job.tokenizer, job.splits, "test", job.run.path)
+        points = score_points(cfg, job.method, model, job.tokenizer, job.splits, job.run.path)
+        trainable, total = count_parameters(job.model)
+        job.run.write_summary({"recipe": cfg.recipe, "method": cfg.method.name, "model": cfg.model.name,
+                               "data": cfg.data.name, "total_params": total, "eval": results,
+                               **({"eval_points": points} if points else {})})
+        log_eval(cfg, job.run.path, results, points)
+    finally:
+        release_run_folders(keep=held)
     show_method_output(job.method)
     print_table("eval (held-out split)", results)
     if points:
