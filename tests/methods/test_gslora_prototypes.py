@@ -82,6 +82,7 @@ def test_push_term_for_an_earlier_forgotten_class_can_be_met():
     uniform = torch.zeros_like(protos)  # what a zero row would be compared against
     assert float(losses.prototype_push(near, label, uniform, bnd)) == 0.0  # met without forgetting
     assert float(losses.prototype_push(far, label, protos, bnd, "sample_to_proto")) == 0.0  # earlier order: met
+    assert float(losses.prototype_push(near, label, protos, bnd, "sample_to_proto")) > 0.0  # and active
     # earlier order against a zero row: KL(p_f || u) <= ln K < BND_pro, the hinge can never be met
     assert float(losses.prototype_push(far, label, uniform, bnd, "sample_to_proto")) >= bnd - math.log(10) - 1e-5 > 0
 
