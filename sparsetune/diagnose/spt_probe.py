@@ -8,6 +8,11 @@ the held-out loss of a trained run (any method) on the first N test items.
 subset by output error, not necessarily by loss). Per-layer cost: `method.ffn_layers=[i]`. `--stats`: the selected gates (router)
 or the oracle subset's relative output error, per layer. Loss = mean token cross-entropy on the
 answer tokens of N training batches (the 5th onwards, past the calibration batches).
+
+--codebook-steps S [--codebook-soft log|distance] [--codebook-lr LR]: before the loss, phase 1's codebook
+training on its own: S Adam steps of the codebook loss (soft assignment `log`, the reference, or
+`distance`) on only the codebooks, over the q/k vectors of a dense forward on the first 4 training
+batches — what each soft assignment does to the sparse-attention loss.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from sparsetune.jobs.assemble import setup
 from sparsetune.jobs.config import compose_job, load_run_config
 from sparsetune.jobs.evaluate import apply_eval_overrides, from_checkpoint
 from sparsetune.methods.spt.ffn import routed_ffn
+from sparsetune.methods.spt.pq import SOFT_ASSIGNMENTS, codebook_loss
 
 
 def oracle_blocks(mlp, x2: torch.Tensor, blocks: int, k: int) -> torch.Tensor:
@@ -80,6 +86,39 @@ def summarise(stats: dict) -> list[str]:
     return lines
 
 
+def train_codebooks(job, steps: int, soft: str = "log", lr: float = 1e-2, batches: int = 4) -> float:
+    """Phase 1's codebook training alone: q/k vectors (codebook_tokens per layer and batch) of a dense
+    forward on the first `batches` training batches, then `steps` Adam steps of the mean codebook loss
+    over the layers on only the codebooks. Returns the last step's loss."""
+    method, bs = job.method, job.cfg.trainer.batch_size
+    state = method.state
+    saved = state.sparse, state.sparse_eval
+    state.sparse = state.sparse_eval = False
+    state.collect = {}
+    job.model.eval()
+    try:
+        with torch.no_grad():
+            for b in range(batches):
+                batch = job.collate([job.dataset[i] for i in range(b * bs, (b + 1) * bs)])
+                job.model(**{k: v.to(job.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")})
+        rows = {a.layer: torch.cat(state.collect[a.layer]).to(a.codebook.device) for a in method.attention}
+    finally:
+        state.sparse, state.sparse_eval = saved
+        state.collect = None
+    books = [a.codebook for a in method.attention]
+    opt = torch.optim.Adam(books, lr=lr)
+    loss = torch.zeros(())
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = torch.stack([codebook_loss(rows[a.layer], a.codebook, soft) for a in method.attention]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for book in books:
+        book.grad = None
+    return float(loss.detach())
+
+
 def _job(overrides: list[str], run_dir: str | None):
     """A recipe's job (method applied, calibrated, untrained) or a trained run rebuilt from its checkpoint."""
     if run_dir is None:
@@ -94,13 +133,16 @@ def _job(overrides: list[str], run_dir: str | None):
 
 
 def probe(overrides: list[str], routing: str = "router", batches: int = 3, run_dir: str | None = None,
-          heldout: int = 0, stats: dict | None = None) -> float:
-    """Mean answer-token loss; heldout > 0: on the first `heldout` test items (those `eval.limit` scores)."""
+          heldout: int = 0, stats: dict | None = None, codebook: dict | None = None) -> float:
+    """Mean answer-token loss; heldout > 0: on the first `heldout` test items (those `eval.limit` scores).
+    codebook: keyword arguments of `train_codebooks`, run first (its last loss lands in codebook["loss"])."""
     job = _job(overrides, run_dir)
     cfg = job.cfg
     if cfg.method.name == "spt":
         set_routing(job.method, routing, stats)
-    elif routing != "router" or run_dir is None:
+        if codebook:
+            codebook["loss"] = train_codebooks(job, **codebook)
+    elif routing != "router" or run_dir is None or codebook:
         raise SystemExit("spt_probe: needs method=spt (e.g. recipe=spt_llama), or run=RUN of any method")
     bs = cfg.trainer.batch_size
     if heldout:
@@ -125,12 +167,23 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=0, help="loss on the first N held-out test items")
     parser.add_argument("--stats", action="store_true", help="also print the selected gates (router) or the "
                         "oracle's relative output error (oracle) per layer")
+    parser.add_argument("--codebook-steps", type=int, default=0, help="first train only the codebooks for "
+                        "this many Adam steps on the codebook loss")
+    parser.add_argument("--codebook-soft", choices=SOFT_ASSIGNMENTS, default="log",
+                        help="the codebook loss's soft assignment: log = softmax(-log d) (the reference), "
+                        "distance = softmax(-d)")
+    parser.add_argument("--codebook-lr", type=float, default=1e-2)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     stats: dict | None = {} if args.stats else None
-    loss = probe(args.overrides, args.routing, args.batches, args.run, args.heldout, stats)
+    codebook = ({"steps": args.codebook_steps, "soft": args.codebook_soft, "lr": args.codebook_lr}
+                if args.codebook_steps > 0 else None)
+    loss = probe(args.overrides, args.routing, args.batches, args.run, args.heldout, stats, codebook)
     what = f"held-out ({args.heldout} items)" if args.heldout else "training-batch"
-    print(f"{what} loss {loss:.3f} ({args.run or 'untrained'}; routing {args.routing}; {' '.join(args.overrides)})")
+    trained = (f"; codebooks {args.codebook_steps} steps, soft {args.codebook_soft}, lr {args.codebook_lr:g}, "
+               f"last codebook loss {codebook['loss']:.4f}" if codebook else "")
+    print(f"{what} loss {loss:.3f} ({args.run or 'untrained'}; routing {args.routing}{trained}; "
+          f"{' '.join(args.overrides)})")
     for line in summarise(stats or {}):
         print(line)
 

@@ -90,6 +90,45 @@ def test_codebook_loss_trains_only_the_codebook_and_kmedians_fits():
     assert codebook_loss(z, fitted) < codebook_loss(z, book.detach())
 
 
+def _hand_codebook_loss(z, book, weight):
+    """The codebook loss written out with scalar ops: L1 distances, weights from `weight(d)` normalised,
+    soft centroid vs hard (nearest) centroid MSE + data vs hard centroid MSE, means over every element."""
+    n, (m, c, d) = z.shape[0], book.shape
+    soft_err, hard_err = 0.0, 0.0
+    for i in range(n):
+        for s in range(m):
+            sub = z[i, s * d:(s + 1) * d]
+            dist = [sum(abs(sub[j] - book[s, k, j]) for j in range(d)) for k in range(c)]
+            hard = int(torch.stack(dist).detach().argmin())
+            w = [weight(x) for x in dist]
+            total = sum(w)
+            for j in range(d):
+                soft = sum(w[k] / total * book[s, k, j] for k in range(c))
+                soft_err = soft_err + (soft - book[s, hard, j]) ** 2
+                hard_err = hard_err + (sub[j] - book[s, hard, j]) ** 2
+    return (soft_err + hard_err) / (n * m * d)
+
+
+@pytest.mark.parametrize("soft", ["log", "distance"])
+def test_codebook_loss_equals_a_hand_computation(soft):
+    """soft "log" (the reference): weights softmax(-log d) = (1/d) / sum(1/d), d clamped at 1e-5 (the
+    first row sits on a centroid); "distance" (the earlier form): softmax(-d). Values and gradients."""
+    gen = torch.Generator().manual_seed(0)
+    book = torch.randn(2, 3, 2, generator=gen, dtype=torch.float64)
+    z = torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    z[0, :2] = book[0, 1]
+    weight = (lambda x: 1.0 / torch.clamp(x, min=1e-5)) if soft == "log" else (lambda x: torch.exp(-x))
+    a = book.clone().requires_grad_(True)
+    b = book.clone().requires_grad_(True)
+    got, want = codebook_loss(z, a, soft), _hand_codebook_loss(z, b, weight)
+    assert torch.allclose(got, want, rtol=1e-10)
+    got.backward()
+    want.backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-8, atol=1e-12)
+    with pytest.raises(ValueError, match="soft"):
+        codebook_loss(z, book, "cosine")
+
+
 # ------------------------------------------------------------------------------------- selection
 @pytest.mark.parametrize("num_keys,keep_first", [(5, 0), (12, 0), (5, 2)])
 def test_top_l_selection_equals_brute_force(num_keys, keep_first):
@@ -222,8 +261,9 @@ def dense_mlp(mlp, x):
     return mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
 
 
+@pytest.mark.parametrize("gate_on", ["frozen", "block"])
 @pytest.mark.parametrize("lora,bias", [(True, False), (False, True)])
-def test_routed_ffn_all_blocks_unit_gates_equals_dense(lora, bias):
+def test_routed_ffn_all_blocks_unit_gates_equals_dense(lora, bias, gate_on):
     mlp = _mlp(lora=lora, bias=bias)
     params = [p for p in mlp.parameters()]
     for p in params:
@@ -232,7 +272,7 @@ def test_routed_ffn_all_blocks_unit_gates_equals_dense(lora, bias):
     x = torch.randn(11, 16, generator=gen, dtype=torch.float64, requires_grad=True)
     # every token selects all 4 blocks, in a token-dependent order
     top = torch.stack([torch.randperm(4, generator=gen) for _ in range(11)])
-    out = routed_ffn(x, mlp, 4, top, torch.ones(11, 4, dtype=torch.float64))
+    out = routed_ffn(x, mlp, 4, top, torch.ones(11, 4, dtype=torch.float64), gate_on)
     ref = dense_mlp(mlp, x)
     assert torch.allclose(out, ref, atol=1e-10)
     gout = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
@@ -242,20 +282,98 @@ def test_routed_ffn_all_blocks_unit_gates_equals_dense(lora, bias):
         assert torch.allclose(a, b, atol=1e-10)
 
 
-def test_routed_ffn_top_k_equals_masked_dense_per_token():
-    mlp = _mlp()
+def _masked_dense(mlp, x, top, gates, width):
+    """Per token: the dense FFN with the hidden units outside the selected blocks zeroed and each
+    selected block's hidden units times its gate (the "block" form; with unit gates, every form)."""
+    out = []
+    for t in range(x.shape[0]):
+        h = mlp.act_fn(mlp.gate_proj(x[t])) * mlp.up_proj(x[t])
+        scale = torch.zeros(h.shape, dtype=x.dtype)
+        for j in range(top.shape[1]):
+            scale[top[t, j] * width:(top[t, j] + 1) * width] = gates[t, j]
+        out.append(mlp.down_proj(h * scale))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("gate_on", ["frozen", "block"])
+def test_unit_gates_equal_the_dense_ffn_restricted_to_the_blocks(gate_on):
+    mlp = _mlp(bias=True)
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(9, 16, generator=gen, dtype=torch.float64)
     top = torch.stack([torch.randperm(4, generator=gen)[:2] for _ in range(9)])
-    gates = torch.rand(9, 2, generator=gen, dtype=torch.float64) * 2
-    out = routed_ffn(x, mlp, 4, top, gates)
-    for t in range(9):
-        h = mlp.act_fn(mlp.gate_proj(x[t])) * mlp.up_proj(x[t])
-        scale = torch.zeros(24, dtype=torch.float64)
-        for j in range(2):
-            scale[top[t, j] * 6:(top[t, j] + 1) * 6] = gates[t, j]
-        want = mlp.down_proj(h * scale)
-        assert torch.allclose(out[t], want, atol=1e-10)
+    ones = torch.ones(9, 2, dtype=torch.float64)
+    out = routed_ffn(x, mlp, 4, top, ones, gate_on)
+    assert torch.allclose(out, _masked_dense(mlp, x, top, ones, 6), atol=1e-10)
+
+
+def test_block_gates_scale_the_whole_block_and_differ_from_the_reference_form():
+    """"2p_block" scales each block's hidden units (LoRA paths included) by c; the reference form
+    ("frozen") scales only the frozen projections, so with c != 1 the two differ."""
+    mlp = _mlp(bias=True)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(9, 16, generator=gen, dtype=torch.float64)
+    top = torch.stack([torch.randperm(4, generator=gen)[:2] for _ in range(9)])
+    gates = 0.2 + torch.rand(9, 2, generator=gen, dtype=torch.float64) * 1.6
+    block = routed_ffn(x, mlp, 4, top, gates, "block")
+    assert torch.allclose(block, _masked_dense(mlp, x, top, gates, 6), atol=1e-10)
+    frozen = routed_ffn(x, mlp, 4, top, gates, "frozen")
+    assert not torch.allclose(frozen, block, atol=1e-3)
+    with pytest.raises(ValueError, match="gate_on"):
+        routed_ffn(x, mlp, 4, top, gates, "lora")
+
+
+def _reference_loop(mlp, router, x, k, blocks):
+    """The reference routed FFN written out per token and block: c = 2p on the frozen gate, up and down
+    outputs (a frozen bias with its projection), LoRA unscaled, the down bias once."""
+    width = mlp.up_proj.out_features // blocks
+
+    def frozen(lin, v, rows=slice(None), cols=slice(None)):
+        y = v @ lin.base.weight[rows, cols].T
+        return y if lin.base.bias is None or cols != slice(None) else y + lin.base.bias[rows]
+
+    def lora(lin, v, rows=slice(None), cols=slice(None)):
+        return (v @ lin.lora_A[:, cols].T) @ lin.lora_B[rows].T * lin.scaling
+
+    out = []
+    for t in range(x.shape[0]):
+        p = torch.sigmoid(router(x[t]))
+        top_p, top = p.topk(k)
+        y = mlp.down_proj.base.bias.clone()
+        for pj, b in zip(top_p, top.tolist()):
+            c, ch = 2 * pj, slice(b * width, (b + 1) * width)
+            g = c * frozen(mlp.gate_proj, x[t], rows=ch) + lora(mlp.gate_proj, x[t], rows=ch)
+            u = c * frozen(mlp.up_proj, x[t], rows=ch) + lora(mlp.up_proj, x[t], rows=ch)
+            h = torch.nn.functional.silu(g) * u
+            y = y + c * frozen(mlp.down_proj, h, cols=ch) + lora(mlp.down_proj, h, cols=ch)
+        out.append(y)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("gate", ["2p", "2p_block"])
+def test_reference_gate_equals_a_per_token_loop(gate):
+    """ffn_gate "2p" is the reference's form (values and gradients of input, router and LoRA factors
+    against the loop above); "2p_block" is not."""
+    from sparsetune.methods.spt.attention import SPTState
+    from sparsetune.methods.spt.ffn import RoutedMLP
+
+    gen = torch.Generator().manual_seed(5)
+    routed = RoutedMLP(_mlp(bias=True), 16, SPTConfig(ffn_blocks=4, ffn_top_k=2, ffn_gate=gate),
+                       SPTState(sparse=True), gen).double().train()
+    with torch.no_grad():
+        routed.router.weight.normal_(0.0, 0.5, generator=gen)  # gates 2p spread well away from 1
+        routed.router.bias.normal_(0.0, 0.5, generator=gen)
+    x = torch.randn(2, 7, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    params = [x, routed.router.weight, routed.router.bias,
+              *[p for n, p in routed.mlp.named_parameters() if "lora_" in n]]
+    out = routed(x)
+    ref = _reference_loop(routed.mlp, routed.router, x.reshape(-1, 16), 2, 4).view(out.shape)
+    if gate == "2p_block":
+        assert not torch.allclose(out, ref, atol=1e-3)
+        return
+    assert torch.allclose(out, ref, atol=1e-10)
+    gout = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(out, params, gout), torch.autograd.grad(ref, params, gout)):
+        assert torch.allclose(a, b, atol=1e-9)
 
 
 def _routed_tiny(**kw):
@@ -264,11 +382,11 @@ def _routed_tiny(**kw):
     return model, method
 
 
-@pytest.mark.parametrize("gate", ["ste", "2p"])
+@pytest.mark.parametrize("gate", ["ste", "2p", "2p_block"])
 def test_all_blocks_equal_dense_ffn_whatever_the_router_only_with_ste_gates(gate):
     """With every block selected, ffn_gate "ste" is the dense FFN for any router (the check that the
     calibrated router's 2p gates failed on SmolLM2: top-4 of 4 gave loss 9.6 against the dense 3.8);
-    the paper's 2p gates equal it only at p = 1/2."""
+    the paper's 2p gates (either placement) equal it only at p = 1/2."""
     model = tiny("llama", dtype=torch.float64)
     ids = torch.randint(0, 500, (2, 13), generator=torch.Generator().manual_seed(0))
     stock = model(input_ids=ids).logits
@@ -286,10 +404,11 @@ def test_all_blocks_equal_dense_ffn_whatever_the_router_only_with_ste_gates(gate
 
 def test_ste_gates_have_the_paper_gradient_at_half():
     """At p = 1/2 (zero router) the ste gates (forward 1) and 2p gates give the same outputs and the same
-    router gradients: ste changes the forward scale, not the router's training signal."""
+    router gradients: ste changes the forward scale, not the router's training signal. 2p_block has the
+    same outputs there (c = 1) but another router gradient (its c also scales the trained LoRA paths)."""
     ids = torch.randint(0, 500, (2, 11), generator=torch.Generator().manual_seed(1))
     grads = {}
-    for gate in ("2p", "ste"):
+    for gate in ("2p", "ste", "2p_block"):
         model, method = _routed_tiny(ffn_top_k=2, ffn_gate=gate)
         randomize_lora(model)
         for f in method.ffn:
@@ -300,8 +419,10 @@ def test_ste_gates_have_the_paper_gradient_at_half():
         out.loss.backward()
         grads[gate] = (out.logits.detach(), [f.router.weight.grad for f in method.ffn])
     assert torch.allclose(grads["2p"][0], grads["ste"][0], atol=1e-12)
-    for a, b in zip(grads["2p"][1], grads["ste"][1]):
+    assert torch.allclose(grads["2p"][0], grads["2p_block"][0], atol=1e-12)
+    for a, b, c in zip(grads["2p"][1], grads["ste"][1], grads["2p_block"][1]):
         assert a.abs().sum() > 0 and torch.allclose(a, b, atol=1e-12)
+        assert not torch.allclose(a, c, atol=1e-6)
 
 
 def test_ffn_layers_routes_only_the_listed_layers():

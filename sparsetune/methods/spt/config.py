@@ -38,12 +38,14 @@ class SPTConfig(MethodConfig):
     ffn_blocks: int = 4
     ffn_top_k: int = 2
     router_init_std: float = 0.02
-    # gate c on a selected block's output: "2p" (the paper: c = 2·p, so the task loss trains the router)
-    # or "ste" (straight-through: c = 1 forward, the gradient of 2·p backward). A linear router cannot
-    # hold every selected p at 1/2: on SmolLM2-135M the calibrated router's 2p gates spread 0.03-1.99
-    # and cost 3 nats of loss on their own (docs/methods/spt.md); "ste" keeps the router's gradient
-    # without scaling the frozen path, and with every block selected it is the dense FFN
-    ffn_gate: str = one_of("2p", "2p", "ste")
+    # gate c = 2·p per selected block, so the task loss trains the router. "2p" (the reference code):
+    # c multiplies the frozen gate, up and down projections' outputs of the block, the LoRA paths stay
+    # unscaled; "2p_block": c multiplies the block's whole output, LoRA included (this project's
+    # earlier form); "ste" (straight-through): c = 1 forward, the reference 2p's gradient backward. A
+    # linear router cannot hold every selected p at 1/2, so 2p gates rescale the pretrained FFN
+    # (docs/methods/spt.md, "Routed FFN on a pretrained model"); with every block selected "ste" is
+    # the dense FFN whatever the router
+    ffn_gate: str = one_of("2p", "2p", "2p_block", "ste")
     # decoder layers whose FFN is routed (None: every layer, the paper); the others stay dense
     ffn_layers: Optional[list[int]] = None
     # fit each router on the calibration batches (with kmeans_init) so it starts by picking each token's

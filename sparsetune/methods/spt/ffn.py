@@ -1,5 +1,10 @@
 """Routed FFN (SPT): the FFN's neurons form n contiguous blocks; a router (linear + sigmoid) picks the
-top-k blocks per token, and each selected block's output is scaled by c = 2·p so the router learns.
+top-k blocks per token, and a gate c = 2·p per selected block lets the task loss train the router.
+
+Where c acts (`gate_on`): "frozen" (the reference code, `ffn_gate: 2p`) multiplies c onto the frozen
+gate, up and down projections' outputs of the block and leaves the LoRA paths unscaled,
+g = c·(x W_g[b]ᵀ) + LoRA_g(x)[b], u = c·(x W_u[b]ᵀ) + LoRA_u(x)[b], out_b = c·(act(g)·u W_d[:, b]ᵀ) +
+LoRA_d(act(g)·u); "block" (`ffn_gate: 2p_block`) multiplies the block's whole output, LoRA included.
 
 Tokens are grouped per block by one sort, gathered with index_select, run through dense GEMMs on the
 block's weight slices (frozen base + the block's LoRA slices) and summed back through the inverse
@@ -63,19 +68,27 @@ def _parts(lin: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
     return lin.weight, lin.bias, None
 
 
-def _rows(x: torch.Tensor, lin: nn.Module, ch: slice, xa: torch.Tensor | None) -> torch.Tensor:
-    """Output channels `ch` of linear `lin` on x (LoRA's x A^T precomputed as xa)."""
+def _rows(x: torch.Tensor, lin: nn.Module, ch: slice, xa: torch.Tensor | None,
+          c: torch.Tensor | None = None, xc: torch.Tensor | None = None) -> torch.Tensor:
+    """Output channels `ch` of linear `lin` on x (LoRA's x A^T precomputed as xa). With c (n, 1) the
+    frozen part (weight and bias) is scaled by c, computed as xc W^T + c·bias with xc = c·x: a frozen
+    weight's GEMM saves nothing for backward, and c·x saves x, which LoRA keeps anyway."""
     w, bias, lora = _parts(lin)
-    y = F.linear(x, w[ch], None if bias is None else bias[ch])
+    if c is None:
+        y = F.linear(x, w[ch], None if bias is None else bias[ch])
+    else:
+        y = F.linear(xc, w[ch]) if bias is None else F.linear(xc, w[ch]) + c * bias[ch]
     if lora is not None:
         y = y + F.linear(xa, lora[1][ch].to(x.dtype)) * lora[2]
     return y
 
 
-def _cols(h: torch.Tensor, lin: nn.Module, ch: slice) -> torch.Tensor:
-    """Contribution of input channels `ch` (h holds just those) to linear `lin`, without its bias."""
+def _cols(h: torch.Tensor, lin: nn.Module, ch: slice, c: torch.Tensor | None = None) -> torch.Tensor:
+    """Contribution of input channels `ch` (h holds just those) to linear `lin`, without its bias; c (n, 1),
+    if given, scales the frozen part only, applied to h (linear): autograd then keeps the (n x width) h,
+    not an (n x d_model) output, for the multiply."""
     w, _, lora = _parts(lin)
-    y = F.linear(h, w[:, ch])
+    y = F.linear(h if c is None else h * c, w[:, ch])
     if lora is not None:
         a, b, scale = lora
         y = y + F.linear(F.linear(h, a[:, ch].to(h.dtype)), b.to(h.dtype)) * scale
@@ -87,12 +100,20 @@ def _lora_in(x: torch.Tensor, lin: nn.Module) -> torch.Tensor | None:
     return None if lora is None else F.linear(x, lora[0].to(x.dtype))
 
 
-def routed_ffn(x: torch.Tensor, mlp: nn.Module, blocks: int, top_idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+GATE_ON = ("frozen", "block")
+
+
+def routed_ffn(x: torch.Tensor, mlp: nn.Module, blocks: int, top_idx: torch.Tensor, gates: torch.Tensor,
+               gate_on: str = "frozen") -> torch.Tensor:
     """Gated-FFN output on tokens x (T, d) using only each token's selected blocks.
 
     mlp has gate_proj / up_proj / down_proj (plain or LoRALinear) and act_fn; top_idx (T, k) block ids,
-    gates (T, k) their scales. With every block selected and unit gates this equals mlp(x).
+    gates (T, k) their scales c, applied as `gate_on` says (module docstring). With unit gates both
+    forms are the dense FFN restricted to the selected blocks; with every block selected, mlp(x).
     """
+    if gate_on not in GATE_ON:
+        raise ValueError(f"gate_on: {gate_on!r} is not one of {GATE_ON}")
+    frozen = gate_on == "frozen"
     t, k = top_idx.shape
     width = mlp.up_proj.out_features // blocks
     blk = top_idx.reshape(-1)
@@ -107,13 +128,14 @@ def routed_ffn(x: torch.Tensor, mlp: nn.Module, blocks: int, top_idx: torch.Tens
         if n == 0:
             continue
         seg, ch = slice(start, start + n), slice(b * width, (b + 1) * width)
-        rows = xs[seg]
-        g = _rows(rows, mlp.gate_proj, ch, None if xa_gate is None else xa_gate[seg])
-        u = _rows(rows, mlp.up_proj, ch, None if xa_up is None else xa_up[seg])
-        # the gate scales the block's down-projection input (linear, bias added once below): autograd
-        # then keeps the (n x width) product instead of an (n x d_model) output for the multiply
-        h = mlp.act_fn(g) * u * gate_sorted[seg, None].to(x.dtype)
-        outs.append(_cols(h, mlp.down_proj, ch))
+        rows, c = xs[seg], gate_sorted[seg, None].to(x.dtype)
+        cf, xc = (c, rows * c) if frozen else (None, None)
+        g = _rows(rows, mlp.gate_proj, ch, None if xa_gate is None else xa_gate[seg], cf, xc)
+        u = _rows(rows, mlp.up_proj, ch, None if xa_up is None else xa_up[seg], cf, xc)
+        h = mlp.act_fn(g) * u
+        # "block": c on the down projection's input scales the block's whole output (the down bias is
+        # added once below)
+        outs.append(_cols(h, mlp.down_proj, ch, c) if frozen else _cols(h * c, mlp.down_proj, ch))
         start += n
     # back to (token, slot) order and sum the k slots: index_select + sum keep only the index for
     # backward (index_add_ would save the (T*k, d) source)
@@ -142,6 +164,12 @@ class RoutedMLP(nn.Module):
             router.bias.zero_()  # sigmoid(0) = 0.5: gates c = 2p start near 1
         self.router = router.to(device=w.device, dtype=torch.float32)
         self.usage: torch.Tensor | None = None  # fraction of tokens per block, last routed forward
+
+    @property
+    def gate_on(self) -> str:
+        """Where the gates act: the block's whole output for "2p_block", the frozen paths otherwise ("ste"
+        has the gradient of the reference's 2p)."""
+        return "block" if self.cfg.ffn_gate == "2p_block" else "frozen"
 
     def route(self, x2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(top-k block ids, gates) per token: gates 2p, or 1 with 2p's gradient (ffn_gate "ste")."""
@@ -207,4 +235,4 @@ class RoutedMLP(nn.Module):
         top_idx, gates = self.route(x2)
         with torch.no_grad():
             self.usage = torch.bincount(top_idx.reshape(-1), minlength=self.blocks).float() / max(1, x2.shape[0])
-        return routed_ffn(x2, self.mlp, self.blocks, top_idx, gates).view(*x.shape[:-1], -1)
+        return routed_ffn(x2, self.mlp, self.blocks, top_idx, gates, self.gate_on).view(*x.shape[:-1], -1)

@@ -33,16 +33,31 @@ def pq_codes(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 65536) -> tor
     return out.reshape(*lead, codebook.shape[0])
 
 
-def codebook_loss(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+SOFT_ASSIGNMENTS = ("log", "distance")
+MIN_DISTANCE = 1e-5  # the reference clamps distances here before the log
+
+
+def soft_assignment(dist: torch.Tensor, soft: str = "log") -> torch.Tensor:
+    """Weights over the centroids from L1 distances (..., C): "log" (the reference) softmax(-log d), i.e.
+    weights proportional to 1/d with d clamped at MIN_DISTANCE; "distance" softmax(-d) (this project's
+    earlier form, near one-hot once distances differ by a few units)."""
+    if soft == "log":
+        return torch.softmax(-torch.log(dist.clamp_min(MIN_DISTANCE)), dim=-1)
+    if soft == "distance":
+        return torch.softmax(-dist, dim=-1)
+    raise ValueError(f"soft: {soft!r} is not one of {SOFT_ASSIGNMENTS}")
+
+
+def codebook_loss(z: torch.Tensor, codebook: torch.Tensor, soft: str = "log") -> torch.Tensor:
     """The auxiliary loss that trains a codebook on (detached) vectors z (N, M*d).
 
-    soft/hard centroid MSE (a softmax over -L1 distances, pulled to the hard assignment) plus
-    MSE(z, hard centroid) (the k-means objective, moving the assigned centroids toward the data).
+    soft/hard centroid MSE (the centroids weighted by `soft_assignment`, pulled to the hard assignment)
+    plus MSE(z, hard centroid) (the k-means objective, moving the assigned centroids toward the data).
     Only the codebook receives gradient: the model's queries and keys are not pulled toward it.
     """
     rows = split(z.detach(), codebook).to(codebook.dtype)
     dist = distances(rows, codebook)  # (N, M, C), differentiable w.r.t. the codebook
-    soft = torch.softmax(-dist, dim=-1)
+    soft = soft_assignment(dist, soft)
     z_soft = torch.einsum("nmc,mcd->nmd", soft, codebook)
     hard = dist.detach().argmin(-1)  # (N, M)
     z_hard = codebook[torch.arange(codebook.shape[0], device=z.device)[None, :], hard]  # (N, M, d)
