@@ -147,3 +147,54 @@ def test_the_checker_sees_violations(tmp_path):
         assert imports_of(probe) >= {"sparsetune.engine", "sparsetune.jobs", "sparsetune.jobs.train"}
     finally:
         probe.unlink()
+
+
+# Function-level imports are for the CLI's start-up path (what runs before the config is validated, so
+# a bad value is refused without importing torch) and for libraries a run may not need (optional extras,
+# or heavy libraries one feature uses). Everything else is imported at the top, where a reader looks.
+STARTUP_MODULES = ("sparsetune.cli", "sparsetune.__main__", "sparsetune", "sparsetune.data", "sparsetune.jobs",
+                   "sparsetune.jobs.config", "sparsetune.methods", "sparsetune.config")
+DEFERRED_LIBRARIES = frozenset({
+    "lm_eval", "datasets", "jinja2",  # scoring and benchmark data only (lm_eval alone imports for seconds)
+    "matplotlib", "wandb", "reasoning_gym", "gguf", "tokenizers",  # plots, W&B, generated data, GGUF, tiny models
+    "PIL", "sklearn", "torchvision", "mlxtend",  # the vision extra's readers
+    "submitit", "hydra_plugins", "triton",  # optional launchers and kernels
+    "urllib",  # the optional BIG-bench download
+})
+DEFERRED_PREFIXES = ("torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.fsdp",
+                     "torch.distributed.checkpoint")  # multi-process launch, FSDP and its state dicts: ~1 s to import
+
+
+def function_level_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every import statement inside a function of `path`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.ImportFrom):
+                    found.append((sub.lineno, "." * sub.level + (sub.module or "")))
+                elif isinstance(sub, ast.Import):
+                    found.extend((sub.lineno, a.name) for a in sub.names)
+    return sorted(set(found))
+
+
+def misplaced_imports(path: Path) -> list[str]:
+    name = module_name(path)
+    if name in STARTUP_MODULES or name.startswith("sparsetune.config."):
+        return []
+    return [f"{path.relative_to(PACKAGE.parent)}:{line} {mod}" for line, mod in function_level_imports(path)
+            if mod.split(".")[0] not in DEFERRED_LIBRARIES and not mod.startswith(DEFERRED_PREFIXES)]
+
+
+def test_function_level_imports_only_on_the_start_up_path_or_for_deferred_libraries():
+    bad = [hit for path in sorted(PACKAGE.rglob("*.py")) for hit in misplaced_imports(path)]
+    assert not bad, "imports inside functions (move them to the top):\n" + "\n".join(bad)
+
+
+def test_the_import_placement_check_sees_a_function_level_import():
+    probe = PACKAGE / "engine" / "_placement_probe.py"
+    probe.write_text("import torch\n\n\ndef f():\n    from sparsetune.engine import loop\n    import matplotlib\n")
+    try:
+        assert misplaced_imports(probe) == ["sparsetune/engine/_placement_probe.py:5 sparsetune.engine"]
+    finally:
+        probe.unlink()

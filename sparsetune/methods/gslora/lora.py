@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sparsetune.errors import ConfigError
+from sparsetune.models.arch import expand_roles
 
 
 class LoRALinear(nn.Module):
@@ -39,8 +40,6 @@ def _set_child(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def target_linears(arch, roles: list[str], layers: list[int] | None) -> dict[str, tuple[int, str, nn.Linear]]:
     """{dotted name: (block index, role, linear)} for the roles in the chosen blocks, via arch."""
-    from sparsetune.models.arch import expand_roles
-
     known = arch.linear_names()
     roles = expand_roles(roles, known)
     bad = [r for r in roles if r not in known]

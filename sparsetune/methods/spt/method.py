@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from sparsetune.errors import ConfigError, UnsupportedModelError
-from sparsetune.methods.base import Method, config_dict
+from sparsetune.methods.base import Method, MethodContext, config_dict
 
 from .attention import SPTAttention, SPTState, capture_mask
 from .config import SPTConfig
@@ -190,8 +191,6 @@ class SPT(Method):
     # ------------------------------------------------------------------ export
     def export(self, model: nn.Module, path: Path) -> Path:
         """`spt_adapter.safetensors` (LoRA A/B, routers, codebooks) + `spt_adapter.json` (config)."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
@@ -237,10 +236,6 @@ class SPT(Method):
         return model
 
     def load_export(self, model: nn.Module, path: Path) -> nn.Module | None:
-        from safetensors.torch import load_file
-
-        from sparsetune.methods.base import MethodContext
-
         path = Path(path)
         if not (path / EXPORT_FILE).exists():
             return None
