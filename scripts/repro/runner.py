@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from repro.plan import CROSS_TEST_SIZE, QUICK_SEEDS, Bench, Run
+from sparsetune.engine.run_folder import finished
 from sparsetune.jobs.sweep import launch
 from sparsetune.jobs.sweep.launch import Task, reuse_finished, run_tasks, shown_command, thread_setting
 
@@ -63,8 +64,8 @@ class Layout:
         return tuple(s for s in run.seeds if s in QUICK_SEEDS) if run.in_quick else ()
 
     def finished_run(self, run: Run, seed: int) -> Path | None:
-        done = sorted(self.run_root(run, seed).glob("*/summary.json"))
-        return done[-1].parent if done else None
+        done = sorted(s.parent for s in self.run_root(run, seed).glob("*/summary.json") if finished(s.parent))
+        return done[-1] if done else None
 
 
 def merge_overrides(*groups: tuple[str, ...] | list[str]) -> list[str]:

@@ -113,6 +113,16 @@ def owning_run(path: str | os.PathLike) -> str | None:
     return next((k for k in _held if target == k or target.startswith(k + os.sep)), None)
 
 
+def finished(run: str | os.PathLike) -> bool:
+    """The run ended normally: its summary.json exists and is not a diverged run's record (a diverged run
+    writes one too, saying so). Sweeps and the reproduction reuse only finished runs."""
+    try:
+        summary = json.loads((Path(run) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return summary.get("status", "finished") != "diverged"
+
+
 def check_present(path: str | os.PathLike) -> None:
     """Before a write under `path`: the run folder this process locked is still where it was (not
     deleted, not moved); else RunFolderGoneError, and nothing is written or recreated."""

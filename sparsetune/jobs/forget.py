@@ -30,6 +30,7 @@ from sparsetune.engine.loop import LoopState
 from sparsetune.engine.losses import classification_loss
 from sparsetune.engine.measure import count_parameters, peak_memory_mb
 from sparsetune.engine.progress import console, training_progress
+from sparsetune.engine.run_folder import check_present
 from sparsetune.engine.selection import BestState
 from sparsetune.errors import ConfigError
 from sparsetune.eval.forgetting import class_mean, group_norm_grid, plot_group_norms, task_metrics
@@ -228,12 +229,14 @@ def run_forget(cfg, overrides: list[str], job: str = "forget") -> dict[str, Any]
             gone.extend(forgotten)
         if not main:
             return {}
+        check_present(run.path)
         method.export(model, run.export)
         if cfg.cache_as:
             publish(run.export, cfg.cache_as)
         last = results[-1]
         groups = report_groups(results, run.path, logger, offset)
         summary = {
+            "status": "finished",
             "recipe": cfg.recipe, "method": cfg.method.name, "model": cfg.model.name, "data": cfg.data.name,
             "device": device, "trainable_params": last["trainable_params"], "total_params": base_total,
             "trainable_share": last["trainable_share"],

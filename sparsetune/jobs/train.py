@@ -18,6 +18,7 @@ from sparsetune.engine.logging import MultiLogger, WandbLogger, build_logger, lo
 from sparsetune.engine.loop import summarise
 from sparsetune.engine.measure import count_parameters, peak_memory_mb
 from sparsetune.engine.progress import console, training_progress
+from sparsetune.engine.run_folder import check_present
 from sparsetune.eval.suite import evaluate_model
 from sparsetune.jobs.assemble import Job, setup
 from sparsetune.jobs.common import eval_log, print_summary, publish, show_method_output
@@ -108,11 +109,13 @@ def train(job: Job, ckpt: dict | None = None, on_restored=None, overrides: list[
         job = _gathered_job(job, overrides or [])
     eval_model = job.method.prepare_for_eval(job.model)
     results = evaluate_model(cfg, eval_model, job.tokenizer, job.splits, "test", run.path) if cfg.eval.enabled else {}
+    check_present(run.path)  # deleted during the held-out eval: stop before export/ could be recreated
     job.method.export(job.model, run.export)
     if cfg.cache_as:
         publish(run.export, cfg.cache_as)
     trainable, total = count_parameters(job.model)
     summary = {
+        "status": "finished",
         "recipe": cfg.recipe,
         "method": cfg.method.name,
         "model": cfg.model.name,

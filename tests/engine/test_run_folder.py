@@ -7,7 +7,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from sparsetune.engine.run_folder import RunFolder
+from sparsetune.engine.run_folder import RunFolder, finished
 
 
 def _create(args) -> str:
@@ -111,3 +111,13 @@ def test_a_run_folder_deleted_or_moved_is_noticed_and_not_recreated(tmp_path):
         deleted.write_summary({"x": 1})
     assert not deleted.path.exists() and not moved.path.exists()
     release_run_folders()
+
+
+def test_finished_means_a_summary_that_is_not_a_diverged_record(tmp_path):
+    assert not finished(tmp_path)  # no summary.json
+    (tmp_path / "summary.json").write_text('{"status": "diverged", "diverged_at_step": 3}')
+    assert not finished(tmp_path)
+    (tmp_path / "summary.json").write_text('{"status": "finished"}')
+    assert finished(tmp_path)
+    (tmp_path / "summary.json").write_text('{"train_loss": 1.0}')  # written before summaries had a status
+    assert finished(tmp_path)

@@ -27,7 +27,8 @@ TINY = ["model=tiny_llama", "data=synthetic_arith", "logger=quiet", "eval=none",
 
 # Stands in for `python -m sparsetune.cli JOB …`: a run folder under run_dir= with config.yaml and
 # overrides.txt, then summary.json with a score that depends on method.r and seed; the point named
-# in $FAKE_FAIL exits 1 before its summary (as a crashed run would). Every call is appended to $FAKE_CALLS;
+# in $FAKE_FAIL exits 1 before its summary (as a crashed run would), the one in $FAKE_DIVERGE writes a
+# diverged run's summary.json and exits 3 (as the engine's divergence guard does). Every call is appended to $FAKE_CALLS;
 # with $FAKE_PROBE, its OMP_NUM_THREADS and how many points ran beside it go to $FAKE_PROBE/env.jsonl.
 FAKE_CLI = textwrap.dedent("""
     import json, os, sys, time
@@ -59,6 +60,10 @@ FAKE_CLI = textwrap.dedent("""
     if point == os.environ.get("FAKE_FAIL"):
         print("error: boom at " + point)
         sys.exit(1)
+    if point == os.environ.get("FAKE_DIVERGE"):
+        (run / "summary.json").write_text(json.dumps({"status": "diverged", "diverged_at_step": 2}))
+        print("error: training diverged at step 2")
+        sys.exit(3)
     r, seed = float(ov.get("method.r", 1)), float(ov.get("seed", 0))
     summary = {"method": "lora", "train_loss": 1 / r + seed, "step_time_s": 0.1,
                "eval": {"average": {"score": r / 10 + seed / 100, "n": 8.0}}}
@@ -209,6 +214,18 @@ def test_rerun_skips_finished_points_and_reruns_the_failed_one(fake, capsys, mon
     # a changed fixed override is another experiment: nothing counts as finished
     code, _, _ = run_cli(capsys, *args, "trainer.lr=0.001")
     assert code == 0 and len(fake()) == 11
+
+
+def test_a_diverged_point_is_failed_and_runs_again(fake, capsys, monkeypatch, tmp_path):
+    """A diverged run leaves a summary.json that says so: the point is failed, and a rerun runs it again."""
+    monkeypatch.setenv("SPARSETUNE_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("FAKE_DIVERGE", "method.r=8,seed=0")
+    args = ["train", "-m", *TINY, "method=lora", "method.r=4,8", "seed=0", "sweep.name=div"]
+    code, _, err = run_cli(capsys, *args)
+    assert code == 1 and "1 of 2 points failed" in err
+    monkeypatch.delenv("FAKE_DIVERGE")
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0 and len(fake()) == 3 and "method.r=8" in fake()[-1]
 
 
 def test_the_pool_runs_jobs_points_at_a_time_with_the_threads_split(fake, capsys, monkeypatch, tmp_path):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sparsetune.engine.run_folder import atomic_write_text
+from sparsetune.engine.run_folder import atomic_write_text, finished
 from sparsetune.errors import ConfigError, UserError
 from sparsetune.jobs.sweep import launch
 from sparsetune.jobs.sweep.grid import Grid, Point, hydra_value, override_key, run_of
@@ -126,7 +126,7 @@ class Sweep:
         except (OSError, json.JSONDecodeError):
             return False
         run = latest_run(root)
-        return ran == point.overrides and run is not None and (run / "summary.json").is_file()
+        return ran == point.overrides and run is not None and finished(run)
 
     def collect(self, point: Point) -> None:
         """Status, run folder and headline metrics of a point from what is on disk."""

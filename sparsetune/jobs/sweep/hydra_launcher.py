@@ -17,6 +17,7 @@ from hydra.core.utils import JobStatus
 from hydra.errors import HydraException
 from hydra.types import HydraContext
 
+from sparsetune.engine.run_folder import finished
 from sparsetune.errors import ConfigError, UserError
 from sparsetune.jobs.sweep.folder import latest_run
 from sparsetune.jobs.sweep.grid import (
@@ -108,7 +109,7 @@ def run_hydra_launcher(sweep, todo: list[Point], console) -> None:
     for point, ret in zip(todo, returns):
         if ret is None:
             run = latest_run(sweep.point_root(point)) if not sweep.in_place else None
-            point.returncode = 0 if run is not None and (run / "summary.json").is_file() else -1
+            point.returncode = 0 if run is not None and finished(run) else -1
             point.error = None if point.returncode == 0 else "its job did not finish (see .submitit/)"
         elif ret.status == JobStatus.COMPLETED and isinstance(ret.return_value, dict):
             point.returncode = ret.return_value["returncode"]
