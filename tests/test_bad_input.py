@@ -331,3 +331,52 @@ def test_signal_mid_run_is_one_line_with_its_exit_status(case, sig, code, needle
 
     path, _ = find_resumable(run / "checkpoints")
     assert str(path) in line  # the checkpoint named is the one resume= starts from
+
+
+# --- a large jsonl file (issue #22 item 6) -------------------------------------------------------------
+def _jsonl_file(path: Path, megabytes: float, every: int = 50) -> tuple[Path, int]:
+    """Short prompt/answer rows; one in `every` is longer than 64 bytes (= tokens: tiny_llama's tokenizer
+    is byte-level). Returns the file and how many rows are over-long."""
+    size = n = overlong = 0
+    with path.open("w") as f:
+        while size < megabytes * 1e6:
+            prompt = f"q{n} " + ("x" * 80 if n % every == 0 else "y" * 20)
+            overlong += n % every == 0
+            line = json.dumps({"prompt": prompt, "answer": "a"}) + "\n"
+            f.write(line)
+            size, n = size + len(line), n + 1
+    return path, overlong
+
+
+def test_large_jsonl_trains_in_bounded_memory_and_counts_overlong_rows_once(tmp_path, caplog):
+    """`sparsetune train data=jsonl data.path=FILE` streams the file: a 1.5 MB file's run peaks in Python
+    memory a few integers per row above a 0.15 MB file's (reading it whole held every row and token id:
+    5 GB at 30 MB), and the rows longer than data.max_length are truncated with one warning that counts
+    them."""
+    import tracemalloc
+
+    def train(path: Path, traced: bool = True) -> int:
+        if traced:
+            tracemalloc.start()
+        try:
+            with pytest.raises(SystemExit) as info:
+                main(["train", "model=tiny_llama", "data=jsonl", f"data.path={path}", "data.test_size=0",
+                      "data.max_length=64", "data.prompt_template=none", "logger=quiet", "eval=none",
+                      "trainer.batch_size=2", "trainer.max_steps=2", "trainer.threads=1", f"run_dir={tmp_path / 'runs'}"])
+            assert info.value.code == 0
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, _ = _jsonl_file(tmp_path / "small.jsonl", 0.15)
+    big, overlong = _jsonl_file(tmp_path / "big.jsonl", 1.5)
+    rows = [len(p.read_text().splitlines()) for p in (small, big)]
+    train(small, traced=False)  # imports and first-use caches
+    small_peak = train(small)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sparsetune.data.text"):
+        big_peak = train(big)
+    # what grows is per row (the row index, the engine's epoch order), ~80 bytes; never per token
+    assert big_peak < small_peak + 100 * (rows[1] - rows[0]), (small_peak, big_peak)
+    warned = [r.getMessage() for r in caplog.records if "data.max_length" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"{overlong:,} of "), warned

@@ -25,7 +25,8 @@ class Example:
 class Splits:
     """Train / validation / held-out test parts of a data set.
 
-    Text: lists of Example. Vision: torch Datasets yielding {"pixel_values", "labels"}.
+    Text: sequences of Example — lists, or `rows.LazyExamples` (jsonl files), which read a row from
+    its file each time it is indexed. Vision: torch Datasets yielding {"pixel_values", "labels"}.
     Validation is for model selection; the test part is never used for it.
     """
 

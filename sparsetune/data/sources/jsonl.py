@@ -5,20 +5,29 @@ e.g. `instruction+input`: the first is required, non-empty parts are joined by a
 strings) with `label` (index of the right one), optional `task`, optional `split`
 (train | val | validation | dev | test). If any row has a `split`, the file's own split is used;
 otherwise rows are split by `split_seed`. Every malformed row is reported as `FILE:LINE: problem`.
+
+Files are read in one streaming pass and rows are read again from the file when used (rows.py), so
+a file of any size loads in memory bounded by a few integers per row (docs/data.md).
 """
 
 from __future__ import annotations
 
 import glob
-import json
+from array import array
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from sparsetune.data.sources.split import make_splits
+import numpy as np
+
+from sparsetune.data.rows import LazyExamples, RowFiles
+from sparsetune.data.sources.jsonl_scan import scan_rows
+from sparsetune.data.sources.row_split import prompt_key, split_rows
 from sparsetune.data.types import Example, Splits
 from sparsetune.errors import ConfigError, DataError
 
 SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "dev": "val", "test": "test"}
+PART_CODES = {"train": 0, "val": 1, "test": 2}
 
 
 def field_names(spec: str) -> list[str]:
@@ -121,55 +130,64 @@ def resolve_paths(spec: Optional[str]) -> list[Path]:
     return paths
 
 
-def read_rows(path: Path) -> list[tuple[str, Any]]:
-    """(where, row) pairs; `where` is 'file:line' (JSON Lines) or 'file: row N' (JSON array)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-        return [(f"{path}: row {i}", row) for i, row in enumerate(rows)]
-    out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append((f"{path}:{lineno}", json.loads(line)))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
-    return out
+def _array(values: Any, dtype: Any) -> np.ndarray:
+    return np.frombuffer(values, dtype=dtype).copy() if len(values) else np.empty(0, dtype)
+
+
+@dataclass(frozen=True)
+class RowParser:
+    """Turns a row read again from its file into an Example (what `LazyExamples` calls): the
+    fields of `data_cfg` that `example_from_row` reads, kept as plain strings so it pickles."""
+
+    prompt_field: str
+    answer_field: str
+
+    def __call__(self, row: Any, path: Path, where: str) -> Example:
+        return example_from_row(row, self, path.stem, where)
 
 
 def load_jsonl(data_cfg: Any) -> Splits:
-    by_task: dict[str, list[Example]] = {}
-    fixed: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
+    """One streaming pass checks every row and records where it lies, its task, its split and a
+    digest of its prompt; the parts are arrays of row numbers (row_split.py: the rules of split.py)
+    whose Examples are read from the file when used. Memory grows by about 40 bytes per row."""
+    parse = RowParser(str(data_cfg.prompt_field), str(data_cfg.answer_field))
+    paths = resolve_paths(data_cfg.path)
+    file_of, start, length = array("i"), array("q"), array("q")
+    task_of, split_of, keys = array("i"), array("b"), bytearray()
+    tasks: dict[str, int] = {}
+    stats: list[tuple[int, int]] = []
     has_split: Optional[bool] = None
-    for path in resolve_paths(data_cfg.path):
-        rows = read_rows(path)
-        if not rows:
-            raise DataError(f"{path}: no rows")
-        for where, row in rows:
-            ex = example_from_row(row, data_cfg, path.stem, where)
+    for f, path in enumerate(paths):
+        st = path.stat()
+        stats.append((st.st_size, st.st_mtime_ns))
+        before = len(start)
+        for where, offset, size, row in scan_rows(path):
+            ex = example_from_row(row, parse, path.stem, where)
             split = row.get("split")
             if has_split is None:
                 has_split = split is not None
             if (split is not None) != has_split:
                 raise DataError(f"{where}: some rows have a 'split' field and some do not")
-            if split is None:
-                by_task.setdefault(ex.task, []).append(ex)
-            elif split in SPLIT_NAMES:
-                fixed[SPLIT_NAMES[split]].append(ex)
-            else:
+            if split is not None and (not isinstance(split, str) or split not in SPLIT_NAMES):
                 raise DataError(f"{where}: unknown split '{split}' (use train, val or test)")
+            file_of.append(f)
+            start.append(offset)
+            length.append(size)
+            task_of.append(tasks.setdefault(ex.task, len(tasks)))
+            split_of.append(-1 if split is None else PART_CODES[SPLIT_NAMES[split]])
+            keys += prompt_key(ex.prompt)
+        if len(start) == before:
+            raise DataError(f"{path}: no rows")
+    files = RowFiles(paths, stats, _array(file_of, np.int32), _array(start, np.int64), _array(length, np.int64), parse)
+    task, key, part = _array(task_of, np.int32), _array(keys, "<u8"), _array(split_of, np.int8)
+    del file_of, start, length, task_of, split_of, keys
+    names = list(tasks)
     if not has_split:
-        return make_splits(by_task, data_cfg)
-    train_by_task: dict[str, list[Example]] = {}
-    for ex in fixed["train"]:
-        train_by_task.setdefault(ex.task, []).append(ex)
-    return make_splits(train_by_task, data_cfg, test=fixed["test"] or None, val=fixed["val"])
+        train, val, test = split_rows(np.arange(len(task)), task, key, names, data_cfg)
+    else:
+        given_test = np.flatnonzero(part == PART_CODES["test"])
+        train, val, test = split_rows(np.flatnonzero(part == PART_CODES["train"]), task, key, names, data_cfg,
+                                      test=given_test if len(given_test) else None,
+                                      val=np.flatnonzero(part == PART_CODES["val"]))
+    return Splits(kind="text", train=LazyExamples(files, train), val=LazyExamples(files, val),
+                  test=LazyExamples(files, test))
