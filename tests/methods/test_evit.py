@@ -396,3 +396,16 @@ def test_default_schedule_is_the_papers_epochs_10_to_110_of_300():
     assert rates[0] == rates[10] == 1.0
     assert 0.7 < rates[60] < 1.0
     assert rates[110] == rates[299] == pytest.approx(0.7)
+
+
+def test_equal_anneal_bounds_are_a_step_and_an_end_before_the_start_is_refused():
+    """The reference fine-tune keeps 1.0 for 10 of 30 epochs, then the target: anneal_start == anneal_end."""
+    assert cosine_keep_rate(0.3, 0.7, 1 / 3, 1 / 3) == 1.0 and cosine_keep_rate(0.34, 0.7, 1 / 3, 1 / 3) == 0.7
+    method, _ = evit(build("vit"), keep_rate=0.7, anneal_start=1 / 3, anneal_end=1 / 3)
+    rates = []
+    for step in range(30):
+        method.on_step(step, 30)
+        rates.append(method.metrics()["evit_keep_rate"])
+    assert rates[:10] == [1.0] * 10 and rates[10:] == [pytest.approx(0.7)] * 20
+    with pytest.raises(ConfigError, match="anneal_end"):
+        evit(build("vit"), anneal_start=0.5, anneal_end=0.2)

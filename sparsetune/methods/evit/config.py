@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from sparsetune.config.schema import MethodConfig
 from sparsetune.errors import ConfigError
-from sparsetune.methods.base import MethodConfig
 
 
 @dataclass
@@ -27,7 +27,7 @@ class EViTConfig(MethodConfig):
     # false: use the model off the shelf (everything frozen; evaluation only)
     train: bool = True
     # training keep rate: 1.0 until anneal_start, cosine down to keep_rate at anneal_end (fractions of
-    # the run's steps); anneal_end <= anneal_start means the target keep rate from the first step.
+    # the run's steps); anneal_end == anneal_start is a step there (both 0: the target from the first step).
     # Defaults: the paper's training from scratch, epochs 10 to 110 of 300
     anneal_start: float = 10 / 300
     anneal_end: float = 110 / 300
@@ -56,6 +56,9 @@ def check_config(cfg) -> None:
         value = float(getattr(cfg, key))
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"method.{key}: {value} must be a fraction of the run between 0 and 1")
+    if float(cfg.anneal_end) < float(cfg.anneal_start):
+        raise ConfigError(f"method.anneal_end: {cfg.anneal_end} is before method.anneal_start={cfg.anneal_start}; "
+                          "give an end at or after the start (equal: a step from 1.0 to the keep rate there)")
     if cfg.reorg_layers is not None:
         layers = [int(i) for i in cfg.reorg_layers]
         if len(set(layers)) != len(layers) or any(i < 0 for i in layers):

@@ -22,11 +22,13 @@ SETTINGS_FILE = "evit.json"
 
 
 def cosine_keep_rate(progress: float, target: float, start: float, end: float) -> float:
-    """1.0 before `start`, cosine from 1.0 down to `target` over [start, end], `target` after."""
-    if end <= start or progress >= end:
-        return target
-    if progress <= start:
+    """1.0 before `start`, cosine from 1.0 down to `target` over [start, end], `target` after: a step at
+    `start` when end == start (the reference's fine-tune: keep 1.0 for 10 of 30 epochs, then the target),
+    the target throughout when both are 0."""
+    if progress < start:
         return 1.0
+    if progress >= end:
+        return target
     t = (progress - start) / (end - start)
     return target + (1.0 - target) * (1.0 + math.cos(math.pi * t)) / 2.0
 
@@ -52,7 +54,8 @@ class EViT(Method):
     # ------------------------------------------------------------------ apply
     @property
     def annealed(self) -> bool:
-        return bool(self.cfg.train) and float(self.cfg.anneal_end) > float(self.cfg.anneal_start)
+        start, end = float(self.cfg.anneal_start), float(self.cfg.anneal_end)
+        return bool(self.cfg.train) and (start > 0 or end > start)
 
     def apply(self, model: nn.Module, ctx: MethodContext) -> nn.Module:
         self.ctx, arch = ctx, ctx.arch
