@@ -64,3 +64,10 @@ def test_method_values_fail_at_compose_time(overrides, message):
 
     with pytest.raises(ConfigError, match=message):
         compose_job(overrides)  # before any model, data or method object exists
+
+
+def test_a_recipe_sets_top_level_keys_and_the_command_line_still_wins():
+    """pat_llama2_7b trains with the reference's seed 42; `seed=3` on the command line overrides it."""
+    assert compose(["recipe=pat_llama2_7b"]).seed == 42
+    assert compose(["recipe=pat_llama2_7b", "seed=3"]).seed == 3
+    assert compose(["recipe=lora_llama"]).seed == 0
