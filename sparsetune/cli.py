@@ -87,6 +87,15 @@ def _front(overrides: list[str] | None, show_cfg: bool, config_dir: str | None) 
     return out
 
 
+def _folder_value(overrides: list[str], key: str) -> str | None:
+    """The run folder of `run=` / `resume=`, as the user meant it with or without quotes (`run="my run"`
+    in a shell that kept the quotes, or Hydra-style `run='…'`); None when the key is not given."""
+    from sparsetune.config.overrides import unquote
+
+    value = next((o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")), None)
+    return None if value is None else unquote(value)
+
+
 def _compose(overrides: list[str]):
     from sparsetune.jobs.config import compose_job
 
@@ -96,7 +105,7 @@ def _compose(overrides: list[str]):
 def _resolve(overrides: list[str] | None, extra: list[str] | None = None):
     """Compose; `resume=RUN` reuses that run's stored config."""
     overrides = list(overrides or []) + list(extra or [])
-    resume = next((o.split("=", 1)[1] for o in overrides if o.startswith("resume=")), None)
+    resume = _folder_value(overrides, "resume")
     if resume:
         # the stored config plus only the overrides that cannot change the run so far (see jobs/resume.py)
         from sparsetune.jobs.resume import resume_config
@@ -200,11 +209,9 @@ def evaluate(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG,
     overrides = _front(overrides, cfg, config_dir)
     if multirun:
         return _sweep("eval", overrides, cfg)
-    run = next((o.split("=", 1)[1] for o in overrides if o.startswith("run=")), None)
+    run = _folder_value(overrides, "run")
     if run == "":
         fail("run= needs a run folder, e.g. run=runs/20261127-101500-lora_llama")
-    from sparsetune.jobs.evaluate import evaluate_recipe, evaluate_run
-
     if run:
         rest = [o for o in overrides if not o.startswith("run=")]
         if cfg:
@@ -213,12 +220,16 @@ def evaluate(overrides: Optional[list[str]] = OVERRIDES, cfg: bool = SHOW_CFG,
 
             _print_cfg(load_run_config(RunFolder.open(run)))
             return
+        from sparsetune.jobs.evaluate import evaluate_run
+
         evaluate_run(run, rest)
     else:
-        conf = _compose(overrides)
+        conf = _compose(overrides)  # checked before the eval job (and torch) is imported
         if cfg:
             _print_cfg(conf)
             return
+        from sparsetune.jobs.evaluate import evaluate_recipe
+
         evaluate_recipe(conf, overrides)
 
 
@@ -260,16 +271,18 @@ def export(
 ) -> None:
     """Export a finished run (`run=DIR`) as a portable folder with a model card (README.md)."""
     overrides = _front(overrides, False, None)
-    run = next((o.split("=", 1)[1] for o in overrides if o.startswith("run=")), None)
+    run = _folder_value(overrides, "run")
     extra = [o for o in overrides if not o.startswith("run=")]
     if not run:
         fail("export needs run=RUN_DIR, e.g. sparsetune export run=runs/20261127-101500-lora_llama --format merged")
     if extra:
         fail(f"export takes only run=DIR, --format and --out; got: {' '.join(extra)}")
-    from sparsetune.jobs.export import FORMATS, export_run
+    from sparsetune.jobs.config import EXPORT_FORMATS
 
-    if format_ not in FORMATS:
-        fail(f"--format must be one of {', '.join(FORMATS)}, got '{format_}'")
+    if format_ not in EXPORT_FORMATS:  # before the export job imports torch
+        fail(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got '{format_}'")
+    from sparsetune.jobs.export import export_run
+
     dest = export_run(run, format_, out)
     typer.echo(f"exported {format_} to {dest}")
 

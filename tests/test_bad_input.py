@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sparsetune.cli import main
 from sparsetune.jobs import run_job
@@ -60,6 +61,36 @@ def _break(run: Path, how: str) -> None:
     elif how == "config_bad_value":
         text = (run / "config.yaml").read_text().replace("batch_size: 4", "batch_size: -4")
         (run / "config.yaml").write_text(text)
+    elif how == "config_missing_key":  # as another version or a hand edit leaves it: data.prompt_template gone
+        drop_keys(run, "prompt_template")
+
+
+def drop_keys(run: Path, *names: str) -> None:
+    """config.yaml without the lines of these keys (each a leaf key, at any depth)."""
+    lines = (run / "config.yaml").read_text().splitlines(keepends=True)
+    (run / "config.yaml").write_text("".join(ln for ln in lines if ln.strip().split(":")[0] not in names))
+
+
+# user files the table's `<name>` placeholders stand for (None: a directory of that name)
+USER_FILES = {
+    "tab.yaml": "trainer:\n\tlr: 0.1\n",  # a tab where YAML wants spaces
+    "a_dir.yaml": None,
+    "empty.yaml": "",
+    "config-dir": None,  # --config-dir with model/mine.yaml holding a tab
+}
+
+
+def _user_file(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / "user" / name
+    if name == "config-dir":
+        (path / "model").mkdir(parents=True)
+        (path / "model" / "mine.yaml").write_text("name: mine\n\tsource: hub\n")
+    elif USER_FILES[name] is None:
+        path.mkdir(parents=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(USER_FILES[name])
+    return path
 
 
 T = [*TINY]  # shorthand for train cases
@@ -121,6 +152,15 @@ CASES = [
     (["train", "resume=<copy>", "trainer.lr=1"], "resume"),
     (["train", "resume=<copy>", "<full-disk>"], "MB free"),  # resume checks free space too
     (["train", "resume=<locked>"], "being written by another sparsetune process"),  # one writer per run folder
+    # --- malformed recipe files: one line naming the user's file (issue #22 item 7)
+    (["train", *T, "recipe=<tab.yaml>"], "tab.yaml: line 2, column 1: not valid YAML"),
+    (["train", *T, "recipe=<a_dir.yaml>"], "a_dir.yaml is a directory"),
+    (["train", *T, "recipe=<empty.yaml>"], "empty.yaml is empty"),
+    (["train", *T, "--config-dir", "<config-dir>", "model=mine"], "model/mine.yaml: line 2, column 1: not valid YAML"),
+    # --- a value Hydra's grammar cannot read unquoted: the line shows the quoting (item 8; paths: PATHS below)
+    (["train", *T, "logger.group=é"], "quote the value: logger.group='é'"),
+    # --- a stored config lacking a key that shapes training: resume refuses rather than guess (item 5)
+    (["train", "resume=<config_missing_key>", "trainer.max_steps=3"], "has no data.prompt_template"),
     # --- the command line itself
     (["--bogus"], "--bogus"),
     (["trian"], "Did you mean 'train'"),
@@ -151,6 +191,8 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(args, needle, finis
 
             monkeypatch.setattr(checks.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, 1024))
             continue
+        elif a.strip("<>") in USER_FILES or a.startswith("recipe=<") and a[8:-1] in USER_FILES:
+            a = a.replace(a[a.index("<"):], str(_user_file(tmp_path, a[a.index("<") + 1:-1])))
         elif a.endswith(">") and "=<" in a:
             key, how = a[:-1].split("=<")
             if how in ("copy", "locked"):
@@ -167,7 +209,7 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(args, needle, finis
         argv.append(a)
     watched = {p: snapshot(p) for p in (runs, *[tmp_path / a.split("=<")[1][:-1] for a in args
                                                if a.endswith(">") and "=<" in a and a[:-1].split("=<")[1]
-                                               not in ("copy", "locked")])}
+                                               not in ("copy", "locked", *USER_FILES)])}
     with pytest.raises(SystemExit) as info:
         main(argv)
     out, err = capsys.readouterr()
@@ -181,6 +223,131 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(args, needle, finis
 
 def test_the_table_is_long_enough():
     assert len(CASES) >= 40
+
+
+# --- stored configs mean what they meant (issue #22 item 5) -----------------------------------------------
+STORED = [
+    # (case, keys dropped from config.yaml, command after `run`/`resume=RUN`, the keys filled and said)
+    ("eval-fills-and-says", ("prompt_template",), ["eval", "run=<run>"], ["data.prompt_template=alpaca"]),
+    ("resume-fills-bookkeeping-and-says", ("group",), ["train", "resume=<run>", "trainer.max_steps=3"],
+     ["logger.group=null"]),
+    ("resume-takes-the-trained-value", ("prompt_template", "group"),
+     ["train", "resume=<run>", "trainer.max_steps=3", "data.prompt_template=plain"], ["logger.group=null"]),
+]
+
+
+@pytest.mark.parametrize("case,dropped,args,filled", STORED, ids=[c[0] for c in STORED])
+def test_a_stored_config_missing_a_key_says_so_and_is_never_rewritten_with_defaults(case, dropped, args, filled,
+                                                                                     finished, tmp_path, capsys):
+    """The version that wrote config.yaml is recorded; a key it lacks is filled with one stderr line naming
+    the key and the value (or refused: CASES), and resume changes in config.yaml exactly the keys given."""
+    from sparsetune import __version__
+
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    assert (run / "config.yaml").read_text().startswith(f"sparsetune_version: {__version__}\n")
+    drop_keys(run, *dropped)
+    before = (run / "config.yaml").read_text()
+    with pytest.raises(SystemExit) as info:
+        main([a.replace("<run>", str(run)) for a in args])
+    err = capsys.readouterr().err
+    assert info.value.code == 0, err
+    said = [ln for ln in err.splitlines() if ln.startswith("warning:") and "config.yaml has no" in ln]
+    assert [ln.rsplit(" ", 1)[-1] for ln in said] == filled, err
+    assert all(f"written by sparsetune {__version__}" in ln for ln in said)
+    after = (run / "config.yaml").read_text()
+    if args[0] == "eval":
+        assert after == before
+        return
+    given = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args[2:]}  # exactly these keys changed
+    expect = yaml.safe_load(before)
+    for key, value in given.items():
+        group, name = key.split(".")
+        expect[group][name] = yaml.safe_load(value)
+    assert yaml.safe_load(after) == expect
+    assert "group" not in yaml.safe_load(after)["logger"]  # today's default was not written back
+
+
+# --- paths in overrides work with or without quotes (issue #22 item 8) -------------------------------------
+ODD = "é dir/a=b"  # a non-ASCII letter, a space and an '='
+
+
+def _quoted(value: str, how: str) -> str:
+    return {"bare": value, "single": f"'{value}'", "double": f'"{value}"'}[how]
+
+
+@pytest.mark.parametrize("how", ["bare", "single", "double"])
+def test_paths_with_odd_characters_work_with_or_without_quotes(how, finished, tmp_path, capsys):
+    """data.path, run_dir and eval.include_path as Hydra overrides; run= and resume= read by sparsetune."""
+    data = tmp_path / ODD / "train.jsonl"
+    data.parent.mkdir(parents=True)
+    data.write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) + "\n" for i in range(40)))
+    runs = tmp_path / ODD / "runs"
+    run = tmp_path / ODD / "run"
+    shutil.copytree(finished, run)
+
+    def cfg_of(*args: str) -> dict:
+        with pytest.raises(SystemExit) as info:
+            main([*args, "--cfg"])
+        out, err = capsys.readouterr()
+        assert info.value.code == 0, err
+        return yaml.safe_load(out)
+
+    q = lambda path: _quoted(str(path), how)  # noqa: E731
+    printed = cfg_of("train", *TINY, "data=jsonl", f"data.path={q(data)}", f"run_dir={q(runs)}",
+                     f"eval.include_path={q(data.parent)}")
+    assert (printed["data"]["path"], printed["run_dir"], printed["eval"]["include_path"]) == (
+        str(data), str(runs), str(data.parent))
+    assert cfg_of("eval", f"run={q(run)}")["model"]["name"] == "tiny_llama"
+    assert cfg_of("train", f"resume={q(run)}")["resume"] == str(run)
+    if how == "bare":  # and a run trains from that file into that runs root
+        with pytest.raises(SystemExit) as info:
+            main(["train", *TINY, "data=jsonl", f"data.path={data}", f"run_dir={runs}", "eval=none",
+                  "trainer.max_steps=1", "data.prompt_template=none"])
+        assert info.value.code == 0, capsys.readouterr().err
+        assert len(list(runs.iterdir())) == 1
+
+
+# --- a bad value is refused before torch is imported (issue #22 item 9) ------------------------------------
+HEAVY = ("torch", "transformers", "peft", "datasets", "lm_eval")
+REFUSED_FAST = [  # each fails on a value, with none of HEAVY imported (sparsetune.methods.CONFIGS)
+    ["train", "trainer.lr=-1"],
+    *[["train", f"method={name}", "trainer.lr=-1"] for name in
+      ("full", "lora", "dora", "s2ft", "spt", "pat", "prune_lora", "gslora", "gslora_pp", "gslora_nogs",
+       "gslora_full", "gslora_retrain", "evit")],
+    ["train", "recipe=lora_llama", "method.r=0"],
+    ["train", "recipe=s2ft_llama", "method.d_ratio=-1"],
+    ["prune", "recipe=pat_llama", "method.prune_ratio=2"],
+    ["forget", "method.dropout=1.5"],
+    ["eval", "recipe=lora_llama", "eval.limit=-1"],
+    ["export", "run=/nonexistent", "--format", "mergd"],
+]
+PROBE = """
+import json, sys
+from sparsetune.cli import main
+
+heavy, results = {heavy}, []
+for args in json.loads(sys.argv[1]):
+    try:
+        main(args)
+    except SystemExit as exc:
+        results.append([exc.code, [m for m in heavy if m in sys.modules]])
+print(json.dumps(results))
+"""
+
+
+def test_a_bad_value_is_refused_before_torch_is_imported():
+    """One process runs every refused command in turn; none may have imported torch & co. by then (the
+    config is composed and checked with the methods' light config modules; a job imports after)."""
+    done = subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), json.dumps(REFUSED_FAST)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+    assert len(results) == len(REFUSED_FAST) == len(errors), done.stderr
+    for args, (code, loaded), line in zip(REFUSED_FAST, results, errors):
+        assert code == 2, (args, line)
+        assert not loaded, f"{' '.join(args)} imported {loaded} before refusing: {line}"
 
 
 # --- faults mid-run ---------------------------------------------------------------------------------

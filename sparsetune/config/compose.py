@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from sparsetune.config.overrides import grammar_hint, quote_path, unquote
 from sparsetune.config.schema import MethodConfig, renamed_keys
 from sparsetune.errors import ConfigError
 
@@ -102,20 +103,47 @@ def _sanitise(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-") or "recipe"
 
 
-def _user_recipe(overrides: list[str], tmp: Path) -> tuple[list[str], str | None]:
-    """`recipe=path/to/mine.yaml` → a copy as `recipe/user__mine.yaml` in `tmp`, added to the search
-    path; returns the new overrides and the recipe's run name (the file's stem, sanitised)."""
-    index = next((i for i, o in enumerate(overrides) if o.startswith("recipe=")
-                  and o.split("=", 1)[1].lower().endswith(RECIPE_SUFFIXES)), None)
-    if index is None:
-        return overrides, None
-    path = Path(overrides[index].split("=", 1)[1]).expanduser()
+def yaml_error(path, exc: yaml.YAMLError) -> str:
+    """'FILE: line L, column C: not valid YAML (problem)', the line and column as an editor counts them."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    hint = "; indent with spaces, YAML allows no tabs" if "'\\t'" in problem else ""
+    return f"{path}: {where}not valid YAML ({problem}){hint}"
+
+
+def read_recipe_file(path: Path) -> str:
+    """A user's recipe file's text, or one ConfigError line naming the file: not there, a directory,
+    unreadable, not YAML (with the line and column), empty, or not a mapping of config keys. Hydra
+    would read a copy of it and report a traceback naming that copy, or run an empty file as a recipe."""
+    if path.is_dir():
+        raise ConfigError(f"recipe file {path} is a directory; give a .yaml file")
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read recipe file ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_error(path, exc)) from None
+    if data is None:
+        raise ConfigError(f"recipe file {path} is empty; a recipe sets config keys (see recipes/recipe/*.yaml)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe file {path} holds a {type(data).__name__}, not a mapping of config keys")
+    return text
+
+
+def _user_recipe(overrides: list[str], tmp: Path) -> tuple[list[str], str | None]:
+    """`recipe=path/to/mine.yaml` → a copy as `recipe/user__mine.yaml` in `tmp`, added to the search
+    path; returns the new overrides and the recipe's run name (the file's stem, sanitised)."""
+    index = next((i for i, o in enumerate(overrides) if o.startswith("recipe=")
+                  and unquote(o.split("=", 1)[1]).lower().endswith(RECIPE_SUFFIXES)), None)
+    if index is None:
+        return overrides, None
+    path = Path(unquote(overrides[index].split("=", 1)[1])).expanduser()
+    text = read_recipe_file(path)
     if "@package" not in "".join(text.lstrip().splitlines(keepends=True)[:3]):
         text = "# @package _global_\n" + text  # recipes set top-level keys (model:, trainer:, …)
     name = _sanitise(path.stem)
@@ -152,22 +180,30 @@ def compose(overrides: list[str] | None = None, method_schema: MethodSchemas | N
     """Compose `config.yaml` with the given Hydra overrides; returns a validated, typed DictConfig."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from hydra.errors import HydraException
+    from hydra.errors import HydraException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
     overrides = list(overrides or [])
     with tempfile.TemporaryDirectory(prefix="sparsetune-recipe-") as tmp:
         overrides, user_recipe = _user_recipe(overrides, Path(tmp))
         _check_overrides(overrides)
+        forced = [_force(quote_path(o)) for o in overrides]  # paths work with or without quotes
         try:
             with initialize_config_dir(config_dir=str(RECIPES_DIR), version_base=None):
-                cfg = hydra_compose("config", overrides=[_force(o) for o in overrides])
+                cfg = hydra_compose("config", overrides=forced)
         except (HydraException, OmegaConfBaseException) as exc:
             root = _root_cause(exc)
+            if isinstance(root, OverrideParseException) or isinstance(exc, OverrideParseException):
+                hint = grammar_hint(forced)
+                if hint:
+                    raise ConfigError(hint) from None
             key = getattr(root, "full_key", None)
             if key and "not in struct" in str(root):
                 raise ConfigError(_unknown_key(key, _method_name(overrides), method_schema=method_schema)) from None
             raise ConfigError(_one_line(root) or _one_line(exc)) from None
+        except yaml.YAMLError as exc:  # an option file in the user's --config-dir that is not YAML
+            mark = getattr(exc, "problem_mark", None)
+            raise ConfigError(yaml_error(getattr(mark, "name", "a config file"), exc)) from None
         except (ValueError, TypeError) as exc:  # e.g. `data.tasks.x=1`: a key into a list
             from sparsetune.config.checks import override_error
             from sparsetune.config.store import registered_method_schema

@@ -31,6 +31,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sparsetune.config.checks import check_environment
+from sparsetune.config.stored import stored_yaml
 from sparsetune.engine.interrupts import critical
 from sparsetune.errors import ConfigError, RunFolderBusyError, RunFolderGoneError, UserError, WriteFaultError
 from sparsetune.paths import runs_root
@@ -179,7 +180,7 @@ class RunFolder:
         lock_run_folder(path)  # before anything is written into it
         (path / "checkpoints").mkdir()
         run = cls(path)
-        atomic_write_text(run.config_path, OmegaConf.to_yaml(cfg))
+        atomic_write_text(run.config_path, stored_yaml(OmegaConf.to_yaml(cfg)))  # with the version that wrote it
         atomic_write_text(path / "overrides.txt", " ".join([job, *overrides]) + "\n")
         return run
 

@@ -37,13 +37,12 @@ from sparsetune.engine.progress import console
 from sparsetune.engine.run_folder import RunFolder
 from sparsetune.engine.runtime import quiet_libraries, seed_everything
 from sparsetune.errors import UserError
+from sparsetune.jobs.config import EXPORT_FORMATS as FORMATS
 from sparsetune.jobs.config import load_run_config
 from sparsetune.jobs.evaluate import at_step, checkpoint_step, from_checkpoint
 from sparsetune.jobs.vision_base import ensure_vision_base
 from sparsetune.methods import build_method, method_class
 from sparsetune.models import load_model
-
-FORMATS = ("merged", "adapter", "peft")
 
 
 def refusal(method: str, fmt: str) -> str | None:

@@ -178,7 +178,8 @@ def test_environment_free_space_floor(tmp_path):
 
 def test_setup_checks_the_runs_root_before_loading_anything(tmp_path, monkeypatch):
     """A bad runs root fails in `setup` before data or model are loaded and before any folder exists."""
-    import sparsetune.data as data
+    import sparsetune.jobs.assemble as assemble  # patched where setup looks it up (and imported first:
+    # a module imported under the patch would keep the stub for every later test)
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -187,8 +188,6 @@ def test_setup_checks_the_runs_root_before_loading_anything(tmp_path, monkeypatc
     def boom(*a, **k):
         raise AssertionError("data loaded before the environment check")
 
-    monkeypatch.setattr(data, "load_splits", boom)
-    from sparsetune.jobs.assemble import setup
-
+    monkeypatch.setattr(assemble, "load_splits", boom)
     with pytest.raises(ConfigError, match=r"^run_dir: .*not a directory"):
-        setup(cfg, [], "train")
+        assemble.setup(cfg, [], "train")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from sparsetune.config.schema import one_of
+from sparsetune.config.schema import MethodConfig, one_of
 from sparsetune.errors import ConfigError
-from sparsetune.methods.base import MethodConfig
 from sparsetune.methods.lora import check_lora
 
 # the LoRA's target roles (PAT's reference tunes every linear)
@@ -79,6 +78,45 @@ def check_config(cfg) -> None:
         raise ConfigError(f"method.tau_max: {cfg.tau_max} must be greater than 1")
     if cfg.mask_lr is not None and float(cfg.mask_lr) <= 0:
         raise ConfigError(f"method.mask_lr: {cfg.mask_lr} must be positive (or null for trainer.lr)")
+    check_lora(cfg)
+    if int(cfg.calibration_batches) < 1:
+        raise ConfigError("method.calibration_batches: must be at least 1")
+
+
+@dataclass
+class PruneLoRAConfig(MethodConfig):
+    """Sizing as PAT (prune_ratio, round_to, align_heads); LoRA defaults as PAT's, so only pruning differs."""
+
+    name: str = "prune_lora"
+    prune_ratio: float = 0.25  # fraction of hidden channels removed before fine-tuning
+    # magnitude (weights) | activation (residual-stream RMS on calibration batches)
+    importance: str = one_of("magnitude", "magnitude", "activation")  # importance.KINDS
+    calibration_batches: int = 4  # training batches for activation importance
+    round_to: int = 1
+    align_heads: Any = one_of("auto", "auto", True, False)
+    # RMSNorm gains/eps after the cut: exact = PAT's fold (g x sqrt(d/d'), eps x d/d') | none = sliced as
+    # they are | auto = the lower LM loss of the two on calibration_batches (exact without batches)
+    norm_correction: str = one_of("auto", "exact", "none", "auto")
+    base: str = one_of("lora", "lora", "dora", "full")  # what trains on the pruned model
+    # the LoRA (base=lora|dora), under PEFT's names as in method=lora
+    r: int = 20
+    alpha: float = 4.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(ALL_LINEARS))
+    baseline_run: Optional[str] = None  # an unpruned run recorded next to this one (see PAT)
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        super().check(cfg)
+        check_prune_lora(cfg)
+
+
+def check_prune_lora(cfg) -> None:
+    """Ranges, one readable line per bad value (OmegaConf checks types, `check_choices` the enums)."""
+    if not 0.0 < float(cfg.prune_ratio) < 1.0:
+        raise ConfigError(f"method.prune_ratio: {cfg.prune_ratio} must be between 0 and 1 (exclusive)")
+    if int(cfg.round_to) < 1:
+        raise ConfigError(f"method.round_to: {cfg.round_to} must be a positive integer")
     check_lora(cfg)
     if int(cfg.calibration_batches) < 1:
         raise ConfigError("method.calibration_batches: must be at least 1")

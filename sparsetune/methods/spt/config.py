@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from sparsetune.config.schema import one_of
+from sparsetune.config.schema import MethodConfig, one_of
 from sparsetune.errors import ConfigError
-from sparsetune.methods.base import MethodConfig
 
 LORA_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 

@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from peft import LoraConfig, get_peft_model
 
 from sparsetune.errors import ConfigError
-from sparsetune.methods.base import Method, MethodConfig
+from sparsetune.methods.base import Method
 from sparsetune.models.arch import expand_roles
 
-
-@dataclass
-class LoRAConfig(MethodConfig):
-    """PEFT's LoraConfig under the names every LoRA in this project uses: r, alpha (lora_alpha),
-    dropout (lora_dropout), target_modules."""
-
-    name: str = "lora"
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.0
-    # role names (q, k, v, o, gate, up, down), attribute names (q_proj, …) or groups (attn, mlp): models/arch.py
-    target_modules: list[str] = field(default_factory=lambda: ["q", "k", "v", "up", "down"])
-    train_head: bool = False  # also train the classifier head (vision)
-
-    @classmethod
-    def check(cls, cfg) -> None:
-        super().check(cfg)
-        check_lora(cfg)
-
-
-def check_lora(cfg) -> None:
-    """The LoRA knobs every method with a LoRA shares (r, dropout), one ConfigError line each."""
-    if int(cfg.r) < 1:
-        raise ConfigError(f"method.r: {cfg.r} must be a positive integer (the LoRA rank)")
-    if not 0.0 <= float(cfg.dropout) < 1.0:
-        raise ConfigError(f"method.dropout: {cfg.dropout} must be in [0, 1)")
+from .config import DoRAConfig, LoRAConfig
 
 
 def resolve_targets(arch, targets: list[str]) -> list[str]:
@@ -84,11 +58,6 @@ class LoRA(Method):
         path.mkdir(parents=True, exist_ok=True)
         model.merge_and_unload().save_pretrained(path)
         return path
-
-
-@dataclass
-class DoRAConfig(LoRAConfig):
-    name: str = "dora"
 
 
 class DoRA(LoRA):
