@@ -49,12 +49,12 @@ def test_choices_agree_with_what_the_code_dispatches_on():
     from sparsetune.methods.gslora.groups import GROUPINGS
     from sparsetune.methods.gslora.losses import FORGET_LOSSES
     from sparsetune.methods.gslora.prototypes import SOURCES
-    from sparsetune.methods.pat.config import PATConfig
+    from sparsetune.methods.pat.config import PATConfig, PruneLoRAConfig
     from sparsetune.methods.pat.importance import KINDS
 
     gs = choices_of(GSLoRAConfig)
     assert set(gs["forget_loss"]) == set(FORGET_LOSSES) and gs["groups"] == GROUPINGS and gs["proto_on"] == SOURCES
-    assert choices_of(PATConfig)["freeze_selection"] == KINDS
+    assert choices_of(PATConfig)["freeze_selection"] == choices_of(PruneLoRAConfig)["importance"] == KINDS
 
 
 @pytest.mark.parametrize("overrides,message", [
