@@ -357,3 +357,9 @@ def test_submitit_slurm_off_a_cluster_is_one_line(fake, capsys, monkeypatch, tmp
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert code == 2 and len(lines) == 1 and "hydra/launcher=submitit_slurm" in lines[0] and "srun" in lines[0], err
     assert fake() == []
+
+
+def test_a_non_ascii_path_sweeps_bare_and_a_path_list_stays_a_sweep():
+    grid = expand(["data.path=/data/é x.jsonl", "seed=0,1"])
+    assert grid.fixed == ["data.path=/data/é x.jsonl"] and len(grid.points) == 2
+    assert expand(["data.path=/d/a.jsonl,/d/b.jsonl"]).swept == {"data.path": ["/d/a.jsonl", "/d/b.jsonl"]}

@@ -21,6 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
 from sparsetune.config.compose import RECIPES_DIR, SEARCHPATH_KEY
+from sparsetune.config.overrides import quote_path
 from sparsetune.engine.run_folder import RunFolder
 from sparsetune.errors import ConfigError
 from sparsetune.jobs.config import compose_job
@@ -114,6 +115,19 @@ def point_id(params: dict[str, str]) -> str:
     return safe
 
 
+def _parse(parser, raw: str) -> list:
+    """Hydra's parse of one override; a path value Hydra's grammar cannot read bare (`data.path=/d/é.jsonl`)
+    is read quoted, as a single run reads it (config/overrides.quote_path). A sweep of paths
+    (`data.path=a.jsonl,b.jsonl`) parses bare, so it stays a sweep."""
+    try:
+        return parser.parse_overrides([raw])
+    except HydraException:
+        quoted = quote_path(raw)
+        if quoted == raw:
+            raise
+        return parser.parse_overrides([quoted])
+
+
 def expand(overrides: Sequence[str]) -> Grid:
     """The cartesian product of every sweep override, as Hydra's BasicSweeper builds it (a later
     override of the same key replaces an earlier one in its place); fixed overrides keep their
@@ -125,7 +139,7 @@ def expand(overrides: Sequence[str]) -> Grid:
         parser = OverridesParser.create(config_loader=_GroupOptions(loader, searchpath))
         for raw in overrides:
             try:
-                (ov,) = parser.parse_overrides([raw])
+                (ov,) = _parse(parser, raw)
                 sweep = ov.is_sweep_override()
                 key, bare = ov.get_key_element(), override_key(raw)
                 if bare.startswith("sweep.") or bare == LAUNCHER_GROUP or bare.startswith("hydra.launcher."):
