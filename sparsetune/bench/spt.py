@@ -1,7 +1,9 @@
 """`sparsetune bench spt`: one Llama-shaped Transformer block (d 1024, 16 heads, FFN 2816; `--quick`:
 d 256, 4 heads, FFN 704), forward + backward + AdamW, fp32, batch 4 at S = 512 and 1024: full
 fine-tuning (eager attention), PEFT LoRA r16 on every linear with eager and with SDPA attention, and
-SPT (LoRA r16 on every linear + sparse MHA with L = S/8 + routed FFN top-2 of 4 blocks, sparse phase).
+SPT (LoRA r16 on every linear + sparse MHA with L = S/8 + routed FFN top-2 of 4 blocks, sparse phase)
+with per-key top-L selection (`spt`, the paper's) and with key blocks (`spt_block`:
+`method.attention_selection=block`, 32-query x 32-key blocks, top L/32 key blocks per query block).
 
 Each variant runs in its own process. Measured: `step_time_s` (median after warm-up),
 `peak_memory_mb` (CUDA: max allocated; CPU: process peak RSS), and the attention/FFN split
@@ -32,6 +34,7 @@ MEASURE = "sparsetune.bench.spt:measure_block"
 ALL_LINEARS = "[q,k,v,o,gate,up,down]"
 FULL_SHAPE = {"hidden": 1024, "heads": 16, "ffn": 2816}
 QUICK_SHAPE = {"hidden": 256, "heads": 4, "ffn": 704}
+BLOCK = ["method.attention_selection=block", "method.query_block=32", "method.key_block=32"]
 
 
 def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
@@ -48,12 +51,13 @@ def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
         variants=[Variant("full", MEASURE, ["method=full", "model.attn_implementation=eager", *common]),
                   Variant("lora_eager", MEASURE, [*lora, "model.attn_implementation=eager", *common]),
                   Variant("lora_sdpa", MEASURE, [*lora, "model.attn_implementation=sdpa", *common]),
-                  Variant("spt", MEASURE, [*spt, "model.attn_implementation=sdpa", *common])],
+                  Variant("spt", MEASURE, [*spt, "model.attn_implementation=sdpa", *common]),
+                  Variant("spt_block", MEASURE, [*spt, *BLOCK, "model.attn_implementation=sdpa", *common])],
         settings=settings,
         baseline="lora_eager",  # the paper's baseline
         ratio_metrics=["step_time_s", "peak_memory_mb", "saved_activation_mb", "attn_time_s", "ffn_time_s",
                        "attn_saved_mb", "ffn_saved_mb"],
-        extra_ratios=[("spt", "lora_sdpa"), ("spt", "full")],
+        extra_ratios=[("spt", "lora_sdpa"), ("spt", "full"), ("spt_block", "lora_sdpa"), ("spt_block", "spt")],
     )
 
 
@@ -63,7 +67,8 @@ MODEL_MEASURE = "sparsetune.bench.spt:measure_model"
 def model_benchmark(quick: bool, overrides: list[str]) -> Benchmark:
     """`sparsetune bench spt_model`: the whole SmolLM2-135M (its exact shape, random weights: no package
     needed, and step time / memory do not depend on the weights) at batch 1, S = 1024 (`--quick`: 256):
-    LoRA r16 on every linear with SDPA (the baseline) and eager attention, and SPT."""
+    LoRA r16 on every linear with SDPA (the baseline) and eager attention, and SPT with per-key and with
+    block key selection."""
     common = ["model=smollm2_135m_shape", "logger=quiet", *overrides]
     lora = ["method=lora", "method.r=16", f"method.target_modules={ALL_LINEARS}"]
     spt = ["method=spt", "method.warmup_ratio=0.0", "method.kmeans_init=false"]
@@ -73,11 +78,12 @@ def model_benchmark(quick: bool, overrides: list[str]) -> Benchmark:
         name="spt_model",
         variants=[Variant("lora_sdpa", MODEL_MEASURE, [*lora, "model.attn_implementation=sdpa", *common]),
                   Variant("lora_eager", MODEL_MEASURE, [*lora, "model.attn_implementation=eager", *common]),
-                  Variant("spt", MODEL_MEASURE, [*spt, "model.attn_implementation=sdpa", *common])],
+                  Variant("spt", MODEL_MEASURE, [*spt, "model.attn_implementation=sdpa", *common]),
+                  Variant("spt_block", MODEL_MEASURE, [*spt, *BLOCK, "model.attn_implementation=sdpa", *common])],
         settings=[Setting(f"smollm2_1x{seq}", {"batch": 1, "seq": seq, **steps})],
         baseline="lora_sdpa",
         ratio_metrics=["step_time_s", "peak_memory_mb", "saved_activation_mb"],
-        extra_ratios=[("spt", "lora_eager")],
+        extra_ratios=[("spt", "lora_eager"), ("spt_block", "spt")],
     )
 
 

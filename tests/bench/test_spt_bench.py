@@ -22,13 +22,16 @@ def _threads():
 
 def test_block_benchmark_has_the_issue_shape_and_four_variants():
     bench = build_benchmark("spt", quick=False, overrides=["trainer.threads=1"])
-    assert [v.name for v in bench.variants] == ["full", "lora_eager", "lora_sdpa", "spt"]
+    assert [v.name for v in bench.variants] == ["full", "lora_eager", "lora_sdpa", "spt", "spt_block"]
     assert bench.baseline == "lora_eager" and ("spt", "lora_sdpa") in bench.extra_ratios
+    assert ("spt_block", "spt") in bench.extra_ratios
     assert [s.params["seq"] for s in bench.settings] == [512, 1024]
     for s in bench.settings:
         assert (s.params["hidden"], s.params["heads"], s.params["ffn"], s.params["batch"]) == (1024, 16, 2816, 4)
-    cfgs = {v.name: compose(v.overrides) for v in bench.variants if v.name in ("spt", "lora_sdpa")}
+    cfgs = {v.name: compose(v.overrides) for v in bench.variants if v.name in ("spt", "spt_block", "lora_sdpa")}
     assert cfgs["spt"].method.name == "spt" and cfgs["spt"].method.warmup_ratio == 0.0  # sparse from step 1
+    assert cfgs["spt"].method.attention_selection == "per_key"
+    assert cfgs["spt_block"].method.attention_selection == "block" and cfgs["spt_block"].method.key_block == 32
     assert cfgs["lora_sdpa"].model.attn_implementation == "sdpa" and cfgs["lora_sdpa"].method.r == 16
     assert "model.attn_implementation=eager" in bench.variants[1].overrides
     assert "saved_activation_mb" in bench.ratio_metrics
@@ -36,7 +39,8 @@ def test_block_benchmark_has_the_issue_shape_and_four_variants():
 
 def test_model_benchmark_is_whole_smollm2_at_1024():
     bench = build_benchmark("spt_model", quick=False, overrides=[])
-    assert [v.name for v in bench.variants] == ["lora_sdpa", "lora_eager", "spt"] and bench.baseline == "lora_sdpa"
+    assert [v.name for v in bench.variants] == ["lora_sdpa", "lora_eager", "spt", "spt_block"]
+    assert bench.baseline == "lora_sdpa"
     (setting,) = bench.settings
     assert setting.params["seq"] == 1024 and setting.params["batch"] == 1
     cfg = compose(bench.variants[2].overrides)

@@ -1,4 +1,5 @@
-"""Sparse multi-head attention over the top-L keys per query, chosen by matching PQ codes.
+"""Sparse multi-head attention over the top-L keys per query, chosen by matching PQ codes (or, with
+method.attention_selection=block, over key blocks per query block: blocks.py).
 
 Everything on the sparse path is chunked over queries: the largest temporaries are a (chunk x S_k)
 code-match count per head and the gathered (chunk x L) keys/values, never an S x S tensor. The
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import block_sparse_attention, select_key_blocks
 from .pq import codebook_loss, pq_codes
 
 
@@ -258,10 +260,18 @@ class SPTAttention(nn.Module):
             with torch.no_grad():
                 q_codes = pq_codes(q.detach(), self.codebook).view(b, q.shape[1], sq, -1)
                 k_codes = pq_codes(k.detach(), self.codebook).view(b, k.shape[1], sk, -1)
-            idx = select_top_l(q_codes, k_codes, num, int(self.cfg.num_centroids), key_valid,
-                               int(self.cfg.query_chunk), row_keys, int(self.cfg.keep_first))
-            self.state.keys_per_query.append((num, sk))
-            out = sparse_attention(q, k, v, idx, a.scaling, int(self.cfg.query_chunk))
+            if self.cfg.attention_selection == "block":
+                qb, kb = int(self.cfg.query_block), int(self.cfg.key_block)
+                padded = key_valid if row_keys is not None else None  # all-valid: no per-key mask to apply
+                idx = select_key_blocks(q_codes, k_codes, num, int(self.cfg.num_centroids), qb, kb, padded,
+                                        row_keys, int(self.cfg.keep_first))
+                self.state.keys_per_query.append((min(sk, int(idx.shape[-1]) * kb), sk))
+                out = block_sparse_attention(q, k, v, idx, a.scaling, qb, kb, padded, int(self.cfg.query_chunk))
+            else:
+                idx = select_top_l(q_codes, k_codes, num, int(self.cfg.num_centroids), key_valid,
+                                   int(self.cfg.query_chunk), row_keys, int(self.cfg.keep_first))
+                self.state.keys_per_query.append((num, sk))
+                out = sparse_attention(q, k, v, idx, a.scaling, int(self.cfg.query_chunk))
             out = out.transpose(1, 2)
         else:
             interface = self._modeling.ALL_ATTENTION_FUNCTIONS.get_interface(

@@ -27,6 +27,12 @@ class SPTConfig(MethodConfig):
     # paper: PQ matching rarely picks the sink, and pretrained models put much of their attention there)
     keep_first: int = 0
     query_chunk: int = 128  # queries per chunk on the sparse path (bounds the chunk x S code-match tensor)
+    # "per_key" (the paper): each query keeps its own top-L keys; "block": each block of query_block
+    # queries keeps its top ceil(L / key_block) key blocks ranked by summed code matches (the diagonal
+    # block always kept), computed as dense GEMMs per block (blocks.py; not in the paper)
+    attention_selection: str = one_of("per_key", "per_key", "block")
+    key_block: int = 32  # keys per key block (attention_selection=block)
+    query_block: int = 32  # queries per query block (attention_selection=block)
     codebook_loss_weight: float = 1e-2
     codebook_tokens: int = 1024  # q/k vectors per layer sampled for the codebook loss each step
     kmeans_init: bool = True  # calibration (k-medians (L1) codebooks, router fit) when the engine has batches
@@ -71,7 +77,7 @@ class SPTConfig(MethodConfig):
 def check_config(cfg) -> None:
     """Ranges, one readable line per bad value (OmegaConf checks types, `check_choices` the enums)."""
     for key in ("sub_dim", "num_centroids", "min_keys", "query_chunk", "codebook_tokens", "ffn_blocks",
-                "ffn_top_k", "r", "kmeans_batches", "kmeans_iters"):
+                "ffn_top_k", "r", "kmeans_batches", "kmeans_iters", "key_block", "query_block"):
         if int(getattr(cfg, key)) < 1:
             raise ConfigError(f"method.{key}: {getattr(cfg, key)} must be a positive integer")
     if int(cfg.keep_first) < 0:
