@@ -89,7 +89,9 @@ def summarise(stats: dict) -> list[str]:
 def train_codebooks(job, steps: int, soft: str = "log", lr: float = 1e-2, batches: int = 4) -> float:
     """Phase 1's codebook training alone: q/k vectors (codebook_tokens per layer and batch) of a dense
     forward on the first `batches` training batches, then `steps` Adam steps of the mean codebook loss
-    over the layers on only the codebooks. Returns the last step's loss."""
+    over the layers on only the codebooks, on one thread (multi-threaded reductions in the loss's
+    backward differ in the last bits from run to run, and 200 steps grow that into different codes for
+    vectors near a boundary: ±0.03 in the probe's loss). Returns the last step's loss."""
     method, bs = job.method, job.cfg.trainer.batch_size
     state = method.state
     saved = state.sparse, state.sparse_eval
@@ -108,12 +110,17 @@ def train_codebooks(job, steps: int, soft: str = "log", lr: float = 1e-2, batche
     books = [a.codebook for a in method.attention]
     opt = torch.optim.Adam(books, lr=lr)
     loss = torch.zeros(())
-    with torch.enable_grad():
-        for _ in range(steps):
-            loss = torch.stack([codebook_loss(rows[a.layer], a.codebook, soft) for a in method.attention]).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.enable_grad():
+            for _ in range(steps):
+                loss = torch.stack([codebook_loss(rows[a.layer], a.codebook, soft) for a in method.attention]).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
     for book in books:
         book.grad = None
     return float(loss.detach())
