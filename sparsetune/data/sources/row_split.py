@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 from sparsetune.data.sources.common import stable_rng
-from sparsetune.data.sources.split import test_count
+from sparsetune.data.sources.split import carve_val, test_count
 from sparsetune.errors import DataError
 
 NONE = np.empty(0, dtype=np.int64)
@@ -83,11 +83,7 @@ def split_rows(train_rows: np.ndarray, task: np.ndarray, key: np.ndarray, task_n
     if val is not None and len(val) > 0:
         val = _without(val, key, test)
     else:
-        n_val = max(0, int(data_cfg.val_size or 0))
-        if n_val >= len(pool):
-            raise DataError(f"data '{data_cfg.name}': val_size={n_val} leaves no training examples "
-                            f"({len(pool)} available after the test split)")
-        val, pool = pool[:n_val], pool[n_val:]
+        val, pool = carve_val(pool, data_cfg)
     train = _without(pool, key, val)
     if data_cfg.train_size is not None:
         train = train[: max(0, int(data_cfg.train_size))]

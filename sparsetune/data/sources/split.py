@@ -52,6 +52,16 @@ def test_count(task: str, available: int, test_size: int, cap: bool = True) -> i
     return wanted
 
 
+def carve_val(pool, data_cfg: Any):
+    """(val, rest): the first `data.val_size` items of the shuffled pool (a list or an array of rows);
+    a size that leaves nothing to train on is one line."""
+    n_val = max(0, int(data_cfg.val_size or 0))
+    if n_val >= len(pool):
+        raise DataError(f"data '{data_cfg.name}': val_size={n_val} leaves no training examples "
+                        f"({len(pool)} available after the test split)")
+    return pool[:n_val], pool[n_val:]
+
+
 def hold_out(by_task: dict[str, list[Example]], data_cfg: Any, *, shuffle_tasks: bool = True,
              cap_test: bool = True, key: Callable[[Example], str] = _prompt) -> tuple[list[Example], list[Example]]:
     """(held-out part, the rest pooled and shuffled): per task, deduplicated on `key`, then
@@ -102,11 +112,7 @@ def make_splits(
     if val is not None and len(val) > 0:
         val_out = [ex for ex in val if key(ex) not in held_out]
     else:
-        n_val = max(0, int(data_cfg.val_size or 0))
-        if n_val >= len(pool):
-            raise DataError(f"data '{data_cfg.name}': val_size={n_val} leaves no training examples "
-                            f"({len(pool)} available after the test split)")
-        val_out, pool = pool[:n_val], pool[n_val:]
+        val_out, pool = carve_val(pool, data_cfg)
     val_keys = {key(ex) for ex in val_out}
     train = [ex for ex in pool if key(ex) not in val_keys]
     if data_cfg.train_size is not None:
