@@ -83,7 +83,7 @@ def model_benchmark(quick: bool, overrides: list[str]) -> Benchmark:
         settings=[Setting(f"smollm2_1x{seq}", {"batch": 1, "seq": seq, **steps})],
         baseline="lora_sdpa",
         ratio_metrics=["step_time_s", "peak_memory_mb", "saved_activation_mb"],
-        extra_ratios=[("spt", "lora_eager"), ("spt_block", "spt")],
+        extra_ratios=[("spt", "lora_eager"), ("spt_block", "lora_eager"), ("spt_block", "spt")],
     )
 
 
