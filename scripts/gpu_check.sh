@@ -6,6 +6,8 @@
 #      (random weights: timing and memory do not depend on the values);
 #   3. `sparsetune bench pat` on Llama-3.2-1B's shape in bf16;
 #   4. `sparsetune bench evit` (DeiT-S shape) and `sparsetune bench spt` (one Llama-shaped block).
+#   4c. SPT's Triton block-sparse attention: its tests compiled on CUDA, then forward+backward time
+#      against SDPA flash (causal) and the PyTorch block path (scripts/spt_triton_timing.py; ~1 min);
 #   5. multi-process engine on the one GPU: DDP over NCCL (torchrun, world size 1) and FSDP2, one line
 #      each with the median step time (full fine-tuning of $SMALL, bf16, 20 steps; docs/scale-out.md).
 # Benchmarks run 2 alternating rounds (median ratio with its spread). Budget: about 12 minutes in all.
@@ -42,6 +44,11 @@ timeout 90 python3 -m sparsetune.cli bench evit --rounds 2 --out "$OUT/bench-evi
 echo "== 4b. bench spt (one Llama-shaped block)"
 timeout 120 python3 -m sparsetune.cli bench spt --rounds 2 --out "$OUT/bench-spt.json" 2>&1 \
   | tee "$OUT/bench-spt.log" | tail -40
+echo "== 4c. SPT Triton block-sparse attention: tests on CUDA (no interpreter), then timing vs SDPA and the torch path"
+SPARSETUNE_TEST_DEVICE=cuda timeout 40 python3 -m pytest -p no:cacheprovider -q tests/methods/test_spt_triton.py 2>&1 \
+  | tee "$OUT/spt-triton-tests.log" | tail -8
+timeout 20 python3 scripts/spt_triton_timing.py --out "$OUT/spt-triton-timing.json" 2>&1 \
+  | tee "$OUT/spt-triton-timing.log" | tail -6
 echo "== 5. DDP (NCCL) and FSDP2 through torchrun on 1 GPU (world size 1), $SMALL, full, bf16"
 for strategy in ddp fsdp; do
   timeout 120 python3 -m torch.distributed.run --standalone --nproc-per-node 1 -m sparsetune.cli train \

@@ -266,7 +266,8 @@ class SPTAttention(nn.Module):
                 idx = select_key_blocks(q_codes, k_codes, num, int(self.cfg.num_centroids), qb, kb, padded,
                                         row_keys, int(self.cfg.keep_first))
                 self.state.keys_per_query.append((min(sk, int(idx.shape[-1]) * kb), sk))
-                out = block_sparse_attention(q, k, v, idx, a.scaling, qb, kb, padded, int(self.cfg.query_chunk))
+                out = block_sparse_attention(q, k, v, idx, a.scaling, qb, kb, padded, int(self.cfg.query_chunk),
+                                             self.cfg.attention_kernel)
             else:
                 idx = select_top_l(q_codes, k_codes, num, int(self.cfg.num_centroids), key_valid,
                                    int(self.cfg.query_chunk), row_keys, int(self.cfg.keep_first))

@@ -25,6 +25,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from sparsetune.errors import ConfigError
+
+from .triton_blocks import triton_block_sparse_attention, unusable_reason
+
 
 def num_blocks(length: int, block: int) -> int:
     return max(1, math.ceil(length / block))
@@ -234,10 +238,26 @@ class BlockSparseAttentionFunction(torch.autograd.Function):
         return dq, dk.to(k.dtype), dvv.to(v.dtype), None, None, None, None, None, None
 
 
+KERNELS = ("auto", "torch", "triton")
+
+
 def block_sparse_attention(q, k, v, idx, scale: float, query_block: int, key_block: int,
-                           key_valid: torch.Tensor | None = None, query_chunk: int = 128) -> torch.Tensor:
+                           key_valid: torch.Tensor | None = None, query_chunk: int = 128,
+                           kernel: str = "auto") -> torch.Tensor:
     """(B, H, S_q, D) attention over the key blocks in idx (see select_key_blocks); query_chunk bounds
-    the queries processed at once (whole query blocks, at least one)."""
+    the queries processed at once on the PyTorch path (whole query blocks, at least one).
+
+    kernel: "auto" runs the Triton kernels (triton_blocks.py) where they can run (CUDA, shape rules),
+    else the PyTorch Function; "torch" always the latter; "triton" refuses (ConfigError) where the
+    kernels cannot run, since a user who names them expects them."""
+    if kernel not in KERNELS:
+        raise ConfigError(f"method.attention_kernel: {kernel!r} is not one of {', '.join(KERNELS)}")
+    if kernel != "torch":
+        reason = unusable_reason(q, query_block, key_block, k, v)
+        if reason is None:
+            return triton_block_sparse_attention(q, k, v, idx, scale, query_block, key_block, key_valid)
+        if kernel == "triton":
+            raise ConfigError(f"method.attention_kernel=triton cannot run here: {reason}; use auto or torch")
     chunk = max(1, int(query_chunk) // int(query_block))
     kv = None if key_valid is None else key_valid.to(torch.bool)
     return BlockSparseAttentionFunction.apply(q, k, v, idx, float(scale), int(query_block), int(key_block), kv, chunk)

@@ -33,6 +33,9 @@ class SPTConfig(MethodConfig):
     attention_selection: str = one_of("per_key", "per_key", "block")
     key_block: int = 32  # keys per key block (attention_selection=block)
     query_block: int = 32  # queries per query block (attention_selection=block)
+    # attention_selection=block only: "auto" = Triton kernels on CUDA when usable, else PyTorch; "torch"
+    # = PyTorch always; "triton" = Triton or a ConfigError at forward time (triton_blocks.py)
+    attention_kernel: str = one_of("auto", "auto", "torch", "triton")
     codebook_loss_weight: float = 1e-2
     codebook_tokens: int = 1024  # q/k vectors per layer sampled for the codebook loss each step
     kmeans_init: bool = True  # calibration (k-medians (L1) codebooks, router fit) when the engine has batches
