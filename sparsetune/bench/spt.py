@@ -34,7 +34,8 @@ MEASURE = "sparsetune.bench.spt:measure_block"
 ALL_LINEARS = "[q,k,v,o,gate,up,down]"
 FULL_SHAPE = {"hidden": 1024, "heads": 16, "ffn": 2816}
 QUICK_SHAPE = {"hidden": 256, "heads": 4, "ffn": 704}
-BLOCK = ["method.attention_selection=block", "method.query_block=32", "method.key_block=32"]
+BLOCK = ["method.attention_selection=block", "method.query_block=32", "method.key_block=32"]  # the default
+PER_KEY = ["method.attention_selection=per_key"]  # the paper's selection
 
 
 def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
@@ -51,7 +52,7 @@ def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
         variants=[Variant("full", MEASURE, ["method=full", "model.attn_implementation=eager", *common]),
                   Variant("lora_eager", MEASURE, [*lora, "model.attn_implementation=eager", *common]),
                   Variant("lora_sdpa", MEASURE, [*lora, "model.attn_implementation=sdpa", *common]),
-                  Variant("spt", MEASURE, [*spt, "model.attn_implementation=sdpa", *common]),
+                  Variant("spt", MEASURE, [*spt, *PER_KEY, "model.attn_implementation=sdpa", *common]),
                   Variant("spt_block", MEASURE, [*spt, *BLOCK, "model.attn_implementation=sdpa", *common])],
         settings=settings,
         baseline="lora_eager",  # the paper's baseline
@@ -78,7 +79,7 @@ def model_benchmark(quick: bool, overrides: list[str]) -> Benchmark:
         name="spt_model",
         variants=[Variant("lora_sdpa", MODEL_MEASURE, [*lora, "model.attn_implementation=sdpa", *common]),
                   Variant("lora_eager", MODEL_MEASURE, [*lora, "model.attn_implementation=eager", *common]),
-                  Variant("spt", MODEL_MEASURE, [*spt, "model.attn_implementation=sdpa", *common]),
+                  Variant("spt", MODEL_MEASURE, [*spt, *PER_KEY, "model.attn_implementation=sdpa", *common]),
                   Variant("spt_block", MODEL_MEASURE, [*spt, *BLOCK, "model.attn_implementation=sdpa", *common])],
         settings=[Setting(f"smollm2_1x{seq}", {"batch": 1, "seq": seq, **steps})],
         baseline="lora_sdpa",

@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from sparsetune.config.overrides import grammar_hint, quote_path, unquote
-from sparsetune.config.schema import MethodConfig, renamed_keys
+from sparsetune.config.schema import EARLIER_DEFAULTS, MethodConfig, renamed_keys
 from sparsetune.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -315,8 +315,9 @@ def validate(cfg, recipe: str | None = None, method_schema: MethodSchemas | None
 def carry_renamed_keys(cfg, method_schema: MethodSchemas | None = None):
     """A stored config (a run folder's config.yaml) written before a method key was renamed
     (schema.RENAMED_METHOD_KEYS: `lora_r` -> `r`, ...): each old key takes its new name, value kept,
-    in place (a plain dict or a DictConfig); returns `cfg`. Only stored configs are carried over
-    (`eval run=`, `export run=`, `resume=`): an old key the user types fails in `validate`."""
+    in place (a plain dict or a DictConfig); returns `cfg`. A key whose default changed since and that
+    the config lacks takes the value it had then (schema.EARLIER_DEFAULTS). Only stored configs are
+    carried over (`eval run=`, `export run=`, `resume=`): an old key the user types fails in `validate`."""
     method = cfg.get("method") if hasattr(cfg, "get") else None
     if not hasattr(method, "get"):
         return cfg
@@ -328,6 +329,9 @@ def carry_renamed_keys(cfg, method_schema: MethodSchemas | None = None):
         value = method.pop(old)
         if new not in method:
             method[new] = value
+    for (name, key), value in EARLIER_DEFAULTS.items():
+        if method.get("name") == name and key not in method:
+            method[key] = value
     return cfg
 
 

@@ -62,6 +62,15 @@ RENAMED_METHOD_KEYS: dict[str, str] = {
 }
 
 
+# method keys whose default changed after they were added: (method, key) -> the value of every config
+# written before the key existed. A stored config.yaml that lacks the key keeps that value
+# (compose.carry_renamed_keys) instead of taking today's default, so an old run evaluates, exports and
+# resumes as it trained.
+EARLIER_DEFAULTS: dict[tuple[str, str], object] = {
+    ("spt", "attention_selection"): "per_key",  # block became the default in issue #24
+}
+
+
 def renamed_keys(node: Mapping, schema: type) -> list[tuple[str, str]]:
     """(old, new) for every renamed key `node` holds that `schema` knows only by its new name."""
     names = {f.name for f in fields(schema)} if is_dataclass(schema) else set()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from sparsetune.config.schema import RENAMED_METHOD_KEYS
+from sparsetune.config.schema import EARLIER_DEFAULTS, RENAMED_METHOD_KEYS
 from sparsetune.engine.run_folder import RunFolder
 from sparsetune.errors import ConfigError
 from sparsetune.jobs.config import compose_job, load_run_config
@@ -79,3 +79,18 @@ def test_every_renamed_key_has_a_method_that_knows_the_new_name():
 
     fields = {f for name in REGISTRY for f in method_schema(name).__dataclass_fields__}
     assert set(RENAMED_METHOD_KEYS.values()) <= fields and not set(RENAMED_METHOD_KEYS) & fields
+
+
+def test_a_stored_config_without_a_key_whose_default_changed_keeps_the_earlier_value(tmp_path):
+    """SPT's key selection became `block` by default (issue #24): a run stored before the key existed
+    trained with per-key selection, so it loads with `per_key`, not today's default; a stored config
+    that names the key keeps its own value."""
+    assert ("spt", "attention_selection") in EARLIER_DEFAULTS
+    assert compose_job(["method=spt"]).method.attention_selection == "block"
+    run = _stored_with_old_keys(tmp_path / "old", ["method=spt"], {})
+    stored = yaml.safe_load(run.config_path.read_text())
+    del stored["method"]["attention_selection"]
+    run.config_path.write_text(yaml.safe_dump(stored, sort_keys=False))
+    assert load_run_config(run).method.attention_selection == "per_key"
+    named = _stored_with_old_keys(tmp_path / "new", ["method=spt"], {})
+    assert load_run_config(named).method.attention_selection == "block"

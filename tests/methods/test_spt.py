@@ -32,6 +32,8 @@ def tiny(name: str, seed: int = 0, dtype=torch.float32):
 
 
 def spt(model, calibration=None, **kw) -> SPT:
+    """SPT with the paper's per-key selection unless told otherwise (the block path: test_spt_blocks.py)."""
+    kw.setdefault("attention_selection", "per_key")
     method = SPT(SPTConfig(**kw))
     method.apply(model, MethodContext.of(model, calibration_batches=calibration))
     return method
@@ -540,7 +542,7 @@ def test_export_round_trip(tmp_path):
     ids = torch.randint(0, 500, (2, 16))
     want = model(input_ids=ids).logits
     method.export(model, tmp_path / "export")
-    fresh = SPT(SPTConfig(top_l_ratio=0.5, min_keys=2, warmup_ratio=0.0)).load_export(tiny("qwen2"), tmp_path / "export")
+    fresh = SPT(SPTConfig(top_l_ratio=0.5, min_keys=2, warmup_ratio=0.0, attention_selection="per_key")).load_export(tiny("qwen2"), tmp_path / "export")
     assert torch.allclose(fresh.eval()(input_ids=ids).logits, want, atol=1e-6)
 
 

@@ -64,7 +64,7 @@ def masked_dense(q, k, v, mask, scale):
 # ------------------------------------------------------------------------------------- selection
 @pytest.mark.parametrize("sq,sk,qb,kb,num_keys,pad,keep_first", [
     (30, 30, 4, 4, 8, False, 0), (30, 30, 5, 3, 7, True, 0), (29, 29, 8, 4, 9, True, 2),
-    (7, 30, 4, 6, 12, False, 0)])
+    (7, 30, 4, 6, 12, False, 0), (32, 32, 8, 8, 4, True, 1)])
 def test_block_selection_equals_brute_force(sq, sk, qb, kb, num_keys, pad, keep_first):
     """Block score = sum over the block pair of matching-code counts (valid keys only); allowed when some
     query may see some valid key; diagonal blocks (holding the block's own positions) first, then sinks,
@@ -81,7 +81,7 @@ def test_block_selection_equals_brute_force(sq, sk, qb, kb, num_keys, pad, keep_
     pair = (qc[:, :, :, None, :] == kfull[:, :, None, :, :]).sum(-1).double() * key_valid[:, None, None, :]
     rank = key_valid.long().cumsum(-1) - 1
     diag = max(((off + min(sq, s + qb) - 1) // kb) - ((off + s) // kb) + 1 for s in range(0, sq, qb))
-    k_sel = min(nk, max(math.ceil(num_keys / kb), diag))
+    k_sel = min(nk, max(math.ceil(num_keys / kb), diag + (keep_first > 0)))  # room for a sink block
     assert idx.shape == (b, h, nq, k_sel)
     assert torch.equal(idx, idx.sort(-1).values)  # ascending, unused first: the diagonal blocks are last
     for bi in range(b):

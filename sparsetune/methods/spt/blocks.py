@@ -79,7 +79,8 @@ def select_key_blocks(q_codes: torch.Tensor, k_codes: torch.Tensor, num_keys: in
     g = h // hkv
     nq, nk = num_blocks(sq, query_block), num_blocks(sk, key_block)
     diag = diagonal_blocks(sq, sk, query_block, key_block)
-    k_sel = min(nk, max(math.ceil(num_keys / key_block), diag))
+    least = diag + (1 if keep_first > 0 else 0)  # a sink block is never crowded out by the diagonal
+    k_sel = min(nk, max(math.ceil(num_keys / key_block), least))
     offset = sk - sq
     dev = q_codes.device
     hq = _block_hist(q_codes, query_block, nq, num_centroids)  # (B, H, nQ, MC)
@@ -112,7 +113,7 @@ def select_key_blocks(q_codes: torch.Tensor, k_codes: torch.Tensor, num_keys: in
     top, idx = score.topk(k_sel, dim=-1, sorted=row_keys is not None)
     keep = top >= 0
     if row_keys is not None:
-        row_blocks = torch.clamp(torch.ceil(row_keys.double() / key_block).long(), min=diag)
+        row_blocks = torch.clamp(torch.ceil(row_keys.double() / key_block).long(), min=least)
         keep &= torch.arange(k_sel, device=dev) < row_blocks[:, None, None, None]
     # ascending, unused slots first: the diagonal blocks (the highest allowed) are the last slots
     return torch.where(keep, idx, -1).sort(-1).values.to(torch.int32)

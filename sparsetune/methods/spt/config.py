@@ -14,7 +14,8 @@ LORA_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 @dataclass
 class SPTConfig(MethodConfig):
     """Defaults follow the paper: PQ 8-dim sub-vectors x 16 centroids (L1), L = S/8, 4 FFN blocks top-2,
-    LoRA r=16 on all linears, codebook loss weight 1e-2."""
+    LoRA r=16 on all linears, codebook loss weight 1e-2 — except the key selection, by blocks of keys
+    (attention_selection; the paper's per-key top-L is one option away)."""
 
     name: str = "spt"
     # --- sparse MHA
@@ -27,10 +28,12 @@ class SPTConfig(MethodConfig):
     # paper: PQ matching rarely picks the sink, and pretrained models put much of their attention there)
     keep_first: int = 0
     query_chunk: int = 128  # queries per chunk on the sparse path (bounds the chunk x S code-match tensor)
-    # "per_key" (the paper): each query keeps its own top-L keys; "block": each block of query_block
-    # queries keeps its top ceil(L / key_block) key blocks ranked by summed code matches (the diagonal
-    # block always kept), computed as dense GEMMs per block (blocks.py; not in the paper)
-    attention_selection: str = one_of("per_key", "per_key", "block")
+    # "block" (the default; not in the paper): each block of query_block queries keeps its top
+    # ceil(L / key_block) key blocks ranked by summed code matches (the diagonal block always kept),
+    # computed as dense GEMMs per block (blocks.py); "per_key" (the paper): each query keeps its own
+    # top-L keys. per_key keeps more attention weight per key but gathers L keys for every query:
+    # 3.2x LoRA's step time where block takes 0.55x (docs/methods/spt.md, "Key selection")
+    attention_selection: str = one_of("block", "per_key", "block")
     key_block: int = 32  # keys per key block (attention_selection=block)
     query_block: int = 32  # queries per query block (attention_selection=block)
     # attention_selection=block only: "auto" = Triton kernels on CUDA when usable, else PyTorch; "torch"
