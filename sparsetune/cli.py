@@ -297,6 +297,8 @@ def bench(
                                help="Alternating rounds (A B C, A B C, …); medians and ratio spread across them."),
     list_: bool = typer.Option(False, "--list", help="List the benchmarks with one-line descriptions and exit."),
     out: Optional[str] = typer.Option(None, "--out", help="Write the JSON results here."),
+    variants: Optional[str] = typer.Option(None, "--variants", help="Comma-separated variants to run "
+                                           "(the baseline always runs too); default: all.", show_default=False),
     overrides: Optional[list[str]] = OVERRIDES,
 ) -> None:
     """Side-by-side efficiency comparison; every variant runs in its own process, in alternating rounds;
@@ -317,7 +319,8 @@ def bench(
              "(see `sparsetune bench --list`)")
     from sparsetune.bench import run_benchmark
 
-    run_benchmark(name, quick=quick, out=out, overrides=list(overrides or []), rounds=rounds)
+    only = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+    run_benchmark(name, quick=quick, out=out, overrides=list(overrides or []), rounds=rounds, variants=only)
 
 
 @app.command()

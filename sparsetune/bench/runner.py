@@ -8,6 +8,7 @@ and its spread (min–max), and each variant's metrics are the per-metric median
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -190,13 +191,30 @@ def run_block(setting: Setting, variants: list[Variant], baseline: str, ratio_me
     return block
 
 
+def only_variants(bench: Benchmark, names: list[str]) -> Benchmark:
+    """The benchmark restricted to `names` plus its baseline (ratios need it); extra ratios between
+    variants left out are dropped. An unknown name is one line listing the known ones."""
+    known = [v.name for v in bench.variants]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"--variants: {', '.join(unknown)} not in benchmark {bench.name} ({', '.join(known)})")
+    keep = {*names, bench.baseline}
+    return dataclasses.replace(
+        bench, variants=[v for v in bench.variants if v.name in keep],
+        extra_ratios=[(a, b) for a, b in bench.extra_ratios if a in keep and b in keep],
+        extra_blocks=[(s, [v for v in vs if v.name in keep], base, metrics)
+                      for s, vs, base, metrics in bench.extra_blocks if base in keep])
+
+
 def run_benchmark(name: str, quick: bool = False, out: str | None = None, overrides: list[str] | None = None,
                   timeout: int = 1800, rounds: int | None = None,
-                  run_variant: RunVariant | None = None) -> dict[str, Any]:
+                  run_variant: RunVariant | None = None, variants: list[str] | None = None) -> dict[str, Any]:
     rounds = DEFAULT_ROUNDS if rounds is None else rounds
     if rounds < 1:
         raise UserError(f"--rounds must be at least 1, got {rounds}")
     bench: Benchmark = build_benchmark(name, quick=quick, overrides=list(overrides or []))
+    if variants:
+        bench = only_variants(bench, variants)
     # one block per setting: blocks.<setting>.variants.<variant>.<metric>, with the setting's parameters
     results: dict[str, Any] = {"benchmark": name, "quick": quick, "n_rounds": rounds, "device": device_info(),
                                "blocks": {}}

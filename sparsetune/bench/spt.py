@@ -2,8 +2,10 @@
 d 256, 4 heads, FFN 704), forward + backward + AdamW, fp32, batch 4 at S = 512 and 1024: full
 fine-tuning (eager attention), PEFT LoRA r16 on every linear with eager and with SDPA attention, and
 SPT (LoRA r16 on every linear + sparse MHA with L = S/8 + routed FFN top-2 of 4 blocks, sparse phase)
-with per-key top-L selection (`spt`, the paper's) and with key blocks (`spt_block`:
-`method.attention_selection=block`, 32-query x 32-key blocks, top L/32 key blocks per query block).
+with per-key top-L selection (`spt`, the paper's) and with key blocks (`spt_block`, the default:
+`method.attention_selection=block`, 32-query x 32-key blocks, top L/32 key blocks per query block), and
+key blocks without the routed FFN (`spt_block_attn`: what recipe=spt_llama trains). `--variants A,B`
+runs a subset (the baseline always runs).
 
 Each variant runs in its own process. Measured: `step_time_s` (median after warm-up),
 `peak_memory_mb` (CUDA: max allocated; CPU: process peak RSS), and the attention/FFN split
@@ -36,6 +38,7 @@ FULL_SHAPE = {"hidden": 1024, "heads": 16, "ffn": 2816}
 QUICK_SHAPE = {"hidden": 256, "heads": 4, "ffn": 704}
 BLOCK = ["method.attention_selection=block", "method.query_block=32", "method.key_block=32"]  # the default
 PER_KEY = ["method.attention_selection=per_key"]  # the paper's selection
+NO_FFN = ["method.routed_ffn=false"]  # sparse attention only: what recipe=spt_llama trains
 
 
 def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
@@ -53,12 +56,14 @@ def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
                   Variant("lora_eager", MEASURE, [*lora, "model.attn_implementation=eager", *common]),
                   Variant("lora_sdpa", MEASURE, [*lora, "model.attn_implementation=sdpa", *common]),
                   Variant("spt", MEASURE, [*spt, *PER_KEY, "model.attn_implementation=sdpa", *common]),
-                  Variant("spt_block", MEASURE, [*spt, *BLOCK, "model.attn_implementation=sdpa", *common])],
+                  Variant("spt_block", MEASURE, [*spt, *BLOCK, "model.attn_implementation=sdpa", *common]),
+                  Variant("spt_block_attn", MEASURE, [*spt, *BLOCK, *NO_FFN, "model.attn_implementation=sdpa", *common])],
         settings=settings,
         baseline="lora_eager",  # the paper's baseline
         ratio_metrics=["step_time_s", "peak_memory_mb", "saved_activation_mb", "attn_time_s", "ffn_time_s",
                        "attn_saved_mb", "ffn_saved_mb"],
-        extra_ratios=[("spt", "lora_sdpa"), ("spt", "full"), ("spt_block", "lora_sdpa"), ("spt_block", "spt")],
+        extra_ratios=[("spt", "lora_sdpa"), ("spt", "full"), ("spt_block", "lora_sdpa"), ("spt_block", "spt"),
+                      ("spt_block_attn", "lora_sdpa")],
     )
 
 
@@ -80,11 +85,13 @@ def model_benchmark(quick: bool, overrides: list[str]) -> Benchmark:
         variants=[Variant("lora_sdpa", MODEL_MEASURE, [*lora, "model.attn_implementation=sdpa", *common]),
                   Variant("lora_eager", MODEL_MEASURE, [*lora, "model.attn_implementation=eager", *common]),
                   Variant("spt", MODEL_MEASURE, [*spt, *PER_KEY, "model.attn_implementation=sdpa", *common]),
-                  Variant("spt_block", MODEL_MEASURE, [*spt, *BLOCK, "model.attn_implementation=sdpa", *common])],
+                  Variant("spt_block", MODEL_MEASURE, [*spt, *BLOCK, "model.attn_implementation=sdpa", *common]),
+                  Variant("spt_block_attn", MODEL_MEASURE, [*spt, *BLOCK, *NO_FFN, "model.attn_implementation=sdpa", *common])],
         settings=[Setting(f"smollm2_1x{seq}", {"batch": 1, "seq": seq, **steps})],
         baseline="lora_sdpa",
         ratio_metrics=["step_time_s", "peak_memory_mb", "saved_activation_mb"],
-        extra_ratios=[("spt", "lora_eager"), ("spt_block", "lora_eager"), ("spt_block", "spt")],
+        extra_ratios=[("spt", "lora_eager"), ("spt_block", "lora_eager"), ("spt_block", "spt"),
+                      ("spt_block_attn", "lora_eager")],
     )
 
 

@@ -30,3 +30,17 @@ def test_quick_lora_benchmark_layout_and_ratios(tmp_path):
 def test_unknown_benchmark():
     with pytest.raises(UserError, match="unknown benchmark 'nope'; available: .*lora"):
         run_benchmark("nope")
+
+
+def test_variants_option_keeps_the_named_ones_and_the_baseline():
+    from sparsetune.bench.registry import build_benchmark
+    from sparsetune.bench.runner import only_variants
+
+    bench = build_benchmark("spt", quick=True, overrides=[])
+    only = only_variants(bench, ["spt_block"])
+    assert [v.name for v in only.variants] == ["lora_eager", "spt_block"]
+    assert only.extra_ratios == [] and only.settings == bench.settings
+    both = only_variants(bench, ["spt_block", "spt"])
+    assert ("spt_block", "spt") in both.extra_ratios and ("spt", "lora_sdpa") not in both.extra_ratios
+    with pytest.raises(UserError, match="spt_blok"):
+        only_variants(bench, ["spt_blok"])

@@ -22,13 +22,15 @@ def _threads():
 
 def test_block_benchmark_has_the_issue_shape_and_four_variants():
     bench = build_benchmark("spt", quick=False, overrides=["trainer.threads=1"])
-    assert [v.name for v in bench.variants] == ["full", "lora_eager", "lora_sdpa", "spt", "spt_block"]
+    assert [v.name for v in bench.variants] == ["full", "lora_eager", "lora_sdpa", "spt", "spt_block", "spt_block_attn"]
     assert bench.baseline == "lora_eager" and ("spt", "lora_sdpa") in bench.extra_ratios
     assert ("spt_block", "spt") in bench.extra_ratios
     assert [s.params["seq"] for s in bench.settings] == [512, 1024]
     for s in bench.settings:
         assert (s.params["hidden"], s.params["heads"], s.params["ffn"], s.params["batch"]) == (1024, 16, 2816, 4)
-    cfgs = {v.name: compose(v.overrides) for v in bench.variants if v.name in ("spt", "spt_block", "lora_sdpa")}
+    cfgs = {v.name: compose(v.overrides) for v in bench.variants
+            if v.name in ("spt", "spt_block", "spt_block_attn", "lora_sdpa")}
+    assert cfgs["spt_block"].method.routed_ffn and not cfgs["spt_block_attn"].method.routed_ffn
     assert cfgs["spt"].method.name == "spt" and cfgs["spt"].method.warmup_ratio == 0.0  # sparse from step 1
     assert cfgs["spt"].method.attention_selection == "per_key"
     assert cfgs["spt_block"].method.attention_selection == "block" and cfgs["spt_block"].method.key_block == 32
@@ -39,7 +41,7 @@ def test_block_benchmark_has_the_issue_shape_and_four_variants():
 
 def test_model_benchmark_is_whole_smollm2_at_1024():
     bench = build_benchmark("spt_model", quick=False, overrides=[])
-    assert [v.name for v in bench.variants] == ["lora_sdpa", "lora_eager", "spt", "spt_block"]
+    assert [v.name for v in bench.variants] == ["lora_sdpa", "lora_eager", "spt", "spt_block", "spt_block_attn"]
     assert bench.baseline == "lora_sdpa"
     (setting,) = bench.settings
     assert setting.params["seq"] == 1024 and setting.params["batch"] == 1
