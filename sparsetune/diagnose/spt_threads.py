@@ -36,9 +36,9 @@ def _inputs(seq: int, heads: int, kv_heads: int, head_dim: int, ratio: float, bl
     return q, k, v, per_key, blocks
 
 
-def _paths(q, k, v, per_key, blocks, block: int):
-    scale = q.shape[-1] ** -0.5
-    groups = q.shape[1] // k.shape[1]
+def _paths(per_key, blocks, block: int, head_dim: int, groups: int):
+    """Forward functions of (q, k, v) for SDPA and the two sparse paths on fixed selections."""
+    scale = head_dim ** -0.5
     return {
         "sdpa": lambda q, k, v: F.scaled_dot_product_attention(
             q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), is_causal=True),
@@ -56,7 +56,7 @@ def time_paths(reps: int, block: int, ratio: float, seq: int = SHAPE["seq"]) -> 
     """Median seconds of forward + backward per path and thread count (paths and counts interleaved)."""
     q, k, v, per_key, blocks = _inputs(seq, SHAPE["heads"], SHAPE["kv_heads"], SHAPE["head_dim"],
                                        ratio, block)
-    paths = _paths(q, k, v, per_key, blocks, block)
+    paths = _paths(per_key, blocks, block, q.shape[-1], q.shape[1] // k.shape[1])
     times: dict[str, dict[int, list[float]]] = {name: {1: [], 2: []} for name in paths}
     for rep in range(reps + 1):  # rep 0 warms up
         for threads in (1, 2):
@@ -74,7 +74,7 @@ def top_ops(block: int, ratio: float, rows: int, seq: int = SHAPE["seq"]) -> dic
     q, k, v, per_key, blocks = _inputs(seq, SHAPE["heads"], SHAPE["kv_heads"], SHAPE["head_dim"],
                                        ratio, block)
     out: dict[str, dict[int, list[tuple[str, float]]]] = {}
-    for name, fn in _paths(q, k, v, per_key, blocks, block).items():
+    for name, fn in _paths(per_key, blocks, block, q.shape[-1], q.shape[1] // k.shape[1]).items():
         out[name] = {}
         for threads in (1, 2):
             torch.set_num_threads(threads)

@@ -10,7 +10,7 @@ from sparsetune.diagnose import spt_threads
 
 def test_paths_agree_when_every_key_is_kept_and_the_timer_reports_each_thread_count():
     q, k, v, per_key, blocks = spt_threads._inputs(64, 4, 2, 16, ratio=1.0, block=16)
-    outs = {name: fn(q, k, v) for name, fn in spt_threads._paths(q, k, v, per_key, blocks, 16).items()}
+    outs = {name: fn(q, k, v) for name, fn in spt_threads._paths(per_key, blocks, 16, 16, 2).items()}
     assert torch.allclose(outs["per_key"], outs["sdpa"], atol=1e-5)
     assert torch.allclose(outs["block"], outs["sdpa"], atol=1e-5)
     threads = torch.get_num_threads()
