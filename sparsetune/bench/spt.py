@@ -8,7 +8,8 @@ key blocks without the routed FFN (`spt_block_attn`: what recipe=spt_llama train
 runs a subset (the baseline always runs).
 
 Each variant runs in its own process. Measured: `step_time_s` (median after warm-up),
-`peak_memory_mb` (CUDA: max allocated; CPU: process peak RSS), and the attention/FFN split
+`peak_memory_mb` (CUDA: max allocated; CPU: process peak RSS), `step_memory_mb` (that peak minus
+the memory in use just before the first step: what training adds to the loaded model), the attention/FFN split
 `attn_time_s` / `ffn_time_s`: forward + backward of the block's attention and FFN modules alone on
 the same shapes, and `saved_activation_mb` / `attn_saved_mb` / `ffn_saved_mb`: bytes autograd saves
 for backward in one forward of the model / the attention / the FFN (parameters excluded, each storage
@@ -26,7 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from sparsetune.bench.runner import Benchmark, Setting, Variant
 from sparsetune.bench.worker import worker_setup
 from sparsetune.engine.losses import causal_lm_loss
-from sparsetune.engine.measure import StepTimer, count_parameters, peak_memory_mb, reset_peak_memory
+from sparsetune.engine.measure import StepTimer, count_parameters, current_memory_mb, peak_memory_mb, reset_peak_memory
 from sparsetune.engine.optim import build_optimizer
 from sparsetune.methods import build_method
 from sparsetune.methods.base import MethodContext
@@ -60,7 +61,7 @@ def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
                   Variant("spt_block_attn", MEASURE, [*spt, *BLOCK, *NO_FFN, "model.attn_implementation=sdpa", *common])],
         settings=settings,
         baseline="lora_eager",  # the paper's baseline
-        ratio_metrics=["step_time_s", "peak_memory_mb", "saved_activation_mb", "attn_time_s", "ffn_time_s",
+        ratio_metrics=["step_time_s", "peak_memory_mb", "step_memory_mb", "saved_activation_mb", "attn_time_s", "ffn_time_s",
                        "attn_saved_mb", "ffn_saved_mb"],
         extra_ratios=[("spt", "lora_sdpa"), ("spt", "full"), ("spt_block", "lora_sdpa"), ("spt_block", "spt"),
                       ("spt_block_attn", "lora_sdpa")],
@@ -89,7 +90,7 @@ def model_benchmark(quick: bool, overrides: list[str]) -> Benchmark:
                   Variant("spt_block_attn", MODEL_MEASURE, [*spt, *BLOCK, *NO_FFN, "model.attn_implementation=sdpa", *common])],
         settings=[Setting(f"smollm2_1x{seq}", {"batch": 1, "seq": seq, **steps})],
         baseline="lora_sdpa",
-        ratio_metrics=["step_time_s", "peak_memory_mb", "saved_activation_mb"],
+        ratio_metrics=["step_time_s", "peak_memory_mb", "step_memory_mb", "saved_activation_mb"],
         extra_ratios=[("spt", "lora_eager"), ("spt_block", "lora_eager"), ("spt_block", "spt"),
                       ("spt_block_attn", "lora_eager")],
     )
@@ -133,7 +134,9 @@ def saved_mb(model: torch.nn.Module, fn) -> float:
 
 
 def _train_steps(model, method, cfg, settings: dict[str, Any], device: str, vocab: int):
-    """fwd + bwd + AdamW steps on random tokens: (median step time, peak memory MB, batch, step-loss fn)."""
+    """fwd + bwd + AdamW steps on random tokens: (median step time, {peak_memory_mb, step_memory_mb},
+    step-loss fn). step_memory_mb = peak minus the memory in use before the first step (the loaded model,
+    and on CPU the process itself): what training adds, which a whole-process peak RSS dilutes."""
     model.train()
     optimizer = build_optimizer(method, model, cfg.trainer)
     batch, seq, warmup = settings["batch"], settings["seq"], settings.get("warmup", 2)
@@ -146,13 +149,15 @@ def _train_steps(model, method, cfg, settings: dict[str, Any], device: str, voca
         return loss_sum / n + sum(method.extra_loss(model, data, outputs).values())
 
     timer = StepTimer(device)
-    reset_peak_memory(device)
+    before = current_memory_mb(device)
+    reset_peak_memory(device)  # on CPU the new window starts at the RSS now (= before, give or take a page)
     for _ in range(warmup + settings.get("steps", 5)):
         with timer.step():
             step_loss().backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    return timer.median(skip_warmup=warmup), peak_memory_mb(device), step_loss
+    peak = peak_memory_mb(device)
+    return timer.median(skip_warmup=warmup), {"peak_memory_mb": peak, "step_memory_mb": max(0.0, peak - before)}, step_loss
 
 
 def measure_block(cfg, settings: dict[str, Any]) -> dict[str, Any]:
@@ -186,7 +191,7 @@ def measure_block(cfg, settings: dict[str, Any]) -> dict[str, Any]:
         x.grad = None
         split[f"{key}_time_s"] = t.median(skip_warmup=warmup)
     trainable, total = count_parameters(model)
-    return {"step_time_s": step, "peak_memory_mb": peak, **split, "trainable_params": trainable,
+    return {"step_time_s": step, **peak, **split, "trainable_params": trainable,
             "total_params": total, "tokens_per_s": batch * seq / step, "dtype": "float32",
             "attn_implementation": impl, "threads": torch.get_num_threads()}
 
@@ -204,7 +209,7 @@ def measure_model(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     saved = saved_mb(model, step_loss)
     trainable, total = count_parameters(model)
     batch, seq = settings["batch"], settings["seq"]
-    return {"step_time_s": step, "peak_memory_mb": peak, "saved_activation_mb": saved,
+    return {"step_time_s": step, **peak, "saved_activation_mb": saved,
             "saved_mb_per_layer": saved / int(model.config.num_hidden_layers), "trainable_params": trainable, "total_params": total,
             "tokens_per_s": batch * seq / step, "dtype": "float32",
             "attn_implementation": cfg.model.attn_implementation, "threads": torch.get_num_threads()}

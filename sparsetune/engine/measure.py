@@ -63,6 +63,14 @@ def current_rss_mb() -> float:
         return peak_memory_mb("cpu")  # best available approximation off Linux
 
 
+def current_memory_mb(device: Any = "cpu") -> float:
+    """Memory in use now, on the scale `peak_memory_mb` reports (CUDA: allocated; CPU: RSS): the level a
+    peak is measured above, e.g. the loaded model before its first training step."""
+    if _is_cuda(device):
+        return torch.cuda.memory_allocated(device) / _MB
+    return current_rss_mb()
+
+
 class StepTimer:
     """Collects per-step wall times; CUDA work is synchronised before and after each step.
 

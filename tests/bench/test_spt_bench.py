@@ -70,6 +70,7 @@ def test_measure_block_reports_every_metric(overrides):
                 "attn_time_s", "ffn_time_s"):
         assert out[key] > 0, key
     assert out["attn_saved_mb"] < out["saved_activation_mb"]
+    assert 0 <= out["step_memory_mb"] <= out["peak_memory_mb"]
 
 
 def test_measure_model_runs_spt_sparse_and_saves_less_than_eager_lora():

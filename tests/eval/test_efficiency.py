@@ -12,6 +12,7 @@ import yaml
 from sparsetune.engine.measure import (
     StepTimer,
     count_parameters,
+    current_memory_mb,
     current_rss_mb,
     latency,
     peak_memory_mb,
@@ -66,6 +67,15 @@ def test_cpu_peak_memory_grows_with_allocation():
     assert after - before > 150
     assert during > after - 50  # the peak is this allocation
     assert current_rss_mb() < during - 150  # freed again: RSS drops, the peak stays
+
+
+def test_current_memory_is_the_level_a_cpu_peak_is_measured_from():
+    reset_peak_memory("cpu")
+    level = current_memory_mb("cpu")
+    big = torch.ones(64 * 1024 * 1024 // 4)  # 64 MB, written
+    assert current_memory_mb("cpu") - level > 50
+    del big
+    assert peak_memory_mb("cpu") - level > 50  # bench's step_memory_mb: peak minus the level before
 
 
 def test_step_timer_median_skips_warmup():
