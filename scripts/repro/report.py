@@ -1,7 +1,8 @@
 """reports/REPRODUCE.md from the finished runs: one section per table with the paper's figures,
-our rows (mean ± std over seeds), the command behind every row, PNG plots and a short reading.
-What counts as a figure, the mean ± std over seeds and the figure/line/save helpers are the sweeps'
-(sparsetune/jobs/sweep/report.py, plots.py); the layout of the report is this file's."""
+our rows (mean ± standard error over seeds and items, repro/stats.py), the command behind every row, PNG
+plots, a short reading and every declared difference read mechanically ("beyond 2 SE" / "within noise").
+What counts as a figure and the figure/line/save helpers are the sweeps' (sparsetune/jobs/sweep/report.py,
+plots.py); the layout of the report is this file's."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from repro.plan import Bench, Run, Table
 from repro.runner import Layout, bench_command, run_command, shown, then_command
+from repro.stats import describe, difference, mean_se
 from sparsetune.jobs.sweep.plots import close_figure, figure, mean_line, save_figure
 from sparsetune.jobs.sweep.report import mean_std, number
 
@@ -28,13 +30,19 @@ def lookup(tree: Any, path: str) -> Any:
     return tree
 
 
-def aggregate(values: list[Any]) -> dict[str, Any]:
-    """mean/std/n over the seeds that have a number; text (labels) once when all seeds agree, else the
+def aggregate(values: list[Any], errors: list[Any] | None = None) -> dict[str, Any]:
+    """mean/std/se/n over the seeds that have a number (`errors`: each seed's item standard error, same
+    order; "items" says every counted seed had one); text (labels) once when all seeds agree, else the
     distinct labels in seed order, separated by " / " (e.g. the classes a random task sequence drew per seed)."""
-    numbers = [float(x) for x in values if number(x)]
-    if numbers:
+    errors = errors if errors is not None else [None] * len(values)
+    pairs = [(float(x), e) for x, e in zip(values, errors) if number(x)]
+    if pairs:
+        numbers = [x for x, _ in pairs]
+        item = [float(e) for _, e in pairs if number(e)]
+        items = len(item) == len(pairs)
         mean, std = mean_std(numbers)
-        return {"mean": mean, "std": std, "n": len(numbers)}
+        return {"mean": mean, "std": std, "se": mean_se(numbers, item if items else None), "items": items,
+                "n": len(numbers)}
     texts = [str(v) for v in values if v is not None and not isinstance(v, float)]
     return {"text": " / ".join(dict.fromkeys(texts)) if len(set(texts)) > 1 else (texts[0] if texts else None),
             "n": 0}
@@ -51,10 +59,11 @@ def fmt_number(x: float) -> str:
 
 
 def fmt_cell(cell: dict[str, Any]) -> str:
+    """mean ± its standard error (none shown for a single seed of a figure without item errors)."""
     if "mean" not in cell:
         return cell.get("text") or "–"
     text = fmt_number(cell["mean"])
-    return text if not cell["std"] else f"{text} ± {fmt_number(cell['std'])}"
+    return text if not cell.get("se") else f"{text} ± {fmt_number(cell['se'])}"
 
 
 def _items(summary: dict[str, Any], run: Run) -> list[tuple[str, dict[str, Any]]]:
@@ -85,6 +94,7 @@ def run_rows(layout: Layout, run: Run) -> list[dict[str, Any]]:
                 order.append(label)
             for column, path in run.columns.items():
                 per_item[label][column].append(lookup(item, path))
+                per_item[label][f"{column}\0se"].append(lookup(item, f"{path}_stderr"))
     if not order:
         if not layout.seeds(run):
             return []  # not part of this mode (QUICK runs a subset of the rows)
@@ -92,21 +102,29 @@ def run_rows(layout: Layout, run: Run) -> list[dict[str, Any]]:
     rows = []
     for label in order:
         name = run.name if not label else f"{run.name} · {'task ' + label if run.expand == 'tasks' else label}"
-        rows.append({"row": name, "seeds": seeds_done, **{c: aggregate(v) for c, v in per_item[label].items()}})
+        cells = {c: aggregate(per_item[label][c], per_item[label][f"{c}\0se"]) for c in run.columns}
+        rows.append({"row": name, "seeds": seeds_done, **cells})
     return rows
 
 
 def comparisons(table: Table, rows: list[dict[str, Any]]) -> list[str]:
-    """'A − B on col: +0.031 (A 0.210 ± 0.010, B 0.179 ± 0.020; 2 seeds each)' for each declared pair."""
+    """'A − B, col: +3.1 points ± 1.2 (2.6 SE): beyond 2 SE (A 0.437 ± 0.009 vs B 0.406 ± 0.008; 3 and 3
+    seeds)' for each declared pair, read by repro/stats.py."""
     by_name = {r["row"]: r for r in rows}
     lines = []
     for a, b, col in table.compare:
         ca, cb = (by_name.get(a, {}).get(col, {}), by_name.get(b, {}).get(col, {}))
-        if "mean" not in ca or "mean" not in cb:
+        diff = difference(ca, cb)
+        if diff is None:
             continue
-        delta = ca["mean"] - cb["mean"]
-        lines.append(f"- {a} − {b}, {col}: **{delta:+.3f}** ({fmt_cell(ca)} vs {fmt_cell(cb)}; "
+        lines.append(f"- {a} − {b}, {col}: {describe(diff)} ({fmt_cell(ca)} vs {fmt_cell(cb)}; "
                      f"{ca['n']} and {cb['n']} seed(s))")
+    for row, col, value, source in table.reference:  # a published figure has no SE of ours: only the row's counts
+        cell = by_name.get(row, {}).get(col, {})
+        diff = difference(cell, {"mean": value, "se": 0.0, "items": cell.get("items")})
+        if diff is not None:
+            lines.append(f"- {row}, {col} − published {fmt_number(value)} ({source}): {describe(diff)} "
+                         f"(ours {fmt_cell(cell)})")
     return lines
 
 
@@ -153,7 +171,7 @@ def bench_tables(path: Path, bench: Bench) -> str:
 
 
 def _bars(ax: Any, spec: dict, rows: list[dict[str, Any]]) -> bool:
-    """Grouped bars: one group per column, one bar per row (± std), rows without a value left out."""
+    """Grouped bars: one group per column, one bar per row (± SE), rows without a value left out."""
     columns = spec["bars"]
     rows = [r for r in rows if any("mean" in r.get(c, {}) for c in columns)]
     if not rows:
@@ -162,7 +180,7 @@ def _bars(ax: Any, spec: dict, rows: list[dict[str, Any]]) -> bool:
     for i, row in enumerate(rows):
         cells = [row.get(c, {}) for c in columns]
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(columns))]
-        ax.bar(xs, [c.get("mean", 0.0) for c in cells], width, yerr=[c.get("std") or 0.0 for c in cells],
+        ax.bar(xs, [c.get("mean", 0.0) for c in cells], width, yerr=[c.get("se") or 0.0 for c in cells],
                capsize=2, label=row["row"])
     ax.set_xticks(range(len(columns)), columns)
     ax.set_ylabel(spec.get("ylabel", ""))
@@ -171,11 +189,11 @@ def _bars(ax: Any, spec: dict, rows: list[dict[str, Any]]) -> bool:
 
 
 def _lines(ax: Any, spec: dict, rows_by_run: dict[str, list[dict[str, Any]]]) -> bool:
-    """x/y: one line per run with ± std error bars, an optional dashed second y axis."""
+    """x/y: one line per run with ± SE error bars, an optional dashed second y axis."""
     ax2 = ax.twinx() if spec.get("y2") else None
     drawn = False
     for name, rows in rows_by_run.items():
-        pts = [(r[spec["x"]]["mean"], r[spec["y"]]["mean"], r[spec["y"]]["std"],
+        pts = [(r[spec["x"]]["mean"], r[spec["y"]]["mean"], r[spec["y"]].get("se"),
                 (r.get(spec.get("y2")) or {}).get("mean")) for r in rows
                if "mean" in r.get(spec["x"], {}) and "mean" in r.get(spec["y"], {})]
         if not pts:
@@ -250,7 +268,10 @@ def write_report(layout: Layout, tables: list[Table], runs: list[Run], benches: 
              f"under `{shown(layout.root)}/`.", "",
              f"- Hardware: {_hardware()}", f"- Libraries: {_versions()}",
              "- Every row's exact command is listed under its table; each (row, seed) ran in its own process "
-             "with `seed=<k>` and its own run folder; cells are mean ± std over the seeds shown."]
+             "with `seed=<k>` and its own run folder; cells are mean ± standard error over the seeds shown (accuracies: "
+             "seeds and held-out items, each seed scored on its own shard of the held-out pool; "
+             "`scripts/repro/stats.py` says how), and every difference is read \"beyond 2 SE\" or \"within "
+             "noise\" from those numbers."]
     if layout.jobs > 1:
         parts += [f"- Training/eval rows ran {layout.jobs} at a time ({layout.threads_per_job} "
                   "thread(s) each), so their step-time columns were measured beside another run; the bench tables "

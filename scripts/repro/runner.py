@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from repro.plan import CROSS_TEST_SIZE, QUICK_SEEDS, Bench, Run
+from repro.plan import CROSS_TEST_SIZE, QUICK_SEEDS, SHARDS, Bench, Run
 from sparsetune.engine.run_folder import finished
 from sparsetune.jobs.sweep import launch
 from sparsetune.jobs.sweep.launch import Task, reuse_finished, run_tasks, shown_command, thread_setting
@@ -57,6 +57,11 @@ class Layout:
     def tasks_dir(self) -> Path:
         return self.root / "lm_tasks" / "tasks"
 
+    def shard_dir(self, run: Run, seed: int) -> Path:
+        """The held-out shard this (row, seed) scores: the seed's position among the row's seeds
+        (repro/tasks.py: a row's seeds together score the whole pool)."""
+        return self.tasks_dir / f"shard{run.seeds.index(seed) % SHARDS}"
+
     def seeds(self, run: Run) -> tuple[int, ...]:
         """The seeds this mode runs a row with (none: the row is not part of QUICK)."""
         if not self.quick:
@@ -88,7 +93,7 @@ def shown(path: Path) -> str:
 
 def run_command(run: Run, seed: int, layout: Layout) -> list[str]:
     """The sparsetune command line of one (row, seed), as a user would type it."""
-    argv = [a.replace("{tasks}", shown(layout.tasks_dir)) for a in run.argv]
+    argv = [a.replace("{tasks}", shown(layout.shard_dir(run, seed))) for a in run.argv]
     return merge_overrides(argv, run.quick if layout.quick else (),
                            (f"seed={seed}", f"logger.project={PROJECT}", f"logger.group={run.table}"))
 

@@ -2,6 +2,11 @@
 CROSS_DATA, written once per results root so that every row (and the untuned model) is scored on
 exactly the same items, through `eval.include_path` — the way a user adds their own tasks.
 
+The held-out pool is cut into SHARDS disjoint shards (every SHARDS-th row of each task, `shard<k>/`):
+a row's k-th seed scores shard k, so a row's seeds together score the whole pool once. Sizing the pool
+for a standard error of ≤ 1 point then costs one scoring per row, not one per seed, and the seeds are
+independent estimates (repro/stats.py).
+
 Each file is sparsetune's redirect of lm-eval's stock task (data/benchmarks.py `task_yaml`: the stock
 YAML `include`d, only the data pointed at the held-out rows of the shipped split), renamed
 `heldout_<task>` so that it never clashes with a stock task name. The rows are the test split of the
@@ -15,19 +20,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from repro.plan import CROSS_DATA, CROSS_TASK_NAMES, cross_task
+from repro.plan import CROSS_DATA, CROSS_TASK_NAMES, SHARDS, cross_task
 
 STAMP = "cross_tasks.json"  # what the folder was written for: sizes and task names
 
 
-def cross_specs(test_size: dict[str, int], load: Callable[[Any], Any] | None = None) -> dict[str, dict[str, Any]]:
-    """{heldout_<task>: redirect YAML} for every task of every CROSS_DATA set, on its held-out rows."""
+def cross_specs(test_size: dict[str, int], load: Callable[[Any], Any] | None = None,
+                shards: int = 1) -> list[dict[str, dict[str, Any]]]:
+    """Per shard, {heldout_<task>: redirect YAML} for every task of every CROSS_DATA set: shard k holds
+    every shards-th of the task's held-out rows from the k-th (in row order)."""
     from sparsetune.data.benchmarks import shipped_rows, task_yaml
     from sparsetune.jobs.config import compose_job
 
     if load is None:
         from sparsetune.data import load_splits as load
-    specs: dict[str, dict[str, Any]] = {}
+    specs: list[dict[str, dict[str, Any]]] = [{} for _ in range(shards)]
     for label, (data, tasks) in CROSS_DATA.items():
         # the same composition a training row uses, so its held-out split is this one
         cfg = compose_job(["recipe=s2ft_llama", f"data={data}", f"data.test_size={int(test_size[label])}"])
@@ -41,55 +48,71 @@ def cross_specs(test_size: dict[str, int], load: Callable[[Any], Any] | None = N
             raise SystemExit(f"data={data}: held-out tasks {sorted(rows)}, the plan expects {sorted(tasks)} "
                              "(scripts/repro/plan.py CROSS_DATA)")
         for name in tasks:
-            # zero-shot, as sparsetune scores a held-out split: without it gsm8k keeps its stock
-            # num_fewshot 5 and, having no training split here, would draw the shots from these rows
-            spec = task_yaml(name, shipped_rows(name).select(sorted(rows[name])), num_fewshot=0)
-            spec["task"] = cross_task(name)
-            specs[spec["task"]] = spec
+            ordered = sorted(rows[name])
+            for k in range(shards):
+                # zero-shot, as sparsetune scores a held-out split: without it gsm8k keeps its stock
+                # num_fewshot 5 and, having no training split here, would draw the shots from these rows
+                spec = task_yaml(name, shipped_rows(name).select(ordered[k::shards]), num_fewshot=0)
+                spec["task"] = cross_task(name)
+                specs[k][spec["task"]] = spec
     return specs
 
 
+def shard_dir(tasks: Path, shard: int) -> Path:
+    return tasks / f"shard{shard}"
+
+
 def _complete(tasks: Path, stamp: dict[str, Any]) -> bool:
-    """The folder holds every task for these sizes, and the row files its YAMLs point at still exist."""
+    """The folder holds every task of every shard for these sizes, and the row files its YAMLs point at
+    still exist."""
     import yaml
 
     marker = tasks / STAMP
     if not marker.is_file() or json.loads(marker.read_text()) != stamp:
         return False
-    for name in CROSS_TASK_NAMES:
-        path = tasks / f"{name}.yaml"
-        if not path.is_file():
-            return False
-        files = (yaml.safe_load(path.read_text()).get("dataset_kwargs") or {}).get("data_files") or {}
-        if not files or not all(Path(f).is_file() for f in files.values()):
-            return False
+    for shard in range(stamp["shards"]):
+        for name in CROSS_TASK_NAMES:
+            path = shard_dir(tasks, shard) / f"{name}.yaml"
+            if not path.is_file():
+                return False
+            files = (yaml.safe_load(path.read_text()).get("dataset_kwargs") or {}).get("data_files") or {}
+            if not files or not all(Path(f).is_file() for f in files.values()):
+                return False
     return True
 
 
-def write_cross_tasks(folder: Path, test_size: dict[str, int], load: Callable[[Any], Any] | None = None) -> Path:
-    """Write (once per set of sizes) and return the include folder holding one lm-eval task per
-    held-out task of CROSS_DATA (`test_size`: held-out items per task, by CROSS_DATA label)."""
+def write_cross_tasks(folder: Path, test_size: dict[str, int], load: Callable[[Any], Any] | None = None,
+                      shards: int = SHARDS) -> Path:
+    """Write (once per set of sizes) and return the folder whose shard<k>/ subfolders each hold one lm-eval
+    task per held-out task of CROSS_DATA (`test_size`: held-out items per task, by CROSS_DATA label)."""
+    import shutil
+
     import yaml
 
     tasks = folder / "tasks"
-    stamp = {"test_size": {k: int(v) for k, v in sorted(test_size.items())}, "tasks": list(CROSS_TASK_NAMES)}
+    stamp = {"test_size": {k: int(v) for k, v in sorted(test_size.items())}, "tasks": list(CROSS_TASK_NAMES),
+             "shards": int(shards)}
     if _complete(tasks, stamp):
         return tasks
-    specs = cross_specs(test_size, load)
-    missing = set(CROSS_TASK_NAMES) - set(specs)
+    specs = cross_specs(test_size, load, shards)
+    missing = set(CROSS_TASK_NAMES) - set(specs[0])
     if missing:
-        raise SystemExit(f"cross-data tasks not written: {sorted(missing)} (got {sorted(specs)})")
+        raise SystemExit(f"cross-data tasks not written: {sorted(missing)} (got {sorted(specs[0])})")
     tasks.mkdir(parents=True, exist_ok=True)
     marker = tasks / STAMP
     if marker.is_file() and json.loads(marker.read_text()) != stamp:
-        was = json.loads(marker.read_text()).get("test_size")
-        print(f"cross-data tasks in {tasks} rewritten for {stamp['test_size']} (were {was}): S²FT rows finished "
-              "earlier under this results root were scored on other items", flush=True)
+        was = json.loads(marker.read_text())
+        print(f"cross-data tasks in {tasks} rewritten for {stamp['test_size']} in {shards} shard(s) (were "
+              f"{was.get('test_size')} in {was.get('shards', 1)}): S²FT rows finished earlier under this results "
+              "root were scored on other items", flush=True)
     marker.unlink(missing_ok=True)
-    for old in tasks.glob("*.yaml"):  # a stale task (other sizes, a task no longer planned) must not linger
-        old.unlink()
-    for name, spec in specs.items():
-        (tasks / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True),
-                                            encoding="utf-8")
+    for old in [*tasks.glob("*.yaml"), *tasks.glob("shard*")]:  # nothing stale may linger
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    for k, shard in enumerate(specs):
+        out = shard_dir(tasks, k)
+        out.mkdir(parents=True)
+        for name, spec in shard.items():
+            (out / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True),
+                                              encoding="utf-8")
     marker.write_text(json.dumps(stamp, indent=1))
     return tasks

