@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from repro.plan import CROSS_TEST_SIZE, QUICK_SEEDS, SHARDS, Bench, Run
+from repro.plan import CROSS_DATA, QUICK_SEEDS, SHARDS, Bench, Run, data_overrides
 from sparsetune.engine.run_folder import finished
 from sparsetune.jobs.sweep import launch
 from sparsetune.jobs.sweep.launch import Task, reuse_finished, run_tasks, shown_command, thread_setting
@@ -164,7 +164,8 @@ def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
     if any("{tasks}" in " ".join(r.argv) for r in runs):
         from repro.tasks import write_cross_tasks
 
-        write_cross_tasks(layout.tasks_dir.parent, CROSS_TEST_SIZE["quick" if layout.quick else "full"])
+        mode = "quick" if layout.quick else "full"
+        write_cross_tasks(layout.tasks_dir.parent, {label: data_overrides(label, mode) for label in CROSS_DATA})
     failures: list[str] = []
     counter = iter(range(1, total + 1))
 

@@ -20,41 +20,52 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from repro.plan import CROSS_DATA, CROSS_TASK_NAMES, SHARDS, cross_task
+from repro.plan import CROSS_DATA, CROSS_TASK_NAMES, INDOMAIN, SHARDS, cross_task
 
 STAMP = "cross_tasks.json"  # what the folder was written for: sizes and task names
 
 
-def cross_specs(test_size: dict[str, int], load: Callable[[Any], Any] | None = None,
-                shards: int = 1) -> list[dict[str, dict[str, Any]]]:
-    """Per shard, {heldout_<task>: redirect YAML} for every task of every CROSS_DATA set: shard k holds
-    every shards-th of the task's held-out rows from the k-th (in row order)."""
+def cross_specs(data: dict[str, tuple[str, ...]], load: Callable[[Any], Any] | None = None, shards: int = 1,
+                validation_docs: Callable[[Any], list[dict]] | None = None) -> list[dict[str, dict[str, Any]]]:
+    """Per shard, {heldout_<task>: redirect YAML} for every task of every CROSS_DATA set (`data`: each set's
+    data overrides, plan.data_overrides), and for a generated set (INDOMAIN) its validation docs under the
+    in-domain name: shard k holds every shards-th item from the k-th (rows in row order)."""
     from sparsetune.data.benchmarks import shipped_rows, task_yaml
     from sparsetune.jobs.config import compose_job
 
     if load is None:
         from sparsetune.data import load_splits as load
+    if validation_docs is None:
+        from sparsetune.data.sources.benchmarks import generated_validation_docs as validation_docs
     specs: list[dict[str, dict[str, Any]]] = [{} for _ in range(shards)]
-    for label, (data, tasks) in CROSS_DATA.items():
+
+    def add(task: str, name: str, rows: Any) -> None:
+        for k in range(shards):
+            # zero-shot, as sparsetune scores a held-out split: without it gsm8k keeps its stock
+            # num_fewshot 5 and, having no training split here, would draw the shots from these rows
+            spec = task_yaml(task, rows.select(range(k, len(rows), shards)), num_fewshot=0)
+            spec["task"] = cross_task(name)
+            specs[k][spec["task"]] = spec
+
+    for label, (name, tasks) in CROSS_DATA.items():
         # the same composition a training row uses, so its held-out split is this one
-        cfg = compose_job(["recipe=s2ft_llama", f"data={data}", f"data.test_size={int(test_size[label])}"])
+        cfg = compose_job(["recipe=s2ft_llama", *data[label]])
         rows: dict[str, list[int]] = {}
         for ex in load(cfg.data).test:
             if ex.task is None or ex.row is None:
-                raise SystemExit(f"data={data}: held-out item without a benchmark task/row ({ex.task}, {ex.row}); "
+                raise SystemExit(f"data={name}: held-out item without a benchmark task/row ({ex.task}, {ex.row}); "
                                  "cross-data scoring needs source=benchmarks")
             rows.setdefault(ex.task, []).append(int(ex.row))
         if set(rows) != set(tasks):
-            raise SystemExit(f"data={data}: held-out tasks {sorted(rows)}, the plan expects {sorted(tasks)} "
+            raise SystemExit(f"data={name}: held-out tasks {sorted(rows)}, the plan expects {sorted(tasks)} "
                              "(scripts/repro/plan.py CROSS_DATA)")
-        for name in tasks:
-            ordered = sorted(rows[name])
-            for k in range(shards):
-                # zero-shot, as sparsetune scores a held-out split: without it gsm8k keeps its stock
-                # num_fewshot 5 and, having no training split here, would draw the shots from these rows
-                spec = task_yaml(name, shipped_rows(name).select(ordered[k::shards]), num_fewshot=0)
-                spec["task"] = cross_task(name)
-                specs[k][spec["task"]] = spec
+        for task in tasks:
+            add(task, task, shipped_rows(task).select(sorted(rows[task])))
+        if label in INDOMAIN:
+            import datasets
+
+            task, alias = INDOMAIN[label]
+            add(task, alias, datasets.Dataset.from_list(validation_docs(cfg.data)))
     return specs
 
 
@@ -81,20 +92,21 @@ def _complete(tasks: Path, stamp: dict[str, Any]) -> bool:
     return True
 
 
-def write_cross_tasks(folder: Path, test_size: dict[str, int], load: Callable[[Any], Any] | None = None,
-                      shards: int = SHARDS) -> Path:
-    """Write (once per set of sizes) and return the folder whose shard<k>/ subfolders each hold one lm-eval
-    task per held-out task of CROSS_DATA (`test_size`: held-out items per task, by CROSS_DATA label)."""
+def write_cross_tasks(folder: Path, data: dict[str, tuple[str, ...]], load: Callable[[Any], Any] | None = None,
+                      shards: int = SHARDS, validation_docs: Callable[[Any], list[dict]] | None = None) -> Path:
+    """Write (once per set of data overrides and shards) and return the folder whose shard<k>/ subfolders
+    each hold one lm-eval task per held-out task of CROSS_DATA (`data`: each set's overrides,
+    plan.data_overrides)."""
     import shutil
 
     import yaml
 
     tasks = folder / "tasks"
-    stamp = {"test_size": {k: int(v) for k, v in sorted(test_size.items())}, "tasks": list(CROSS_TASK_NAMES),
+    stamp = {"data": {k: list(v) for k, v in sorted(data.items())}, "tasks": list(CROSS_TASK_NAMES),
              "shards": int(shards)}
     if _complete(tasks, stamp):
         return tasks
-    specs = cross_specs(test_size, load, shards)
+    specs = cross_specs(data, load, shards, validation_docs)
     missing = set(CROSS_TASK_NAMES) - set(specs[0])
     if missing:
         raise SystemExit(f"cross-data tasks not written: {sorted(missing)} (got {sorted(specs[0])})")
@@ -102,9 +114,9 @@ def write_cross_tasks(folder: Path, test_size: dict[str, int], load: Callable[[A
     marker = tasks / STAMP
     if marker.is_file() and json.loads(marker.read_text()) != stamp:
         was = json.loads(marker.read_text())
-        print(f"cross-data tasks in {tasks} rewritten for {stamp['test_size']} in {shards} shard(s) (were "
-              f"{was.get('test_size')} in {was.get('shards', 1)}): S²FT rows finished earlier under this results "
-              "root were scored on other items", flush=True)
+        print(f"cross-data tasks in {tasks} rewritten for {stamp['data']} in {shards} shard(s) (were "
+              f"{was.get('data', was.get('test_size'))} in {was.get('shards', 1)}): rows finished earlier under "
+              "this results root were scored on other items", flush=True)
     marker.unlink(missing_ok=True)
     for old in [*tasks.glob("*.yaml"), *tasks.glob("shard*")]:  # nothing stale may linger
         shutil.rmtree(old) if old.is_dir() else old.unlink()

@@ -95,6 +95,19 @@ def test_generator_trains_on_reasoning_gym_and_holds_out_real_gsm8k():
     assert not any(normalise(e.prompt) in held for e in splits.train)
 
 
+def test_generated_validation_docs_are_the_validation_part_never_trained_on():
+    from sparsetune.data.sources.benchmarks import generated_validation_docs
+
+    cfg = _cfg(tasks=["gsm8k"], generator="gsm_symbolic", test_size=30, val_size=5, train_size=40)
+    splits, docs = load_splits(cfg), generated_validation_docs(cfg)
+    assert [f"Question: {d['question']}\nAnswer:" for d in docs] == [ex.prompt for ex in splits.val]
+    assert all("####" in d["answer"] for d in docs)
+    trained = {normalise(ex.prompt) for ex in splits.train}
+    assert not any(normalise(ex.prompt) in trained for ex in splits.val)
+    with pytest.raises(ConfigError, match="no data.generator"):
+        generated_validation_docs(_cfg())
+
+
 def test_suites_and_groups_expand():
     assert len(SUITES["s2ft_commonsense"]) == 8 and set(SUITES["pat_commonsense"]) == \
         set(SUITES["s2ft_commonsense"]) - {"social_iqa"}

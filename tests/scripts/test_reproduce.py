@@ -82,7 +82,8 @@ def test_s2ft_rows_train_on_both_data_sets_and_score_their_own_and_the_generalis
                     label = run.name.rsplit(" ", 1)[-1]
                     assert _arg(cmd, "data") == plan.CROSS_DATA[label][0]
                     assert _arg(cmd, "data.test_size") == str(plan.CROSS_TEST_SIZE[mode][label]), (mode, run.key)
-    assert plan.CROSS_TASK_NAMES == (*(f"heldout_{t}" for t in plan.CROSS_DATA["commonsense"][1]), "heldout_gsm8k")
+    assert plan.CROSS_TASK_NAMES == (*(f"heldout_{t}" for t in plan.CROSS_DATA["commonsense"][1]), "heldout_gsm8k",
+                                     "heldout_gsm_symbolic")
     # pools sized for an SE of at most a point (test below), 300 GSM8K problems; a handful in QUICK; the
     # untuned row's seeds are the three shards, i.e. the whole pool
     assert plan.CROSS_TEST_SIZE["full"]["arithmetic"] == 300
@@ -151,10 +152,10 @@ def test_the_plan_composes_on_the_new_data_and_never_on_big_bench(tmp_path):
     # the plan's task names are those the data configs hold out, and every training row's data config is
     # the one tasks.py composes (recipe=s2ft_llama) for its held-out rows: the same split, whatever the recipe
     for label, (name, tasks) in plan.CROSS_DATA.items():
-        ref = compose_job(["recipe=s2ft_llama", f"data={name}", f"data.test_size={plan.CROSS_TEST_SIZE['full'][label]}"])
+        ref = compose_job(["recipe=s2ft_llama", *plan.data_overrides(label, "full")])
         rows = [d for k, d in data.items() if k.endswith(f"trained on {label}")]
         assert len(rows) == len(plan.S2FT_METHODS) and all(d == ref.data for d in rows), label
-        assert tuple(expand(list(ref.data.tasks))) == tasks
+        assert tuple(expand(list(ref.data.tasks))) == tasks and ref.data.name == name
     assert plan.CROSS_DATA["commonsense"][1] == SUITES["s2ft_commonsense"] and len(SUITES["s2ft_commonsense"]) == 8
     text = " ".join([*(" ".join(r.argv) for r in plan.RUNS), *(t.title + t.reading for t in plan.TABLES)]).lower()
     assert "strategyqa" not in text and "big-bench" not in text and "bigbench" not in text
@@ -198,8 +199,13 @@ def test_cross_tasks_redirect_the_stock_tasks_to_the_held_out_rows(tmp_path, mon
                 for r in rows[data_cfg.name]]
         return Splits(kind="text", train=[], val=[], test=test)
 
-    sizes = {"commonsense": 2, "arithmetic": 3}
-    folder = write_cross_tasks(tmp_path / "lm_tasks", sizes, load=load, shards=3)
+    def validation_docs(data_cfg):  # the generated set's validation docs (reasoning-gym not run here)
+        assert data_cfg.name == "arithmetic"
+        return [{"question": f"Q{i} val {data_cfg.val_size}", "answer": f"#### {i}"} for i in range(3)]
+
+    data = {"commonsense": ("data=commonsense_mix", "data.test_size=2"),
+            "arithmetic": ("data=arithmetic", "data.test_size=3", "data.val_size=3")}
+    folder = write_cross_tasks(tmp_path / "lm_tasks", data, load=load, shards=3, validation_docs=validation_docs)
     assert folder == tmp_path / "lm_tasks" / "tasks"
     assert sorted(loaded) == [("arithmetic", 3), ("commonsense_mix", 2)]  # each data set loaded once
     for shard, (gsm_row, arc_row) in enumerate(((2, 4), (5, 7), (9, 11))):  # every 3rd row, in row order
@@ -208,21 +214,26 @@ def test_cross_tasks_redirect_the_stock_tasks_to_the_held_out_rows(tmp_path, mon
         assert [d["question"] for d in tasks["heldout_gsm8k"].eval_docs] == [shipped_rows("gsm8k")[gsm_row]["question"]]
         assert [d["question"] for d in tasks["heldout_arc_easy"].eval_docs] == \
             [shipped_rows("arc_easy")[arc_row]["question"]]
+        # in-domain arithmetic: the generated validation docs, scored as gsm8k scores
+        assert [d["question"] for d in tasks["heldout_gsm_symbolic"].eval_docs] == [f"Q{shard} val 3"]
+        assert tasks["heldout_gsm_symbolic"].OUTPUT_TYPE == "generate_until"
         assert all(t.get_config("num_fewshot") == 0 for t in tasks.values())  # zero-shot, no shots from these rows
         assert tasks["heldout_boolq"].OUTPUT_TYPE == "multiple_choice"
     loaded.clear()
-    assert write_cross_tasks(tmp_path / "lm_tasks", sizes, load=load, shards=3) == folder and loaded == []  # reused
-    write_cross_tasks(tmp_path / "lm_tasks", {**sizes, "arithmetic": 4}, load=load, shards=3)  # other sizes: rewritten
-    assert ("arithmetic", 4) in loaded
-    write_cross_tasks(tmp_path / "lm_tasks", sizes, load=load, shards=1)  # other shard count: rewritten, none stale
-    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["shard0"]
+    again = write_cross_tasks(tmp_path / "lm_tasks", data, load=load, shards=3, validation_docs=validation_docs)
+    assert again == folder and loaded == []  # reused
+    other = {**data, "arithmetic": ("data=arithmetic", "data.test_size=4", "data.val_size=3")}
+    write_cross_tasks(tmp_path / "lm_tasks", other, load=load, shards=3, validation_docs=validation_docs)
+    assert ("arithmetic", 4) in loaded  # other overrides: rewritten
+    write_cross_tasks(tmp_path / "lm_tasks", data, load=load, shards=1, validation_docs=validation_docs)
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["shard0"]  # other shard count: none stale
 
     def short(data_cfg):  # a data set that no longer holds out a task the plan scores
         split = load(data_cfg)
         return Splits(kind="text", train=[], val=[], test=[ex for ex in split.test if ex.task != "piqa"])
 
     with pytest.raises(SystemExit, match="piqa"):
-        write_cross_tasks(tmp_path / "other", sizes, load=short)
+        write_cross_tasks(tmp_path / "other", data, load=short, validation_docs=validation_docs)
 
 
 def test_aggregate_mean_std_and_text():

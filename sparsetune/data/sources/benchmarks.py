@@ -164,6 +164,16 @@ def load_benchmarks(data_cfg: Any) -> Splits:
     if not data_cfg.generator:
         return make_splits(by_task, data_cfg, key=lambda ex: normalise(ex.prompt))
     # training items from the generator, held-out items from the shipped benchmark
+    test, kept = _generated_parts(data_cfg, names, by_task)
+    generated = [ex for _, ex in kept]
+    n_val = int(data_cfg.val_size or 0)
+    train_size = 2000 if data_cfg.train_size is None else int(data_cfg.train_size)
+    return Splits(kind="text", train=generated[n_val:][:train_size], val=generated[:n_val], test=test)
+
+
+def _generated_parts(data_cfg: Any, names: list[str], by_task: dict[str, list[Example]]):
+    """(held-out shipped items, [(doc, example)] of the generated items none of which is held out): the
+    validation part is the first `val_size` of the generated ones, training the rest."""
     if len(names) != 1:
         raise ConfigError("data.generator fills the training part of one task: give exactly one data.tasks entry")
     name = names[0]
@@ -174,6 +184,14 @@ def load_benchmarks(data_cfg: Any) -> Splits:
         generated = [example_from_doc(task, doc, None) for doc in docs]
     test, _ = hold_out(by_task, data_cfg, key=lambda ex: normalise(ex.prompt))
     held_keys = {normalise(ex.prompt) for ex in test}
-    generated = [ex for ex in generated if normalise(ex.prompt) not in held_keys]
-    n_val = int(data_cfg.val_size or 0)
-    return Splits(kind="text", train=generated[n_val:][:train_size], val=generated[:n_val], test=test)
+    return test, [(doc, ex) for doc, ex in zip(docs, generated) if normalise(ex.prompt) not in held_keys]
+
+
+def generated_validation_docs(data_cfg: Any) -> list[dict]:
+    """The docs (the task's columns) of a generated data set's validation part, never trained on: what a
+    caller scores as in-domain held-out items with the task's own lm-eval definition."""
+    if not data_cfg.generator:
+        raise ConfigError(f"data '{data_cfg.name}' has no data.generator: its held-out items are shipped rows")
+    names = expand(list(data_cfg.tasks or []))
+    _, kept = _generated_parts(data_cfg, names, _task_examples(names))
+    return [doc for doc, _ in kept[: int(data_cfg.val_size or 0)]]
