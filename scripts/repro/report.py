@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from repro.plan import Bench, Run, Table
-from repro.runner import Layout, bench_command, run_command, shown, then_command
+from repro.runner import Layout, bench_command, lane_label, run_command, shown, then_command, timings
 from repro.stats import describe, difference, mean_se
 from sparsetune.jobs.sweep.plots import close_figure, figure, mean_line, save_figure
 from sparsetune.jobs.sweep.report import mean_std, number
@@ -83,6 +83,10 @@ def run_rows(layout: Layout, run: Run) -> list[dict[str, Any]]:
     per_item: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
     order: list[str] = []
     seeds_done = 0
+    recorded = timings(layout)["tasks"]
+    spent = [sum(v for k, v in recorded.items() if k == lane_label(run, seed) or k.startswith(f"{lane_label(run, seed)} ("))
+             for seed in layout.seeds(run) if lane_label(run, seed) in recorded]
+    minutes = sum(spent) / len(spent) / 60 if spent else None
     for seed in layout.seeds(run):
         folder = layout.finished_run(run, seed)
         if folder is None:
@@ -98,12 +102,13 @@ def run_rows(layout: Layout, run: Run) -> list[dict[str, Any]]:
     if not order:
         if not layout.seeds(run):
             return []  # not part of this mode (QUICK runs a subset of the rows)
-        return [{"row": run.name, "seeds": 0, **{c: {"text": "not run", "n": 0} for c in run.columns}}]
+        return [{"row": run.name, "seeds": 0, "minutes": minutes,
+                 **{c: {"text": "not run", "n": 0} for c in run.columns}}]
     rows = []
     for label in order:
         name = run.name if not label else f"{run.name} · {'task ' + label if run.expand == 'tasks' else label}"
         cells = {c: aggregate(per_item[label][c], per_item[label][f"{c}\0se"]) for c in run.columns}
-        rows.append({"row": name, "seeds": seeds_done, **cells})
+        rows.append({"row": name, "seeds": seeds_done, "minutes": minutes, **cells})
     return rows
 
 
@@ -129,11 +134,26 @@ def comparisons(table: Table, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def markdown_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(["", *columns, "seeds"]) + " |", "|" + "---|" * (len(columns) + 2)]
+    """The rows, their seeds and what one seed's commands took (minutes, from timings.json)."""
+    lines = ["| " + " | ".join(["", *columns, "seeds", "min / seed"]) + " |", "|" + "---|" * (len(columns) + 3)]
     for row in rows:
         cells = [fmt_cell(row[c]) if c in row else "–" for c in columns]
-        lines.append("| " + " | ".join([row["row"], *cells, str(row["seeds"])]) + " |")
+        cost = f"{row['minutes']:.1f}" if row.get("minutes") is not None else "–"
+        lines.append("| " + " | ".join([row["row"], *cells, str(row["seeds"]), cost]) + " |")
     return "\n".join(lines)
+
+
+def time_taken(layout: Layout) -> str:
+    """One line: the commands' total process time and each invocation's wall clock."""
+    data = timings(layout)
+    total = sum(data["tasks"].values())
+    if not total:
+        return "- Time: not recorded (no command finished under this results root)."
+    benches = sum(v for k, v in data["tasks"].items() if k.split("/", 1)[-1].startswith("bench "))
+    runs = " + ".join(f"{i['wall_s'] / 60:.0f} min ({i['date']}, JOBS={i['jobs']}, {i['commands']} commands)"
+                      for i in data["invocations"])
+    return (f"- Time: {len(data['tasks'])} commands took {total / 3600:.1f} h of process time "
+            f"(the benches {benches / 60:.0f} min of it); wall clock: {runs or 'not recorded'}.")
 
 
 def bench_tables(path: Path, bench: Bench) -> str:
@@ -266,7 +286,7 @@ def write_report(layout: Layout, tables: list[Table], runs: list[Run], benches: 
     parts = [f"# sparsetune reproduction report{' (QUICK smoke run)' if layout.quick else ''}", "",
              f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by `{make}` (`{script}`), from the runs "
              f"under `{shown(layout.root)}/`.", "",
-             f"- Hardware: {_hardware()}", f"- Libraries: {_versions()}",
+             f"- Hardware: {_hardware()}", f"- Libraries: {_versions()}", time_taken(layout),
              "- Every row's exact command is listed under its table; each (row, seed) ran in its own process "
              "with `seed=<k>` and its own run folder; cells are mean ± standard error over the seeds shown (accuracies: "
              "seeds and held-out items, each seed scored on its own shard of the held-out pool; "

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from repro.plan import CROSS_DATA, QUICK_SEEDS, SHARDS, Bench, Run, data_overrides
@@ -54,6 +56,11 @@ class Layout:
         return self.root / "logs" / table / f"{slug(name)}.log"
 
     @property
+    def timings_file(self) -> Path:
+        """What each finished command took and each invocation's wall time (`record_time`, `timings`)."""
+        return self.root / "timings.json"
+
+    @property
     def tasks_dir(self) -> Path:
         return self.root / "lm_tasks" / "tasks"
 
@@ -71,6 +78,28 @@ class Layout:
     def finished_run(self, run: Run, seed: int) -> Path | None:
         done = sorted(s.parent for s in self.run_root(run, seed).glob("*/summary.json") if finished(s.parent))
         return done[-1] if done else None
+
+
+def timings(layout: Layout) -> dict:
+    """{"tasks": {label: seconds}, "invocations": [{"date", "wall_s", "jobs", "commands"}]} so far."""
+    path = layout.timings_file
+    return json.loads(path.read_text()) if path.is_file() else {"tasks": {}, "invocations": []}
+
+
+def record_time(layout: Layout, label: str | None = None, seconds: float | None = None,
+                invocation: dict | None = None) -> None:
+    """Add one finished command's seconds (kept across resumed invocations) or one invocation's record."""
+    data = timings(layout)
+    if label is not None:
+        data["tasks"][label] = round(float(seconds or 0.0), 1)
+    if invocation is not None:
+        data["invocations"].append(invocation)
+    layout.timings_file.parent.mkdir(parents=True, exist_ok=True)
+    layout.timings_file.write_text(json.dumps(data, indent=1))
+
+
+def lane_label(run: Run, seed: int) -> str:
+    return f"{run.key} seed {seed}"
 
 
 def merge_overrides(*groups: tuple[str, ...] | list[str]) -> list[str]:
@@ -126,7 +155,7 @@ def _lane(layout: Layout, run: Run, seed: int) -> Task:
     that run folder (its command is built when it starts), reused once the summary has `then_key`."""
     env = {"SPARSETUNE_RUNS": str(layout.run_root(run, seed))}
     cwd = str(PROJECT_ROOT)
-    task = Task(f"{run.key} seed {seed}", _cli(run_command(run, seed, layout)),
+    task = Task(lane_label(run, seed), _cli(run_command(run, seed, layout)),
                 layout.log_file(run.table, f"{run.name}-seed{seed}"), env=env, cwd=cwd,
                 done=lambda: layout.finished_run(run, seed) is not None)
     if run.then:
@@ -138,7 +167,7 @@ def _lane(layout: Layout, run: Run, seed: int) -> Task:
             folder = layout.finished_run(run, seed)
             return folder is not None and _then_done(folder, run)
 
-        task.then = Task(f"{run.key} seed {seed} ({run.then[0]})", then_args,
+        task.then = Task(f"{lane_label(run, seed)} ({run.then[0]})", then_args,
                          layout.log_file(run.table, f"{run.name}-seed{seed}-{run.then[0]}"), env=env, cwd=cwd,
                          done=then_done)
     return task
@@ -179,10 +208,17 @@ def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
             return
         status = "ok" if task.returncode == 0 else f"FAILED (exit {task.returncode}, log {task.log})"
         print(f"        {task.label}: {status} in {task.seconds:.0f} s", flush=True)
+        if task.returncode == 0:
+            record_time(layout, task.label, task.seconds)
         if task.returncode != 0:
             print(_tail(task.log), flush=True)
             failures.append(task.label)
 
+    start = time.monotonic()
     run_tasks(rows_todo, layout.jobs, on_start=started, on_finish=finished)
     run_tasks(benches_todo, 1, on_start=started, on_finish=finished)  # alone, every core: timings
+    if total:
+        record_time(layout, invocation={"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                                        "wall_s": round(time.monotonic() - start, 1), "jobs": layout.jobs,
+                                        "commands": total, "failed": len(failures)})
     return failures

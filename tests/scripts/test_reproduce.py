@@ -291,6 +291,25 @@ def test_finished_runs_are_found_and_expanded_rows_aggregate_per_item(tmp_path):
     assert rows[0]["classes"]["text"] == "3,7"
 
 
+def test_the_report_states_what_each_row_and_the_whole_run_took(tmp_path):
+    from repro.runner import lane_label, record_time
+
+    layout = Layout(tmp_path / "results", quick=False)
+    run = next(r for r in plan.RUNS if r.then)  # EViT's fine-tuned row: a command and a follow-up per seed
+    for seed in run.seeds:
+        _finish(layout, run, seed, {"eval_points": {"keep 1.0": {"keep_rate": 1.0, "top1": 0.8}}})
+        record_time(layout, lane_label(run, seed), 60.0 * (seed + 1))
+        record_time(layout, f"{lane_label(run, seed)} ({run.then[0]})", 30.0)
+    record_time(layout, "spt_bench/bench spt", 600.0)
+    record_time(layout, invocation={"date": "2026-12-07 01:00 UTC", "wall_s": 5400.0, "jobs": 2, "commands": 5})
+    rows = run_rows(layout, run)
+    assert rows and rows[0]["minutes"] == pytest.approx((90 + 150) / 2 / 60)  # command + follow-up, mean over seeds
+    text = write_report(layout, plan.TABLES, plan.RUNS, plan.BENCHES, tmp_path / "R.md").read_text()
+    assert "5 commands took 0.2 h of process time (the benches 10 min of it); wall clock: 90 min " \
+           "(2026-12-07 01:00 UTC, JOBS=2, 5 commands)" in text
+    assert "| seeds | min / seed |" in text and " | 2 | 2.0 |" in text
+
+
 def test_report_has_every_table_paper_figures_commands_and_a_plot(tmp_path):
     layout = Layout(tmp_path / "results", quick=False)
     for run in plan.RUNS:
