@@ -41,8 +41,8 @@ bench:  ## side-by-side efficiency comparisons, one process per variant, BENCH_R
 
 QUICK ?=
 JOBS ?=
-reproduce:  ## every paper's table at small scale into reports/REPRODUCE.md (resumable); QUICK=1: ~10 min smoke version; JOBS=2: two rows at a time
-	$(PY) scripts/reproduce.py $(if $(QUICK),--quick) $(if $(JOBS),--jobs $(JOBS))
+reproduce:  ## every paper's table at small scale into reports/REPRODUCE.md (resumable); QUICK=1: smoke version; JOBS=2: two rows at a time; SEEDS=0: seed 0 of every row first
+	$(PY) scripts/reproduce.py $(if $(QUICK),--quick) $(if $(JOBS),--jobs $(JOBS)) $(if $(SEEDS),--seeds $(SEEDS))
 
 clean:
 	rm -rf runs results .pytest_cache

@@ -5,6 +5,7 @@ reports/REPRODUCE.md (tables beside the papers' figures, PNG plots, the command 
     python scripts/reproduce.py --jobs 2        # two rows at a time, one thread each (benches still alone)
     python scripts/reproduce.py --quick         # smoke version: the whole chain in ~10 min, numbers not results
     python scripts/reproduce.py --only pat      # tables whose name contains "pat"
+    python scripts/reproduce.py --seeds 0       # seed 0 of every row: a first pass that measures each row's cost
     python scripts/reproduce.py --list          # what would run, and what is finished
     python scripts/reproduce.py --report-only   # rewrite the report from finished runs
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny steps and eval limits: a smoke test of every table")
     parser.add_argument("--only", help="only tables whose name contains this text")
+    parser.add_argument("--seeds", help="only these seeds of each row, e.g. 0 or 0,1 (a later full run reuses them)")
     parser.add_argument("--list", action="store_true", help="list the commands and whether each is finished")
     parser.add_argument("--jobs", type=int, default=1,
                         help="training/eval rows run at once, each with cpu_count/jobs threads (benches run alone)")
@@ -43,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    layout = Layout(args.results or ROOT / "results" / ("quick" if args.quick else "full"), args.quick, args.jobs)
+    try:
+        seeds = tuple(int(x) for x in args.seeds.split(",")) if args.seeds else None
+    except ValueError:
+        parser.error(f"--seeds takes seed numbers separated by commas, e.g. 0 or 0,1 (got {args.seeds!r})")
+    layout = Layout(args.results or ROOT / "results" / ("quick" if args.quick else "full"), args.quick, args.jobs, seeds)
     tables = [t for t in TABLES if not args.only or args.only in t.name]
     names = {t.name for t in tables}
     runs = [r for r in RUNS if r.table in names]

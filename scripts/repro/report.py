@@ -297,6 +297,9 @@ def write_report(layout: Layout, tables: list[Table], runs: list[Run], benches: 
                   "thread(s) each), so their step-time columns were measured beside another run; the bench tables "
                   "ran alone with every core and are the timing figures."]
     parts += [""]
+    if layout.only_seeds is not None:
+        parts += [f"> Seeds {', '.join(map(str, layout.only_seeds))} only (`--seeds`): a partial pass; each row's "
+                  "standard error covers only the shards those seeds score.", ""]
     if layout.quick:
         parts += ["> QUICK mode: one seed, a subset of the rows, 3 training steps and a dozen eval items per run — "
                   "this checks that every table's chain runs end to end; its numbers are **not** results.", ""]

@@ -40,6 +40,9 @@ class Layout:
     root: Path
     quick: bool
     jobs: int = 1  # (row, seed) commands run at once
+    # run (and report) only these seeds of each row, e.g. (0,): a first pass that measures every row's cost;
+    # a later run without it reuses them and adds the rest
+    only_seeds: tuple[int, ...] | None = None
 
     @property
     def threads_per_job(self) -> int:
@@ -70,10 +73,12 @@ class Layout:
         return self.tasks_dir / f"shard{run.seeds.index(seed) % SHARDS}"
 
     def seeds(self, run: Run) -> tuple[int, ...]:
-        """The seeds this mode runs a row with (none: the row is not part of QUICK)."""
+        """The seeds this mode runs a row with (none: the row is not part of QUICK), within `only_seeds`."""
         if not self.quick:
-            return run.seeds
-        return tuple(s for s in run.seeds if s in QUICK_SEEDS) if run.in_quick else ()
+            seeds = run.seeds
+        else:
+            seeds = tuple(s for s in run.seeds if s in QUICK_SEEDS) if run.in_quick else ()
+        return seeds if self.only_seeds is None else tuple(s for s in seeds if s in self.only_seeds)
 
     def finished_run(self, run: Run, seed: int) -> Path | None:
         done = sorted(s.parent for s in self.run_root(run, seed).glob("*/summary.json") if finished(s.parent))

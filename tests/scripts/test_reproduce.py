@@ -57,6 +57,15 @@ def test_quick_mode_runs_one_seed_of_a_subset_and_full_mode_every_seed(tmp_path)
     assert any(a.startswith("eval.include_path=") and "{tasks}" not in a for a in run_command(s2ft, 0, quick))
 
 
+def test_a_first_pass_with_one_seed_scores_that_seeds_shard_and_the_full_run_adds_the_rest(tmp_path):
+    first = Layout(tmp_path, quick=False, only_seeds=(0,))
+    s2ft = next(r for r in plan.RUNS if r.table == "s2ft" and r.argv[0] == "train")
+    assert first.seeds(s2ft) == (0,) and Layout(tmp_path, quick=False).seeds(s2ft) == plan.SEEDS
+    assert _arg(run_command(s2ft, 0, first), "eval.include_path").endswith("shard0")
+    assert first.seeds(next(r for r in plan.RUNS if r.seeds == (0,))) == (0,)
+    assert Layout(tmp_path, quick=True, only_seeds=(1,)).seeds(s2ft) == ()  # QUICK runs seed 0 only
+
+
 def _arg(cmd: list[str], key: str) -> str | None:
     return next((a.split("=", 1)[1] for a in cmd if a.startswith(f"{key}=")), None)
 
