@@ -10,8 +10,10 @@ suite's tasks by eval/lm.py); the seeds of a row are scored on disjoint shards o
 with s the standard deviation over the n seeds: s² estimates item noise plus training noise, mean se_k²
 the item noise alone, and the larger is used so that neither three seeds that happen to agree nor one
 seed alone understates the noise. Without item errors (losses, times) SE = s / sqrt(n); one seed without
-an item error has none. A difference of two rows has SE sqrt(SE_a² + SE_b²) (independent rows); it is
-read "beyond 2 SE" when |difference| > 2 SE, else "within noise" — from the numbers, never by hand.
+an item error has none. A difference of two rows has SE sqrt(SE_a² + SE_b²), as for independent rows:
+conservative, since two rows scored on the same shards share their item noise, which a paired SE would
+cancel. It is read "beyond 2 SE" when |difference| > 2 SE, else "within noise" — from the numbers, never
+by hand.
 """
 
 from __future__ import annotations
