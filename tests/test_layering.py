@@ -162,7 +162,8 @@ DEFERRED_LIBRARIES = frozenset({
     "urllib",  # the optional BIG-bench download
 })
 DEFERRED_PREFIXES = ("torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.fsdp",
-                     "torch.distributed.checkpoint")  # multi-process launch, FSDP and its state dicts: ~1 s to import
+                     "torch.distributed.checkpoint",  # multi-process launch, FSDP and its state dicts: ~1 s to import
+                     "sparsetune.eval.prefix_lm")  # subclasses lm_eval's HFLM, so importing it imports lm_eval
 
 
 def function_level_imports(path: Path) -> list[tuple[int, str]]:

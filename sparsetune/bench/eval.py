@@ -1,10 +1,13 @@
 """`sparsetune bench eval`: `sparsetune eval` against the stock `lm_eval` CLI on one offline task.
 
 Variants `lm_eval_cli` (the baseline: `lm_eval --model hf --model_args pretrained=<model folder>
---tasks piqa --include_path <offline redirect>`) and `sparsetune` (`sparsetune eval model=...
-method=full eval.tasks=[piqa]`), each a whole command in its own process, rounds interleaved, on the
-same model folder (the converted SmolLM2-135M), task definition, items, batch size and threads:
+--tasks piqa --include_path <offline redirect>`), `sparsetune` (`sparsetune eval model=...
+method=full eval.tasks=[piqa] eval.share_prefix=false`: lm-eval's own HFLM scoring) and
+`sparsetune_shared` (the same with eval.share_prefix=true, the default: each context computed once),
+each a whole command in its own process, rounds interleaved, on the same model folder (the converted
+SmolLM2-135M), task definition, items, batch size and threads:
 - `wall_s`: the command's wall time (start-up, model load, scoring): what a user waits for;
+  `sparsetune_shared_vs_sparsetune` is what shared-context scoring saves;
 - `acc`, `acc_norm`: must be equal (`acc_norm_vs_lm_eval_cli` 1.00×).
 `--quick` scores 20 items, else 200; both commands get `trainer.threads` threads (default 2).
 """
@@ -30,11 +33,13 @@ TASK = "piqa"
 def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
     common = ["model=smollm2_135m", "method=full", "logger=quiet", *overrides]
     variants = [Variant("lm_eval_cli", "sparsetune.bench.eval:measure_lm_eval", common),
-                Variant("sparsetune", "sparsetune.bench.eval:measure_sparsetune", common)]
+                Variant("sparsetune", "sparsetune.bench.eval:measure_sparsetune", [*common, "eval.share_prefix=false"]),
+                Variant("sparsetune_shared", "sparsetune.bench.eval:measure_sparsetune",
+                        [*common, "eval.share_prefix=true"])]
     limit = 20 if quick else 200
     settings = [Setting(f"{TASK} {limit} items", {"task": TASK, "limit": limit, "batch": 16})]
     return Benchmark(name="eval", variants=variants, settings=settings, baseline="lm_eval_cli",
-                     ratio_metrics=["wall_s", "acc_norm"])
+                     ratio_metrics=["wall_s", "acc_norm"], extra_ratios=[("sparsetune_shared", "sparsetune")])
 
 
 def _threads(cfg) -> int:
@@ -62,12 +67,13 @@ def measure_sparsetune(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "sparsetune.cli", "eval", f"model={cfg.model.name}", "method=full",
                f"eval.tasks=[{task}]", f"eval.limit={settings['limit']}", f"eval.batch_size={settings['batch']}",
-               f"trainer.threads={threads}", "logger=quiet", f"run_dir={tmp}"]
+               f"trainer.threads={threads}", f"eval.share_prefix={str(bool(cfg.eval.share_prefix)).lower()}",
+               "logger=quiet", f"run_dir={tmp}"]
         wall = _timed(cmd, _env(threads))
         summary = json.loads(next(Path(tmp).glob("*/summary.json")).read_text())
     scores = summary["eval"][task]
     return {"wall_s": wall, "acc": scores["acc"], "acc_norm": scores["acc_norm"], "n": scores.get("n"),
-            "threads": threads}
+            "threads": threads, "share_prefix": bool(cfg.eval.share_prefix)}
 
 
 def measure_lm_eval(cfg, settings: dict[str, Any]) -> dict[str, Any]:

@@ -221,6 +221,12 @@ class EvalConfig:
     max_new_tokens: int = 16
     scoring: str = one_of("auto", "auto", "multiple_choice", "generate")
     bootstrap_iters: int = 0
+    # multiple-choice scoring runs each distinct context once (KV cache) and computes the lm_head
+    # only where a continuation token is predicted, instead of lm-eval's HFLM running every
+    # (context, choice) pair whole: the same log-likelihoods (tested against HFLM), less compute.
+    # Requests it cannot share exactly (truncated, a model without a KV cache) go through HFLM.
+    # false: lm-eval's HFLM throughout (see sparsetune/eval/prefix_lm.py)
+    share_prefix: bool = True
     # method-defined settings to score one by one in `sparsetune eval` (Method.eval_points), e.g. EViT
     # keep rates: eval.points=[1.0,0.7,0.5] → top-1, images/s and GMACs per point, eval_points.json + .png
     points: list[float] = field(default_factory=list)

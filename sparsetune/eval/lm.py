@@ -165,16 +165,21 @@ def _run(model: Any, tokenizer: Any, tasks: list[str], task_manager: Any, eval_c
     public API: seeding python/numpy/torch and the few-shot sampler with its default seeds (so the
     figures are exactly those simple_evaluate gave), loading tasks through the TaskManager, and
     applying num_fewshot. Skipped: the results' "config" / env / git decorations, which nothing reads.
+    The LM is HFLM, or with eval.share_prefix (the default) its subclass SharedPrefixLM, which
+    scores multiple-choice requests with each context computed once (same figures; prefix_lm.py).
     """
     import jinja2
     from lm_eval import evaluate
     from lm_eval.models.huggingface import HFLM
 
+    from sparsetune.eval.prefix_lm import SharedPrefixLM  # imports lm_eval: deferred like it
+
     with preserved_state(model), quiet():
         # score with BOS exactly when training sequences had it (Llama-2/3 yes, SmolLM2 no)
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=int(eval_cfg.batch_size),
-                  device=_model_device(model), max_length=max_length,
-                  add_bos_token=tokenizer_adds_bos(tokenizer))
+        lm_class = SharedPrefixLM if getattr(eval_cfg, "share_prefix", True) else HFLM
+        lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=int(eval_cfg.batch_size),
+                      device=_model_device(model), max_length=max_length,
+                      add_bos_token=tokenizer_adds_bos(tokenizer))
         random.seed(_RANDOM_SEED)
         np.random.seed(_OTHER_SEED)
         torch.manual_seed(_OTHER_SEED)

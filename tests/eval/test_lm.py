@@ -17,6 +17,7 @@ from sparsetune.data.types import Example
 from sparsetune.errors import ConfigError, DataError, UserError
 from sparsetune.eval.lm import evaluate_lm_tasks, evaluate_text
 from sparsetune.eval.lm_tasks import FALLBACK, answer_rule, extract_answer, write_local_tasks
+from sparsetune.eval.prefix_lm import SharedPrefixLM
 from sparsetune.models.tiny import build_tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +40,8 @@ def _loglik(model, tok, context: str, choice: str) -> float:
     return float(sum(logp[i - 1, ids[i]] for i in range(n_ctx, len(ids))))
 
 
-def test_multiple_choice_matches_direct_loglikelihood(llama, tok, tmp_path, monkeypatch):
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_multiple_choice_matches_direct_loglikelihood(share_prefix, llama, tok, tmp_path, monkeypatch):
     llama.eval()
     prompts = [f"Question {i}: which word fits the pattern {i * 7 % 13}?" for i in range(8)]
     choices = ["alpha", "be", "gamma ray", "d"]
@@ -51,15 +53,16 @@ def test_multiple_choice_matches_direct_loglikelihood(llama, tok, tmp_path, monk
     examples = [Example(p, choices[y], "pattern", list(choices), y) for p, y in zip(prompts, labels)]
     # spy on lm-eval's loglikelihood requests: each (context, continuation) and its score
     seen: dict[tuple[str, str], float] = {}
-    original = HFLM.loglikelihood
+    lm_class = SharedPrefixLM if share_prefix else HFLM
+    original = lm_class.loglikelihood
 
     def spy(self, requests, disable_tqdm=False):
         out = original(self, requests, disable_tqdm=disable_tqdm)
         seen.update({tuple(r.args): ll for r, (ll, _) in zip(requests, out)})
         return out
 
-    monkeypatch.setattr(HFLM, "loglikelihood", spy)
-    res = evaluate_text(llama, tok, examples, EvalConfig(batch_size=3), "alpaca", tmp_path)
+    monkeypatch.setattr(lm_class, "loglikelihood", spy)
+    res = evaluate_text(llama, tok, examples, EvalConfig(batch_size=3, share_prefix=share_prefix), "alpaca", tmp_path)
 
     # the prompt is formatted as in training and the choice follows it directly
     assert set(seen) == {(format_prompt(p, "alpaca"), c) for p in prompts for c in choices}

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from lm_eval.models.huggingface import HFLM
 
 from sparsetune.config.schema import Config, EvalConfig
 from sparsetune.data.prompts import format_prompt
@@ -17,6 +16,7 @@ from sparsetune.data.types import Example, Splits
 from sparsetune.errors import ConfigError, DataError, UserError
 from sparsetune.eval.lm import evaluate_lm_tasks, evaluate_text
 from sparsetune.eval.lm_tasks import write_local_tasks
+from sparsetune.eval.prefix_lm import SharedPrefixLM
 from sparsetune.eval.suite import HELDOUT, eval_tasks, evaluate_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -108,13 +108,13 @@ def test_heldout_default_unchanged_without_tasks(llama, tok, tmp_path):
 
 def test_fewshot_heldout_draws_from_train(llama, tok, tmp_path, monkeypatch):
     seen: list[tuple[str, str]] = []
-    original = HFLM.loglikelihood
+    original = SharedPrefixLM.loglikelihood  # the LM lm-eval scores with (eval.share_prefix, the default)
 
     def spy(self, requests, disable_tqdm=False):
         seen.extend(tuple(r.args) for r in requests)
         return original(self, requests, disable_tqdm=disable_tqdm)
 
-    monkeypatch.setattr(HFLM, "loglikelihood", spy)
+    monkeypatch.setattr(SharedPrefixLM, "loglikelihood", spy)
     train = [Example(f"Train item {i}?", "be", "pattern", ["alpha", "be", "gamma"], 1) for i in range(4)]
     res = evaluate_text(llama, tok, _mc(3), EvalConfig(num_fewshot=2), "plain", tmp_path, fewshot_examples=train)
     assert res["pattern"]["n"] == 3
