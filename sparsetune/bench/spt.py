@@ -27,7 +27,13 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from sparsetune.bench.runner import Benchmark, Setting, Variant
 from sparsetune.bench.worker import worker_setup
 from sparsetune.engine.losses import causal_lm_loss
-from sparsetune.engine.measure import StepTimer, count_parameters, current_memory_mb, peak_memory_mb, reset_peak_memory
+from sparsetune.engine.measure import (
+    StepTimer,
+    count_parameters,
+    current_memory_mb,
+    peak_memory_mb,
+    reset_peak_memory,
+)
 from sparsetune.engine.optim import build_optimizer
 from sparsetune.methods import build_method
 from sparsetune.methods.base import MethodContext
