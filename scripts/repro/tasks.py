@@ -22,7 +22,7 @@ from typing import Any
 
 from repro.plan import CROSS_DATA, CROSS_TASK_NAMES, INDOMAIN, SHARDS, cross_task
 
-STAMP = "cross_tasks.json"  # what the folder was written for: sizes and task names
+STAMP = "cross_tasks.json"  # what the folder was written for: data overrides, shards and task names
 
 
 def cross_specs(data: dict[str, tuple[str, ...]], load: Callable[[Any], Any] | None = None, shards: int = 1,
