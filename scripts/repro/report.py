@@ -143,6 +143,10 @@ def markdown_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _count(n: int) -> str:
+    return f"{n} command{'' if n == 1 else 's'}"
+
+
 def time_taken(layout: Layout) -> str:
     """One line: the commands' total process time and each invocation's wall clock."""
     data = timings(layout)
@@ -150,9 +154,9 @@ def time_taken(layout: Layout) -> str:
     if not total:
         return "- Time: not recorded (no command finished under this results root)."
     benches = sum(v for k, v in data["tasks"].items() if k.split("/", 1)[-1].startswith("bench "))
-    runs = " + ".join(f"{i['wall_s'] / 60:.0f} min ({i['date']}, JOBS={i['jobs']}, {i['commands']} commands)"
+    runs = " + ".join(f"{i['wall_s'] / 60:.0f} min ({i['date']}, JOBS={i['jobs']}, {_count(i['commands'])})"
                       for i in data["invocations"])
-    return (f"- Time: {len(data['tasks'])} commands took {total / 3600:.1f} h of process time "
+    return (f"- Time: {_count(len(data['tasks']))} took {total / 3600:.1f} h of process time "
             f"(the benches {benches / 60:.0f} min of it); wall clock: {runs or 'not recorded'}.")
 
 
