@@ -135,26 +135,28 @@ class SharedPrefixLM(HFLM):
     # ---- the once-per-model check -----------------------------------------------------------
     def _check_first(self, groups: list[_Group], requests: list[Any],
                      results: list[Optional[tuple[float, bool]]]) -> list[_Group]:
-        """Score the first group both ways and keep sharing only if they agree (that group keeps
-        HFLM's figures): catches a forward that ignores the cache, or cannot take one."""
+        """Score the first chunk of groups both ways and keep sharing only if they agree (those keep
+        HFLM's figures): catches a forward that ignores the cache or cannot take one, and one whose
+        output depends on left padding (a whole chunk runs in padded batches, as every later one)."""
         self._checked = True
-        first = groups[0]
+        first = groups[: max(1, self._rows_per_forward()) * _CONTEXT_BATCHES]
+        items = [it for g in first for it in g.items]
         mine: list[Optional[tuple[float, bool]]] = [None] * len(requests)
         try:
-            self._score_groups([first], requests, mine, disable_tqdm=True)
+            self._score_groups(first, requests, mine, disable_tqdm=True)
         except Exception as exc:  # noqa: BLE001 - any model that cannot run this path falls back
             self._disable(f"{type(exc).__name__}: {exc}")
             return []
-        theirs = super().loglikelihood([requests[it.index] for it in first.items], disable_tqdm=True)
+        theirs = super().loglikelihood([requests[it.index] for it in items], disable_tqdm=True)
         tol = _CHECK_ABS.get(_logits_dtype(self), _CHECK_ABS_LOW)
-        for it, (ll, _) in zip(first.items, theirs):
+        for it, (ll, _) in zip(items, theirs):
             got = mine[it.index]
             if got is None or not abs(got[0] - ll) <= tol + _CHECK_REL * abs(ll):
                 self._disable(f"a shared log-likelihood {got[0] if got else float('nan'):.6g} vs HFLM's {ll:.6g}")
                 return []
-        for it, answer in zip(first.items, theirs):
+        for it, answer in zip(items, theirs):
             results[it.index] = answer
-        return groups[1:]
+        return groups[len(first):]
 
     # ---- the shared path --------------------------------------------------------------------
     def _rows_per_forward(self) -> int:
@@ -337,22 +339,22 @@ def _select_rows(cache: Any, which: torch.Tensor) -> Any:
 
 
 def _left_pad(seqs: list[list[int]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
+    return _pad(seqs, device, left=True)
 
 
 def _right_pad(seqs: list[list[int]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return _pad(seqs, device, left=False)
+
+
+def _pad(seqs: list[list[int]], device: Any, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of `seqs` padded with zeros to the longest, on the left or the right."""
     width = max(len(s) for s in seqs)
     ids = torch.zeros(len(seqs), width, dtype=torch.long)
     mask = torch.zeros(len(seqs), width, dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
+        span = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, span] = torch.tensor(s, dtype=torch.long)
+        mask[i, span] = 1
     return ids.to(device), mask.to(device)
 
 
