@@ -135,11 +135,12 @@ class SharedPrefixLM(HFLM):
     # ---- the once-per-model check -----------------------------------------------------------
     def _check_first(self, groups: list[_Group], requests: list[Any],
                      results: list[Optional[tuple[float, bool]]]) -> list[_Group]:
-        """Score the first chunk of groups both ways and keep sharing only if they agree (those keep
-        HFLM's figures): catches a forward that ignores the cache or cannot take one, and one whose
-        output depends on left padding (a whole chunk runs in padded batches, as every later one)."""
+        """Score the longest and the shortest context's groups both ways, in one padded batch as every
+        later chunk runs, and keep sharing only if they agree (those keep HFLM's figures): catches a
+        forward that ignores the cache or cannot take one, and one whose output depends on left
+        padding (e.g. attention blocks placed on absolute positions)."""
         self._checked = True
-        first = groups[: max(1, self._rows_per_forward()) * _CONTEXT_BATCHES]
+        first = [groups[0], groups[-1]] if len(groups) > 1 else groups[:1]
         items = [it for g in first for it in g.items]
         mine: list[Optional[tuple[float, bool]]] = [None] * len(requests)
         try:
@@ -156,7 +157,7 @@ class SharedPrefixLM(HFLM):
                 return []
         for it, answer in zip(items, theirs):
             results[it.index] = answer
-        return groups[len(first):]
+        return groups[1:-1]
 
     # ---- the shared path --------------------------------------------------------------------
     def _rows_per_forward(self) -> int:
