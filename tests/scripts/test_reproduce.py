@@ -73,8 +73,11 @@ def _arg(cmd: list[str], key: str) -> str | None:
 def test_s2ft_rows_train_on_both_data_sets_and_score_their_own_and_the_generalisation_tasks(tmp_path):
     s2ft = [r for r in plan.RUNS if r.table == "s2ft"]
     trained = {r.name for r in s2ft if r.argv[0] == "train"}
-    assert trained == {f"{m} · trained on {label}" for m in plan.S2FT_METHODS
-                       for label in ("commonsense", "arithmetic")}
+    assert trained == {f"{m} · trained on {label}" for label in ("commonsense", "arithmetic")
+                       for m in plan.S2FT_METHODS_BY_DATA[label]}
+    # every method on commonsense; the generalisation claim's three (S²FT, LoRA, full FT) on arithmetic
+    assert set(plan.S2FT_METHODS_BY_DATA["commonsense"]) == set(plan.S2FT_METHODS)
+    assert {"S²FT", "LoRA r8", "full FT"} <= set(plan.S2FT_METHODS_BY_DATA["arithmetic"]) <= set(plan.S2FT_METHODS)
     assert any(r.argv[0] == "eval" for r in s2ft)  # the untuned row
     for mode, layout in (("full", Layout(tmp_path, quick=False)), ("quick", Layout(tmp_path, quick=True))):
         for run in s2ft:
@@ -93,9 +96,9 @@ def test_s2ft_rows_train_on_both_data_sets_and_score_their_own_and_the_generalis
                     assert _arg(cmd, "data.test_size") == str(plan.CROSS_TEST_SIZE[mode][label]), (mode, run.key)
     assert plan.CROSS_TASK_NAMES == (*(f"heldout_{t}" for t in plan.CROSS_DATA["commonsense"][1]), "heldout_gsm8k",
                                      "heldout_gsm_symbolic")
-    # pools sized for an SE of at most a point (test below), 300 GSM8K problems; a handful in QUICK; the
+    # pools sized for an SE of at most a point (test below), 150 GSM8K problems; a handful in QUICK; the
     # untuned row's seeds are the three shards, i.e. the whole pool
-    assert plan.CROSS_TEST_SIZE["full"]["arithmetic"] == 300
+    assert plan.CROSS_TEST_SIZE["full"]["arithmetic"] == 150
     assert plan.CROSS_TEST_SIZE["quick"]["arithmetic"] <= 6
     untuned = next(r for r in s2ft if r.argv[0] == "eval")
     full = Layout(tmp_path, quick=False)
@@ -163,7 +166,7 @@ def test_the_plan_composes_on_the_new_data_and_never_on_big_bench(tmp_path):
     for label, (name, tasks) in plan.CROSS_DATA.items():
         ref = compose_job(["recipe=s2ft_llama", *plan.data_overrides(label, "full")])
         rows = [d for k, d in data.items() if k.endswith(f"trained on {label}")]
-        assert len(rows) == len(plan.S2FT_METHODS) and all(d == ref.data for d in rows), label
+        assert len(rows) == len(plan.S2FT_METHODS_BY_DATA[label]) and all(d == ref.data for d in rows), label
         assert tuple(expand(list(ref.data.tasks))) == tasks and ref.data.name == name
     assert plan.CROSS_DATA["commonsense"][1] == SUITES["s2ft_commonsense"] and len(SUITES["s2ft_commonsense"]) == 8
     text = " ".join([*(" ".join(r.argv) for r in plan.RUNS), *(t.title + t.reading for t in plan.TABLES)]).lower()
