@@ -7,6 +7,7 @@ plots.py); the layout of the report is this file's."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from collections import defaultdict
@@ -28,6 +29,19 @@ def lookup(tree: Any, path: str) -> Any:
             return None
         tree = tree[part]
     return tree
+
+
+def column_value(item: Any, path: str | tuple[str, ...]) -> tuple[Any, Any]:
+    """(value, its item standard error) of a column: one summary figure, or the mean of several (a row
+    that reads a subset of another row's tasks) with the standard error of a mean of independent
+    estimates, as sparsetune's "average" row computes it; (None, None) when a figure is missing."""
+    if isinstance(path, str):
+        return lookup(item, path), lookup(item, f"{path}_stderr")
+    pairs = [column_value(item, p) for p in path]
+    if not pairs or not all(number(v) for v, _ in pairs):
+        return None, None
+    se = math.sqrt(sum(float(e) ** 2 for _, e in pairs)) / len(pairs) if all(number(e) for _, e in pairs) else None
+    return sum(float(v) for v, _ in pairs) / len(pairs), se
 
 
 def aggregate(values: list[Any], errors: list[Any] | None = None) -> dict[str, Any]:
@@ -97,8 +111,9 @@ def run_rows(layout: Layout, run: Run) -> list[dict[str, Any]]:
             if label not in order:
                 order.append(label)
             for column, path in run.columns.items():
-                per_item[label][column].append(lookup(item, path))
-                per_item[label][f"{column}\0se"].append(lookup(item, f"{path}_stderr"))
+                value, error = column_value(item, path)
+                per_item[label][column].append(value)
+                per_item[label][f"{column}\0se"].append(error)
     if not order:
         if not layout.seeds(run):
             return []  # not part of this mode (QUICK runs a subset of the rows)
@@ -336,7 +351,8 @@ def write_report(layout: Layout, tables: list[Table], runs: list[Run], benches: 
         if table_runs:
             measured = comparisons(table, [row for rows in rows_by_run.values() for row in rows])
             parts += ["Measured differences:", "", *measured, ""] if measured else []
-        commands = [f"sparsetune {' '.join(run_command(r, s, layout))}" for r in table_runs for s in layout.seeds(r)]
+        commands = [f"sparsetune {' '.join(run_command(r, s, layout))}" + (f"   # read from {r.same_as.key}" if r.same_as else "")
+                    for r in table_runs for s in layout.seeds(r)]
         commands += [f"sparsetune {' '.join(then_command(r, Path('<its run folder>'), layout))}"
                      for r in table_runs if r.then and layout.seeds(r)]
         commands += [f"sparsetune {' '.join(bench_command(b, layout.bench_file(b), layout.quick))}"

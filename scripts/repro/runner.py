@@ -50,6 +50,7 @@ class Layout:
         return thread_setting(self.jobs)
 
     def run_root(self, run: Run, seed: int) -> Path:
+        run = run.same_as or run
         return self.root / "runs" / run.table / slug(run.name) / f"seed{seed}"
 
     def bench_file(self, bench: Bench) -> Path:
@@ -70,10 +71,11 @@ class Layout:
     def shard_dir(self, run: Run, seed: int) -> Path:
         """The held-out shard this (row, seed) scores: the seed's position among the row's seeds
         (repro/tasks.py: a row's seeds together score the whole pool)."""
-        return self.tasks_dir / f"shard{run.seeds.index(seed) % SHARDS}"
+        return self.tasks_dir / f"shard{(run.same_as or run).seeds.index(seed) % SHARDS}"
 
     def seeds(self, run: Run) -> tuple[int, ...]:
         """The seeds this mode runs a row with (none: the row is not part of QUICK), within `only_seeds`."""
+        run = run.same_as or run
         if not self.quick:
             seeds = run.seeds
         else:
@@ -104,7 +106,7 @@ def record_time(layout: Layout, label: str | None = None, seconds: float | None 
 
 
 def lane_label(run: Run, seed: int) -> str:
-    return f"{run.key} seed {seed}"
+    return f"{(run.same_as or run).key} seed {seed}"
 
 
 def merge_overrides(*groups: tuple[str, ...] | list[str]) -> list[str]:
@@ -126,7 +128,9 @@ def shown(path: Path) -> str:
 
 
 def run_command(run: Run, seed: int, layout: Layout) -> list[str]:
-    """The sparsetune command line of one (row, seed), as a user would type it."""
+    """The sparsetune command line of one (row, seed), as a user would type it (a row read from another
+    row's runs: that row's command)."""
+    run = run.same_as or run
     argv = [a.replace("{tasks}", shown(layout.shard_dir(run, seed))) for a in run.argv]
     return merge_overrides(argv, run.quick if layout.quick else (),
                            (f"seed={seed}", f"logger.project={PROJECT}", f"logger.group={run.table}"))
@@ -186,7 +190,8 @@ def _bench_task(layout: Layout, bench: Bench) -> Task:
 
 def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
     """Run what is not finished; returns the failures (the rest still runs, the report marks them)."""
-    lanes = [_lane(layout, run, seed) for run in runs for seed in layout.seeds(run)]
+    commanded = list({(r.same_as or r).key: r.same_as or r for r in runs}.values())  # each run once
+    lanes = [_lane(layout, run, seed) for run in commanded for seed in layout.seeds(run)]
     bench_tasks = [_bench_task(layout, bench) for bench in benches]
     rows_todo, benches_todo = reuse_finished(lanes), reuse_finished(bench_tasks)
     skipped = sum(all(t.status == "reused" for t in lane.lane()) for lane in [*lanes, *bench_tasks])
@@ -195,7 +200,7 @@ def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
     total = sum(len(lane.lane()) for lane in rows_todo) + len(benches_todo)
     print(f"{total} to run, {skipped} finished earlier (reused)"
           + (f"; rows {layout.jobs} at a time, benches alone" if layout.jobs > 1 else ""), flush=True)
-    if any("{tasks}" in " ".join(r.argv) for r in runs):
+    if any("{tasks}" in " ".join(r.argv) for r in commanded):
         from repro.tasks import write_cross_tasks
 
         mode = "quick" if layout.quick else "full"

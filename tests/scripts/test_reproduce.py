@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -29,14 +30,19 @@ def test_every_table_has_rows_or_a_bench_and_every_run_a_table():
     assert {r.table for r in plan.RUNS} <= names and {b.table for b in plan.BENCHES} <= names
     for table in plan.TABLES:
         assert any(r.table == table.name for r in plan.RUNS) or any(b.table == table.name for b in plan.BENCHES)
-    # every accuracy row of a trained model runs at least two seeds; S²FT, PAT and SPT rows three (the
-    # issue's ≥ 3), except PAT's two ablations, which score one shard and say so through their SE
+    # every accuracy row of a trained model runs at least two seeds; S²FT and PAT rows three (the issue's
+    # ≥ 3), except PAT 20% and 30%, the budget's cut, which score one shard and say so through their SE
     for run in plan.RUNS:
-        ablation = run.table == "pat" and " · " in run.name
-        if run.argv[0] in ("train", "prune", "forget") and not ablation:
+        side = run.table == "pat" and run.name in ("PAT 20%", "PAT 30%")
+        if run.same_as is not None:  # read from another row's runs: no command of its own
+            assert not run.argv and run.same_as in plan.RUNS and run.seeds == run.same_as.seeds, run.key
+            continue
+        if run.argv[0] in ("train", "prune", "forget") and not side:
             assert len(run.seeds) >= 2, run.key
-        if run.table in ("s2ft", "pat", "spt") and not ablation:
+        if run.table in ("s2ft", "pat") and not side:
             assert run.seeds == plan.SEEDS and len(plan.SEEDS) >= 3, run.key
+        if side:
+            assert run.seeds == plan.PAT_SIDE_SEEDS, run.key
 
 
 def test_quick_overrides_replace_the_same_key_in_place():
@@ -125,8 +131,13 @@ def test_pat_rows_score_seven_of_the_commonsense_pool_tasks_on_their_shard(tmp_p
     for run in (r for r in plan.RUNS if r.table == "pat"):
         for seed in run.seeds:
             cmd = run_command(run, seed, layout)
-            assert _arg(cmd, "eval.tasks") == f"[{','.join(plan.PAT_TASKS)}]", run.key
             assert _arg(cmd, "eval.include_path").endswith(f"shard{run.seeds.index(seed)}")
+            if run.same_as is not None:
+                # the untuned model: the S²FT table's runs (same model, same shards), read on PAT's seven tasks
+                assert set(plan.PAT_TASKS) <= set(_arg(cmd, "eval.tasks")[1:-1].split(",")), run.key
+                assert run.columns["accuracy"] == tuple(f"eval.{t}.acc" for t in plan.PAT_TASKS)
+                continue
+            assert _arg(cmd, "eval.tasks") == f"[{','.join(plan.PAT_TASKS)}]", run.key
             if run.argv[0] != "eval":  # trained rows hold the pool out of their training data
                 assert _arg(cmd, "data.test_size") == str(plan.CROSS_TEST_SIZE["full"]["commonsense"])
 
@@ -155,7 +166,7 @@ def test_the_plan_composes_on_the_new_data_and_never_on_big_bench(tmp_path):
     layout = Layout(tmp_path, quick=False)
     data = {}
     for run in plan.RUNS:
-        if run.table in ("s2ft", "pat", "spt"):
+        if run.table in ("s2ft", "pat", "spt") and run.same_as is None:
             cfg = compose_job(run_command(run, 0, layout)[1:])
             data[run.key] = cfg.data
             assert cfg.data.source == "benchmarks", run.key
@@ -480,3 +491,28 @@ def test_jobs_run_rows_side_by_side_with_split_threads_and_benches_alone_afterwa
     assert layout.threads_per_job == 2
     # finished (row, seed)s and benches are reused: a second invocation runs nothing
     assert runner.execute(layout, rows, [bench]) == [] and len(fake_cli()) == 5
+
+
+def test_a_row_read_from_another_rows_runs_averages_its_tasks_and_runs_nothing_twice(tmp_path, fake_cli):
+    """PAT's untuned row is the S²FT table's untuned runs (same model, same shards) read on PAT's seven
+    tasks: the mean of their acc with the standard error of a mean of independent estimates."""
+    from repro import runner
+    from repro.report import column_value
+
+    layout = Layout(tmp_path / "results", quick=False)
+    pat_untuned = next(r for r in plan.RUNS if r.same_as is not None)
+    assert pat_untuned.same_as is plan.UNTUNED and pat_untuned.table == "pat"
+    eight = {t: {"acc": 0.5 + 0.01 * i, "acc_stderr": 0.02} for i, t in enumerate(plan.CROSS_TASKS["commonsense"])}
+    value, se = column_value({"eval": eight}, pat_untuned.columns["accuracy"])
+    seven = [eight[t]["acc"] for t in plan.PAT_TASKS]
+    assert value == pytest.approx(sum(seven) / 7) and se == pytest.approx(math.sqrt(7 * 0.02 ** 2) / 7)
+    assert column_value({"eval": {}}, pat_untuned.columns["accuracy"]) == (None, None)
+    for seed in plan.UNTUNED.seeds:
+        _finish(layout, plan.UNTUNED, seed, {"eval": eight})
+    assert layout.run_root(pat_untuned, 1) == layout.run_root(plan.UNTUNED, 1)
+    [row] = run_rows(layout, pat_untuned)
+    assert row["seeds"] == 3 and row["accuracy"]["mean"] == pytest.approx(sum(seven) / 7)
+    # a plan holding both rows runs the untuned model's command once per seed, not twice
+    shutil.rmtree(layout.root / "runs")
+    assert runner.execute(layout, [plan.UNTUNED, pat_untuned], []) == []
+    assert len(fake_cli()) == len(plan.UNTUNED.seeds)
