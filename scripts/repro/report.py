@@ -169,8 +169,8 @@ def time_taken(layout: Layout) -> str:
     if not total:
         return "- Time: not recorded (no command finished under this results root)."
     benches = sum(v for k, v in data["tasks"].items() if k.split("/", 1)[-1].startswith("bench "))
-    runs = " + ".join(f"{i['wall_s'] / 60:.0f} min ({i['date']}, JOBS={i['jobs']}, {_count(i['commands'])})"
-                      for i in data["invocations"])
+    runs = " + ".join(f"{i['wall_s'] / 60:.0f} min ({i['date']}, JOBS={i['jobs']}, {_count(i['commands'])}"
+                      f"{', interrupted' if i.get('interrupted') else ''})" for i in data["invocations"])
     return (f"- Time: {_count(len(data['tasks']))} took {total / 3600:.1f} h of process time "
             f"(the benches {benches / 60:.0f} min of it); wall clock: {runs or 'not recorded'}.")
 

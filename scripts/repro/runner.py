@@ -224,11 +224,15 @@ def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
             print(_tail(task.log), flush=True)
             failures.append(task.label)
 
-    start = time.monotonic()
-    run_tasks(rows_todo, layout.jobs, on_start=started, on_finish=finished)
-    run_tasks(benches_todo, 1, on_start=started, on_finish=finished)  # alone, every core: timings
-    if total:
-        record_time(layout, invocation={"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                                        "wall_s": round(time.monotonic() - start, 1), "jobs": layout.jobs,
-                                        "commands": total, "failed": len(failures)})
+    start, began, completed = time.monotonic(), datetime.now(timezone.utc), False
+    try:
+        run_tasks(rows_todo, layout.jobs, on_start=started, on_finish=finished)
+        run_tasks(benches_todo, 1, on_start=started, on_finish=finished)  # alone, every core: timings
+        completed = True
+    finally:  # an interrupted invocation's wall clock counts too (the report adds every invocation's)
+        if total:
+            record_time(layout, invocation={"date": began.strftime("%Y-%m-%d %H:%M UTC"),
+                                            "wall_s": round(time.monotonic() - start, 1), "jobs": layout.jobs,
+                                            "commands": total, "failed": len(failures),
+                                            **({} if completed else {"interrupted": True})})
     return failures

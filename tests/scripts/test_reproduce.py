@@ -516,3 +516,23 @@ def test_a_row_read_from_another_rows_runs_averages_its_tasks_and_runs_nothing_t
     shutil.rmtree(layout.root / "runs")
     assert runner.execute(layout, [plan.UNTUNED, pat_untuned], []) == []
     assert len(fake_cli()) == len(plan.UNTUNED.seeds)
+
+
+def test_an_interrupted_invocation_still_records_its_wall_clock(tmp_path, monkeypatch):
+    from repro import runner
+
+    layout = Layout(tmp_path / "results", quick=False)
+    rows = [r for r in plan.RUNS if r.table == "gslora"][:1]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what SIGTERM becomes in scripts/reproduce.py
+
+    monkeypatch.setattr(runner, "run_tasks", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.execute(layout, rows, [])
+    [record] = runner.timings(layout)["invocations"]
+    assert record["interrupted"] and record["commands"] == len(rows[0].seeds) and record["wall_s"] >= 0
+    text = write_report(layout, plan.TABLES, plan.RUNS, plan.BENCHES, tmp_path / "R.md").read_text()
+    assert "Time: not recorded" in text  # no command finished; the next line shows the invocation once one has
+    runner.record_time(layout, "gslora/gslora seed 0", 60.0)
+    assert ", interrupted)" in write_report(layout, plan.TABLES, plan.RUNS, plan.BENCHES, tmp_path / "R.md").read_text()
