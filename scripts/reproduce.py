@@ -1,7 +1,7 @@
 """`make reproduce`: every paper's headline table at small scale, from runs made here, into
 reports/REPRODUCE.md (tables beside the papers' figures, PNG plots, the command of every number).
 
-    python scripts/reproduce.py                 # the full plan (~2 h on a 2-core CPU; resumable)
+    python scripts/reproduce.py                 # the full plan (hours on a 2-core CPU: docs/reproduce.md; resumable)
     python scripts/reproduce.py --jobs 2        # two rows at a time, one thread each (benches still alone)
     python scripts/reproduce.py --quick         # smoke version: the whole chain in ~10 min, numbers not results
     python scripts/reproduce.py --only pat      # tables whose name contains "pat"
@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from repro.plan import BENCHES, RUNS, TABLES  # noqa: E402
-from repro.report import write_report  # noqa: E402
-from repro.runner import Layout, bench_command, execute, run_command  # noqa: E402
+from repro.report import README_BEGIN, README_END, readme_table, update_readme, write_report  # noqa: E402
+from repro.runner import Layout, bench_command, execute, run_command, shown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="write the report from finished runs, run nothing")
     parser.add_argument("--results", type=Path, help="results root (default results/quick or results/full)")
     parser.add_argument("--report", type=Path, default=ROOT / "reports" / "REPRODUCE.md")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md",
+                        help="the README whose reproduction table a complete full run regenerates")
     args = parser.parse_args(argv)
 
     if args.jobs < 1:
@@ -70,6 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     failures = [] if args.report_only else execute(layout, runs, benches)
     out = write_report(layout, tables, runs, benches, args.report, failures)
     print(f"report: {out}")
+    # README's table comes from a complete report only: every table, every seed, not the smoke run
+    if not (args.quick or args.only or seeds or failures) and args.readme.is_file():
+        source = (f"From [{shown(out)}]({shown(out)}) (`make reproduce JOBS={layout.jobs}`), generated "
+                  f"{datetime.now(timezone.utc):%Y-%m-%d}; every difference's SE and reading as in the report.")
+        if update_readme(args.readme, readme_table(layout, tables, runs), source):
+            print(f"README table: {args.readme}")
+        else:
+            print(f"README table not written: {args.readme} has no {README_BEGIN} … {README_END} markers")
     return 1 if failures else 0
 
 

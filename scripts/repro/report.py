@@ -17,7 +17,7 @@ from typing import Any
 
 from repro.plan import Bench, Run, Table
 from repro.runner import Layout, bench_command, lane_label, run_command, shown, then_command, timings
-from repro.stats import describe, difference, mean_se
+from repro.stats import describe, difference, magnitude, mean_se
 from sparsetune.jobs.sweep.plots import close_figure, figure, mean_line, save_figure
 from sparsetune.jobs.sweep.report import mean_std, number
 
@@ -127,25 +127,69 @@ def run_rows(layout: Layout, run: Run) -> list[dict[str, Any]]:
     return rows
 
 
-def comparisons(table: Table, rows: list[dict[str, Any]]) -> list[str]:
-    """'A − B, col: +3.1 points ± 1.2 (2.6 SE): beyond 2 SE (A 0.437 ± 0.009 vs B 0.406 ± 0.008; 3 and 3
-    seeds)' for each declared pair, read by repro/stats.py."""
+def measured_differences(table: Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each declared pair (and each published reference) that both sides have a figure for:
+    {"a", "b", "column", "diff" (repro/stats.py), "cells" (A, B), "source" (a reference's, else None)}."""
     by_name = {r["row"]: r for r in rows}
-    lines = []
+    found = []
     for a, b, col in table.compare:
         ca, cb = (by_name.get(a, {}).get(col, {}), by_name.get(b, {}).get(col, {}))
         diff = difference(ca, cb)
-        if diff is None:
-            continue
-        lines.append(f"- {a} − {b}, {col}: {describe(diff)} ({fmt_cell(ca)} vs {fmt_cell(cb)}; "
-                     f"{ca['n']} and {cb['n']} seed(s))")
+        if diff is not None:
+            found.append({"a": a, "b": b, "column": col, "diff": diff, "cells": (ca, cb), "source": None})
     for row, col, value, source in table.reference:  # a published figure has no SE of ours: only the row's counts
         cell = by_name.get(row, {}).get(col, {})
-        diff = difference(cell, {"mean": value, "se": 0.0, "items": cell.get("items")})
+        published = {"mean": value, "se": 0.0, "items": cell.get("items")}
+        diff = difference(cell, published)
         if diff is not None:
-            lines.append(f"- {row}, {col} − published {fmt_number(value)} ({source}): {describe(diff)} "
-                         f"(ours {fmt_cell(cell)})")
+            found.append({"a": row, "b": f"published {fmt_number(value)}", "column": col, "diff": diff,
+                          "cells": (cell, published), "source": source})
+    return found
+
+
+def comparisons(table: Table, rows: list[dict[str, Any]]) -> list[str]:
+    """'A − B, col: +3.1 points ± 1.2 (2.6 SE): beyond 2 SE (A 0.437 ± 0.009 vs B 0.406 ± 0.008; 3 and 3
+    seeds)' for each declared pair, read by repro/stats.py."""
+    lines = []
+    for m in measured_differences(table, rows):
+        ca, cb = m["cells"]
+        if m["source"] is None:
+            lines.append(f"- {m['a']} − {m['b']}, {m['column']}: {describe(m['diff'])} ({fmt_cell(ca)} vs "
+                         f"{fmt_cell(cb)}; {ca['n']} and {cb['n']} seed(s))")
+        else:
+            lines.append(f"- {m['a']}, {m['column']} − {m['b']} ({m['source']}): {describe(m['diff'])} "
+                         f"(ours {fmt_cell(ca)})")
     return lines
+
+
+README_BEGIN, README_END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"
+
+
+def readme_table(layout: Layout, tables: list[Table], runs: list[Run], per_table: int = 4) -> str:
+    """README's reproduction table: every table's first `per_table` measured differences (references
+    included), each with both figures, its standard error and the mechanical reading."""
+    lines = ["| table | difference | figures (mean ± SE, seeds) | measured | reading |", "|---|---|---|---|---|"]
+    for table in tables:
+        rows = [row for r in runs if r.table == table.name for row in run_rows(layout, r)]
+        for m in measured_differences(table, rows)[:per_table]:
+            ca, cb = m["cells"]
+            figures = (f"{fmt_cell(ca)} ({ca['n']}) vs {fmt_cell(cb)}" + (f" ({cb['n']})" if m["source"] is None else ""))
+            reading = "–" if m["diff"]["se"] is None else f"**{m['diff']['reading']}**"
+            lines.append(f"| {table.name} | {m['a']} − {m['b']}, {m['column']} | {figures} | "
+                         f"{magnitude(m['diff'])} | {reading} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, table: str, source: str) -> bool:
+    """Replace what sits between README_BEGIN and README_END with `table` (and where it came from);
+    False, with nothing written, when the markers are missing."""
+    text = readme.read_text()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        return False
+    body = f"{README_BEGIN}\n{table}\n\n{source}\n{README_END}"
+    readme.write_text(text[:start] + body + text[end + len(README_END):])
+    return True
 
 
 def markdown_table(columns: list[str], rows: list[dict[str, Any]]) -> str:

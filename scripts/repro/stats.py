@@ -56,11 +56,16 @@ def difference(a: dict, b: dict) -> dict | None:
             "points": scale == POINTS}
 
 
-def describe(diff: dict) -> str:
-    """'+4.0 points ± 1.3 (3.1 SE): beyond 2 SE' / '−0.012 (no SE: one seed)'."""
+def magnitude(diff: dict) -> str:
+    """'+4.0 points ± 1.3 (3.1 SE)' / '−0.012 (no standard error: one seed)'."""
     unit = " points" if diff["points"] else ""
     value = f"{diff['delta']:+.1f}{unit}" if diff["points"] else f"{diff['delta']:+.3g}"
     if diff["se"] is None:
         return f"{value} (no standard error: one seed)"
     se = f"{diff['se']:.1f}" if diff["points"] else f"{diff['se']:.2g}"
-    return f"{value} ± {se} ({diff['z']:.1f} SE): **{diff['reading']}**"
+    return f"{value} ± {se} ({diff['z']:.1f} SE)"
+
+
+def describe(diff: dict) -> str:
+    """'+4.0 points ± 1.3 (3.1 SE): beyond 2 SE' / '−0.012 (no standard error: one seed)'."""
+    return magnitude(diff) if diff["se"] is None else f"{magnitude(diff)}: **{diff['reading']}**"

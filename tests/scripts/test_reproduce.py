@@ -536,3 +536,24 @@ def test_an_interrupted_invocation_still_records_its_wall_clock(tmp_path, monkey
     assert "Time: not recorded" in text  # no command finished; the next line shows the invocation once one has
     runner.record_time(layout, "gslora/gslora seed 0", 60.0)
     assert ", interrupted)" in write_report(layout, plan.TABLES, plan.RUNS, plan.BENCHES, tmp_path / "R.md").read_text()
+
+
+def test_readme_table_is_regenerated_between_its_markers_from_the_measured_differences(tmp_path):
+    from repro.report import README_BEGIN, README_END, readme_table, update_readme
+
+    layout = Layout(tmp_path / "results", quick=False)
+    lora, s2ft = (next(r for r in plan.RUNS if r.name == f"{m} · trained on commonsense") for m in ("LoRA r8", "S²FT"))
+    for run, acc in ((lora, 0.44), (s2ft, 0.47)):
+        for seed in run.seeds:
+            _finish(layout, run, seed, {"eval": {"average": {"acc": acc + 0.001 * seed, "acc_stderr": 0.01}}})
+    table = readme_table(layout, plan.TABLES, plan.RUNS)
+    [line] = [x for x in table.splitlines() if "S²FT · trained on commonsense − LoRA r8 · trained on commonsense" in x]
+    assert "+3.0 points ± 0.8" in line and "**beyond 2 SE**" in line and "0.471 ± 0.0058 (3) vs 0.441 ± 0.0058 (3)" in line
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\nbefore\n{README_BEGIN}\nold table\n{README_END}\nafter\n")
+    assert update_readme(readme, table, "From the report.")
+    text = readme.read_text()
+    assert "old table" not in text and line in text and text.startswith("# x\nbefore\n") and text.endswith("after\n")
+    assert update_readme(readme, "| new |", "again") and readme.read_text().count(README_BEGIN) == 1
+    readme.write_text("no markers\n")
+    assert not update_readme(readme, table, "x") and readme.read_text() == "no markers\n"
