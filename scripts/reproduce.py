@@ -73,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     failures = [] if args.report_only else execute(layout, runs, benches)
     out = write_report(layout, tables, runs, benches, args.report, failures)
     print(f"report: {out}")
-    # README's table comes from a complete report only: every table, every seed, not the smoke run
-    if not (args.quick or args.only or seeds or failures) and args.readme.is_file():
+    # README's table comes from a complete report only: every table, every seed, every bench, not the smoke run
+    complete = (all(layout.finished_run(r, s) for r in runs for s in layout.seeds(r))
+                and all(layout.bench_file(b).is_file() for b in benches))
+    if complete and not (args.quick or args.only or seeds or failures or args.skip_benches) and args.readme.is_file():
         source = (f"From [{shown(out)}]({shown(out)}) (`make reproduce JOBS={layout.jobs}`), generated "
                   f"{datetime.now(timezone.utc):%Y-%m-%d}; every difference's SE and reading as in the report.")
         if update_readme(args.readme, readme_table(layout, tables, runs), source):
