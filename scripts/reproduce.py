@@ -67,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
             done = "done" if layout.bench_file(bench).is_file() else "todo"
             print(f"{done}  sparsetune {' '.join(bench_command(bench, layout.bench_file(bench), args.quick))}")
         return 0
-    # a SIGTERM (a session's end, `kill`) stops like Ctrl-C: the pool terminates its children and the
-    # invocation's wall clock is still recorded
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    failures = [] if args.report_only else execute(layout, runs, benches)
+    failures: list[str] = []
+    if not args.report_only:
+        # a SIGTERM (a session's end, `kill`) stops like Ctrl-C: the pool terminates its children and the
+        # invocation's wall clock is still recorded
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        failures = execute(layout, runs, benches)
     out = write_report(layout, tables, runs, benches, args.report, failures)
     print(f"report: {out}")
     # README's table comes from a complete report only: every table, every seed, every bench, not the smoke run

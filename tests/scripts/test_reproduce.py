@@ -557,3 +557,17 @@ def test_readme_table_is_regenerated_between_its_markers_from_the_measured_diffe
     assert update_readme(readme, "| new |", "again") and readme.read_text().count(README_BEGIN) == 1
     readme.write_text("no markers\n")
     assert not update_readme(readme, table, "x") and readme.read_text() == "no markers\n"
+
+
+def test_the_readme_table_waits_for_a_complete_run(tmp_path, capsys):
+    import importlib
+
+    from repro.report import README_BEGIN, README_END
+
+    main = importlib.import_module("reproduce").main
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{README_BEGIN}\nkept\n{README_END}\n")
+    args = ["--report-only", "--results", str(tmp_path / "results"), "--report", str(tmp_path / "R.md"),
+            "--readme", str(readme)]
+    assert main(args) == 0 and (tmp_path / "R.md").is_file()
+    assert "kept" in readme.read_text() and "README table" not in capsys.readouterr().out  # nothing finished yet
