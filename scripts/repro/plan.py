@@ -155,6 +155,10 @@ S2FT_TRAIN_ON = ("commonsense", "arithmetic")
 S2FT_STEPS = {"commonsense": ("trainer.max_steps=60", "trainer.warmup_steps=6"),
               "arithmetic": ("trainer.max_steps=30", "trainer.warmup_steps=3")}
 
+def _steps(label: str) -> str:
+    return next(a.split("=")[1] for a in S2FT_STEPS[label] if a.startswith("trainer.max_steps="))
+
+
 QUICK_S2FT = ("LoRA r8", "S²FT")  # QUICK trains these on arithmetic only (DoRA and full FT are the slow ones)
 S2FT_METHODS = {
     "full FT": ("recipe=full_llama",),
@@ -315,7 +319,8 @@ TABLES: list[Table] = [
           paper="S²FT paper (LLaMA-7B…8B, commonsense170k / math10k): S²FT +4.6 points over LoRA on commonsense "
                 "and +1.3 on arithmetic, +11.5% over full FT out of domain; up to 3× less training memory and "
                 "1.5–2.7× lower latency than full FT, about 10% better than LoRA on both.",
-          reading="Each row trains on one data set at batch 8 (commonsense 60 steps, arithmetic 40). Commonsense (data=commonsense_mix): the "
+          reading=f"Each row trains on one data set at batch 8 (commonsense {_steps('commonsense')} steps, arithmetic "
+                  f"{_steps('arithmetic')}: its items are twice as long). Commonsense (data=commonsense_mix): the "
                   "paper's eight tasks (BoolQ, PIQA, Social IQa, HellaSwag, WinoGrande, ARC-e, ARC-c, OpenBookQA), "
                   "trained on lm-eval's context + gold answer and scored in domain: \"on commonsense\" is the mean "
                   "over the eight of lm-eval's zero-shot acc on the held-out pool "

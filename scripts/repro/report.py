@@ -77,7 +77,10 @@ def fmt_cell(cell: dict[str, Any]) -> str:
     if "mean" not in cell:
         return cell.get("text") or "–"
     text = fmt_number(cell["mean"])
-    return text if not cell.get("se") else f"{text} ± {fmt_number(cell['se'])}"
+    if not cell.get("se"):
+        return text
+    se = cell["se"]  # no more digits than the mean shows (5,078 ± 177, not ± 177.38)
+    return f"{text} ± {f'{se:,.0f}' if abs(cell['mean']) >= 1000 or se >= 10 else fmt_number(se)}"
 
 
 def _items(summary: dict[str, Any], run: Run) -> list[tuple[str, dict[str, Any]]]:
