@@ -97,8 +97,8 @@ CROSS_DATA = {"commonsense": ("commonsense_mix", tuple(SUITES["s2ft_commonsense"
 # held-out pool per task, by data set: 450 per commonsense task, where a task has 900 (the split holds out
 # at most half: ARC-Easy 285, ARC-Challenge 149, OpenBookQA 250) = 2,934 items, a standard error of
 # ≤ 1.0 point on the 8-task mean at any accuracy; GSM8K: 150 problems (a 135M model solves ~1-3%: SE ≈ 1.1
-# points at 2%; generation costs ~3 s a problem, so 300 would cost an hour more over the five rows that score it). Split into SHARDS shards, one per seed. QUICK: 12 per commonsense task, 3 GSM8K problems
-# (one per shard: generation is slow).
+# points at 2%; generation costs ~3 s a problem, so 300 would cost an hour more over the rows that score it).
+# Split into SHARDS shards, one per seed. QUICK: 12 per commonsense task, 3 GSM8K problems (one per shard).
 CROSS_TEST_SIZE = {"full": {"commonsense": 450, "arithmetic": 150}, "quick": {"commonsense": 12, "arithmetic": 3}}
 CROSS_PREFIX = "heldout_"
 # in-domain held-out items of a generated data set: its validation part (generated, never trained on),
@@ -154,6 +154,7 @@ S2FT_TRAIN_ON = ("commonsense", "arithmetic")
 # 30 steps (240 worked problems) cost about what commonsense's 60 do
 S2FT_STEPS = {"commonsense": ("trainer.max_steps=60", "trainer.warmup_steps=6"),
               "arithmetic": ("trainer.max_steps=30", "trainer.warmup_steps=3")}
+
 
 def _steps(label: str) -> str:
     return next(a.split("=")[1] for a in S2FT_STEPS[label] if a.startswith("trainer.max_steps="))
