@@ -47,6 +47,7 @@ _NOISY_LOGGERS = ("lm_eval", "lm-eval", "datasets", "transformers", "accelerate"
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 # lm-eval's simple_evaluate defaults (lm_eval.defaults): python 0, numpy / torch / few-shot 1234
 _RANDOM_SEED, _OTHER_SEED = 0, 1234
+_SCORING_DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # eval.precision -> HFLM mixed_precision_dtype (autocast)
 
 
 @contextmanager
@@ -179,7 +180,8 @@ def _run(model: Any, tokenizer: Any, tasks: list[str], task_manager: Any, eval_c
         lm_class = SharedPrefixLM if getattr(eval_cfg, "share_prefix", True) else HFLM
         lm = lm_class(pretrained=model, tokenizer=tokenizer, batch_size=int(eval_cfg.batch_size),
                       device=_model_device(model), max_length=max_length,
-                      add_bos_token=tokenizer_adds_bos(tokenizer))
+                      add_bos_token=tokenizer_adds_bos(tokenizer),
+                      mixed_precision_dtype=_SCORING_DTYPES[getattr(eval_cfg, "precision", "fp32")])
         random.seed(_RANDOM_SEED)
         np.random.seed(_OTHER_SEED)
         torch.manual_seed(_OTHER_SEED)

