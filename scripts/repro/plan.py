@@ -299,6 +299,8 @@ BENCHES: list[Bench] = [
           metrics=("step_time_s", "peak_memory_mb", "attn_time_s", "ffn_time_s", "saved_activation_mb")),
     Bench("spt_bench", "bench spt_model", ("spt_model", "--variants", "lora_eager,spt_block,spt_block_attn"),
           metrics=("step_time_s", "saved_activation_mb", "peak_memory_mb"), in_quick=False),
+    # why the text rows run in bf16 (BF16): both precisions on this machine, alone, side by side
+    Bench("precision", "bench precision", ("precision",), metrics=("step_time_s", "score_s", "acc", "acc_norm")),
 ]
 
 LM_EVAL_THIRD_PARTY = ("lm-eval 0-shot, third party: huggingface.co/lldois/SmolLM2-135M-Reasoning-SLERP-Champion, "
@@ -415,4 +417,8 @@ TABLES: list[Table] = [
     Table("spt_bench", "SPT time/memory split vs LoRA (eager and SDPA attention)",
           paper="SPT paper Table 1 (one block, S 512, batch 16, fp32): full FT 188.4 ms / 3.2 GB, LoRA 161.0 ms / "
                 "2.7 GB, SPT 106.0 ms / 1.6 GB (MHA 54.1 ms, FFN 54.9 ms)."),
+    Table("precision", "fp32 vs bf16 autocast: a full-FT training step and PIQA scoring (SmolLM2-135M)",
+          paper="Not a paper's claim: the reason every text row above trains and scores under bf16 autocast "
+                "(trainer.precision=bf16 eval.precision=bf16; weights and optimizer state stay fp32). On a CPU "
+                "without AVX512-BF16 or AMX bf16 is slower than fp32 and the plan would not fit its 3 h."),
 ]

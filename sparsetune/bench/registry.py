@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, str] = {
     "evit": "sparsetune.bench.evit",
     "spt": "sparsetune.bench.spt",
     "spt_model": "sparsetune.bench.spt:model_benchmark",
+    "precision": "sparsetune.bench.precision",
 }
 
 
