@@ -23,10 +23,12 @@ QUICK_TEXT = ("trainer.max_steps=3", "trainer.warmup_steps=1", "trainer.batch_si
               "data.train_size=48", "data.val_size=0", "data.test_size=12", "eval.batch_size=12")
 QUICK_SEEDS = (0,)
 # every text row trains and scores under bf16 autocast (weights and optimizer state stay fp32, as
-# trainer.precision=bf16 does on a GPU): on this CPU's AVX512-BF16 a SmolLM2-135M training step runs 1.68x and
-# multiple-choice scoring 1.69x faster than fp32, and scoring agrees with fp32 on 198 of 200 items
-# (docs/reproduce.md "Precision"); without it the plan does not fit its 3 h. Vision rows stay fp32.
+# trainer.precision=bf16 does on a GPU): on a CPU with AVX512-BF16 both run ~1.7x faster than fp32 (the report's
+# precision table, `sparsetune bench precision`); without it the plan does not fit its 3 h. Vision rows stay fp32.
 BF16 = ("trainer.precision=bf16", "eval.precision=bf16")
+# rows that score the held-out pool also keep lm-eval's per-item records (<run>/eval/test/samples_*.jsonl): two
+# rows scored on the same shard can then be compared item by item (a paired difference)
+TEXT_ROW = (*BF16, "eval.log_samples=true")
 QUICK_VISION_FORGET = ("forget.data_ratio=0.02", "trainer.epochs=1", "trainer.eval_every=0")
 QUICK_VISION_TRAIN = ("trainer.max_steps=4", "trainer.warmup_steps=1", "trainer.save_every=0", "trainer.batch_size=32")
 QUICK_VISION_EVAL = ("eval.limit=200",)
@@ -179,7 +181,7 @@ S2FT_METHODS_BY_DATA = {"commonsense": tuple(S2FT_METHODS), "arithmetic": ("full
 
 # the untuned model is deterministic: its three "seeds" are the three shards, i.e. the whole pool; the PAT
 # table reads the same runs on its seven tasks
-UNTUNED = Run("s2ft", "base model (untuned)", ("eval", "recipe=s2ft_llama", *CROSS_EVAL, *BF16), S2FT_COLS,
+UNTUNED = Run("s2ft", "base model (untuned)", ("eval", "recipe=s2ft_llama", *CROSS_EVAL, *TEXT_ROW), S2FT_COLS,
               quick=("eval.batch_size=12",))
 
 
@@ -191,7 +193,7 @@ def _s2ft_runs() -> list[Run]:
         for method in S2FT_METHODS_BY_DATA[label]:
             runs.append(Run("s2ft", f"{method} · trained on {label}",
                             ("train", *S2FT_METHODS[method], *data_overrides(label, "full"), *S2FT_STEPS[label],
-                             *S2FT_EVAL[label], *BF16),
+                             *S2FT_EVAL[label], *TEXT_ROW),
                             S2FT_COLS, quick=(*QUICK_TEXT, *data_overrides(label, "quick")),
                             in_quick=label == "arithmetic" and method in QUICK_S2FT))
     return runs
@@ -217,7 +219,7 @@ PAT_SIDE_SEEDS = (0,)
 
 def _pat_runs() -> list[Run]:
     lora = ("train", "recipe=lora_llama", "method.r=20",
-            "method.target_modules=[q,k,v,o,gate,up,down]", "trainer.lr=2.0e-4", "trainer.schedule=cosine", *BF16)
+            "method.target_modules=[q,k,v,o,gate,up,down]", "trainer.lr=2.0e-4", "trainer.schedule=cosine", *TEXT_ROW)
     # the untuned model scored on the same shards by the S²FT table (UNTUNED): its mean over PAT's seven tasks
     runs = [Run("pat", "untuned dense model", (), {"accuracy": tuple(f"eval.{t}.acc" for t in PAT_TASKS)},
                 same_as=UNTUNED),
@@ -225,11 +227,11 @@ def _pat_runs() -> list[Run]:
                 quick=QUICK_TEXT)]
     for ratio in (0.2, 0.25, 0.3):
         pct = int(round(ratio * 100))
-        runs.append(Run("pat", f"PAT {pct}%", ("prune", "recipe=pat_llama", f"method.prune_ratio={ratio}", *PAT_SIZE, *BF16),
+        runs.append(Run("pat", f"PAT {pct}%", ("prune", "recipe=pat_llama", f"method.prune_ratio={ratio}", *PAT_SIZE, *TEXT_ROW),
                         PAT_COLS, quick=PAT_QUICK, in_quick=pct == 25, seeds=SEEDS if pct == 25 else PAT_SIDE_SEEDS))
     # the paper's prune-then-fine-tune baseline sits at 25% (LLM-Pruner, SliceGPT)
     runs.append(Run("pat", "prune→LoRA 25%", ("prune", "recipe=pat_baseline_llama", "method.prune_ratio=0.25",
-                                               *PAT_SIZE, *BF16), PAT_COLS, quick=PAT_QUICK))
+                                               *PAT_SIZE, *TEXT_ROW), PAT_COLS, quick=PAT_QUICK))
     return runs
 
 
@@ -263,7 +265,7 @@ def _spt_runs() -> list[Run]:
     # of the pool (640 items over two seeds; the losses are what separates these rows)
     short = ("data=commonsense_mix", "trainer.max_steps=40", "trainer.warmup_steps=4",
              f"data.test_size={CROSS_TEST_SIZE['full']['commonsense']}", *scored(CROSS_TASKS["commonsense"]),
-             "eval.limit=40", *BF16)
+             "eval.limit=40", *TEXT_ROW)
     return [
         Run("spt", "LoRA r16, all linears", ("train", "recipe=lora_llama", "method.target_modules=[q,k,v,o,gate,up,down]",
                                               *short), SPT_COLS, quick=QUICK_TEXT, seeds=SPT_SEEDS),
