@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from repro.plan import BENCHES, RUNS, TABLES  # noqa: E402
-from repro.report import README_BEGIN, README_END, readme_table, update_readme, write_report  # noqa: E402
+from repro.report import README_BEGIN, README_END, readme_table, table_rows, update_readme, write_report  # noqa: E402
 from repro.runner import Layout, bench_command, execute, run_command, shown  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if complete and not (args.quick or args.only or seeds or failures or args.skip_benches) and args.readme.is_file():
         source = (f"From [{shown(out)}]({shown(out)}) (`make reproduce JOBS={layout.jobs}`), generated "
                   f"{datetime.now(timezone.utc):%Y-%m-%d}; every difference's SE and reading as in the report.")
-        if update_readme(args.readme, readme_table(layout, tables, runs), source):
+        if update_readme(args.readme, readme_table(tables, table_rows(layout, tables, runs)), source):
             print(f"README table: {args.readme}")
         else:
             print(f"README table not written: {args.readme} has no {README_BEGIN} … {README_END} markers")

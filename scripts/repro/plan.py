@@ -91,6 +91,9 @@ class Table:
     compare: tuple[tuple[str, str, str], ...] = ()
     # published figures a row is read against: (row, column, value in the column's units, source)
     reference: tuple[tuple[str, str, float, str], ...] = ()
+    # accuracy columns that are the mean of these tasks' per-item acc: rows that kept per-item records (TEXT_ROW)
+    # of the same seeds are compared item by item (repro/stats.py paired_difference)
+    paired: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 # Every S²FT row is scored on the held-out items of both data sets (the one it trained on: in-domain;
@@ -344,6 +347,7 @@ TABLES: list[Table] = [
                   "items). At 135M parameters expect GSM8K near zero. Trainable parameters: LoRA/DoRA r8 vs S²FT "
                   "(o_ratio 0.1, d_ratio 0.03) are matched to within the column shown.",
           plot={"bars": ["on commonsense", "on GSM8K"], "ylabel": "accuracy on held-out items"},
+          paired={"on commonsense": CROSS_TASKS["commonsense"]},
           compare=(("S²FT · trained on commonsense", "LoRA r8 · trained on commonsense", "on commonsense"),
                    ("S²FT · trained on commonsense", "base model (untuned)", "on commonsense"),
                    ("S²FT · trained on commonsense", "full FT · trained on commonsense", "on commonsense"),
@@ -376,6 +380,7 @@ TABLES: list[Table] = [
                   "soft-to-hard mask switch (docs/methods/pat.md); the parameter columns and the bench table are "
                   "exact at any budget.",
           plot={"bars": ["accuracy"], "ylabel": "7-task average accuracy (chance ≈0.357)"},
+          paired={"accuracy": PAT_TASKS},
           compare=(("PAT 25%", "prune→LoRA 25%", "accuracy"), ("PAT 25%", "LoRA (unpruned)", "accuracy"),
                    ("PAT 25%", "untuned dense model", "accuracy"), ("PAT 20%", "untuned dense model", "accuracy"),
                    ("PAT 30%", "untuned dense model", "accuracy"), ("LoRA (unpruned)", "untuned dense model", "accuracy"))),
@@ -413,6 +418,7 @@ TABLES: list[Table] = [
                   "of the pool (640 items per row, two seeds), chance ≈0.354; the losses are what separates these rows at this "
                   "budget (docs/methods/spt.md: held-out loss 2.47 sparse attention vs 2.37 LoRA).",
           plot={"bars": ["train loss", "final loss"], "ylabel": "loss"},
+          paired={"accuracy": CROSS_TASKS["commonsense"]},
           compare=(("SPT (recipe)", "LoRA r16, all linears", "train loss"),
                    ("SPT with the routed FFN (top-3 of 4, ste)", "LoRA r16, all linears", "train loss"),
                    ("SPT (recipe)", "LoRA r16, all linears", "accuracy"))),

@@ -17,7 +17,7 @@ from typing import Any
 
 from repro.plan import Bench, Run, Table
 from repro.runner import Layout, bench_command, lane_label, run_command, shown, then_command, timings
-from repro.stats import describe, difference, magnitude, mean_se
+from repro.stats import ItemScores, describe, difference, magnitude, mean_se, paired_difference
 from sparsetune.jobs.sweep.plots import close_figure, figure, mean_line, save_figure
 from sparsetune.jobs.sweep.report import mean_std, number
 
@@ -95,9 +95,25 @@ def _items(summary: dict[str, Any], run: Run) -> list[tuple[str, dict[str, Any]]
     return []
 
 
-def run_rows(layout: Layout, run: Run) -> list[dict[str, Any]]:
-    """Rows of one Run: {"row": label, "seeds": n, column: aggregated cell, ...}."""
+def item_scores(folder: Path, tasks: tuple[str, ...], metric: str = "acc") -> ItemScores | None:
+    """Each task's per-item `metric` by lm-eval doc_id, from the run's final evaluation records
+    (<run>/eval/test/samples_<task>.jsonl, written under eval.log_samples); None when a task has none."""
+    out: ItemScores = {}
+    for task in tasks:
+        path = folder / "eval" / "test" / f"samples_{task}.jsonl"
+        if not path.is_file():
+            return None
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        out[task] = {r["doc_id"]: float(r[metric]) for r in records if number(r.get(metric))}
+    return out
+
+
+def run_rows(layout: Layout, run: Run, paired: dict[str, tuple[str, ...]] | None = None) -> list[dict[str, Any]]:
+    """Rows of one Run: {"row": label, "seeds": n, column: aggregated cell, ...}; with `paired` (column ->
+    the tasks its figure averages, Table.paired) also "items": {column: {seed: per-item scores}} for the
+    columns whose records every finished seed kept."""
     per_item: dict[str, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    items: dict[str, dict[int, ItemScores | None]] = defaultdict(dict)
     order: list[str] = []
     seeds_done = 0
     recorded = timings(layout)["tasks"]
@@ -110,6 +126,10 @@ def run_rows(layout: Layout, run: Run) -> list[dict[str, Any]]:
             continue
         seeds_done += 1
         summary = json.loads((folder / "summary.json").read_text())
+        if run.expand is None:
+            for column, tasks in (paired or {}).items():
+                if column in run.columns:
+                    items[column][seed] = item_scores(folder, tasks)
         for label, item in _items(summary, run):
             if label not in order:
                 order.append(label)
@@ -126,7 +146,8 @@ def run_rows(layout: Layout, run: Run) -> list[dict[str, Any]]:
     for label in order:
         name = run.name if not label else f"{run.name} · {'task ' + label if run.expand == 'tasks' else label}"
         cells = {c: aggregate(per_item[label][c], per_item[label][f"{c}\0se"]) for c in run.columns}
-        rows.append({"row": name, "seeds": seeds_done, "minutes": minutes, **cells})
+        rows.append({"row": name, "seeds": seeds_done, "minutes": minutes, **cells,
+                     "items": {c: by_seed for c, by_seed in items.items() if all(v is not None for v in by_seed.values())}})
     return rows
 
 
@@ -137,7 +158,8 @@ def measured_differences(table: Table, rows: list[dict[str, Any]]) -> list[dict[
     found = []
     for a, b, col in table.compare:
         ca, cb = (by_name.get(a, {}).get(col, {}), by_name.get(b, {}).get(col, {}))
-        diff = difference(ca, cb)
+        ia, ib = (by_name.get(a, {}).get("items", {}).get(col), by_name.get(b, {}).get("items", {}).get(col))
+        diff = (paired_difference(ia, ib) if ia and ib else None) or difference(ca, cb)
         if diff is not None:
             found.append({"a": a, "b": b, "column": col, "diff": diff, "cells": (ca, cb), "source": None})
     for row, col, value, source in table.reference:  # a published figure has no SE of ours: only the row's counts
@@ -168,12 +190,18 @@ def comparisons(table: Table, rows: list[dict[str, Any]]) -> list[str]:
 README_BEGIN, README_END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"
 
 
-def readme_table(layout: Layout, tables: list[Table], runs: list[Run], per_table: int = 4) -> str:
+def table_rows(layout: Layout, tables: list[Table], runs: list[Run]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """table name -> run name -> its rows (run_rows, paired records where the table declares them)."""
+    return {t.name: {r.name: run_rows(layout, r, t.paired) for r in runs if r.table == t.name} for t in tables}
+
+
+def readme_table(tables: list[Table], rows_by_table: dict[str, dict[str, list[dict[str, Any]]]],
+                 per_table: int = 4) -> str:
     """README's reproduction table: every table's first `per_table` measured differences (references
     included), each with both figures, its standard error and the mechanical reading."""
     lines = ["| table | difference | figures (mean ± SE, seeds) | measured | reading |", "|---|---|---|---|---|"]
     for table in tables:
-        rows = [row for r in runs if r.table == table.name for row in run_rows(layout, r)]
+        rows = [row for rows in rows_by_table[table.name].values() for row in rows]
         for m in measured_differences(table, rows)[:per_table]:
             ca, cb = m["cells"]
             figures = (f"{fmt_cell(ca)} ({ca['n']}) vs {fmt_cell(cb)}" + (f" ({cb['n']})" if m["source"] is None else ""))
@@ -372,7 +400,7 @@ def write_report(layout: Layout, tables: list[Table], runs: list[Run], benches: 
     if failures:
         parts += [f"> {len(failures)} command(s) failed: {', '.join(failures)} (see results logs).", ""]
     plots_dir = out.parent / f"{out.stem}-plots"
-    rows_by_table = {t.name: {r.name: run_rows(layout, r) for r in runs if r.table == t.name} for t in tables}
+    rows_by_table = table_rows(layout, tables, runs)
     glance = []
     for table in tables:  # the first two measured differences of every table, up front
         measured = comparisons(table, [row for rows in rows_by_table[table.name].values() for row in rows])[:2]

@@ -10,10 +10,15 @@ suite's tasks by eval/lm.py); the seeds of a row are scored on disjoint shards o
 with s the standard deviation over the n seeds: s² estimates item noise plus training noise, mean se_k²
 the item noise alone, and the larger is used so that neither three seeds that happen to agree nor one
 seed alone understates the noise. Without item errors (losses, times) SE = s / sqrt(n); one seed without
-an item error has none. A difference of two rows has SE sqrt(SE_a² + SE_b²), as for independent rows:
-conservative, since two rows scored on the same shards share their item noise, which a paired SE would
-cancel. It is read "beyond 2 SE" when |difference| > 2 SE, else "within noise" — from the numbers, never
-by hand.
+an item error has none.
+
+A difference of two rows has SE sqrt(SE_a² + SE_b²), as for independent rows — unless both rows kept
+per-item records of the same items (same seeds, so the same shards): then it is paired
+(`paired_difference`): per seed k the per-item differences d = a − b give the difference D_k of the two
+suite averages and its item SE (per task var(d) / n, combined over the suite's tasks as its average is),
+and the seeds combine by the rule above. Two rows scored on the same items share the items' difficulty,
+which the paired SE cancels and the independent one counts twice. Either way the difference is read
+"beyond 2 SE" when |difference| > 2 SE, else "within noise" — from the numbers, never by hand.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
+from typing import Any
 
 DECISIVE = 2.0  # |difference| / SE above which a difference is read as real
 POINTS = 100.0  # accuracies are shown in points (percent)
@@ -56,14 +62,46 @@ def difference(a: dict, b: dict) -> dict | None:
             "points": scale == POINTS}
 
 
+# one seed's per-item scores of a row: task -> item id -> score (e.g. acc 0/1)
+ItemScores = dict[str, dict[Any, float]]
+
+
+def paired_difference(a: dict[int, ItemScores], b: dict[int, ItemScores]) -> dict | None:
+    """a − b of two rows' suite averages (the unweighted mean over tasks of each task's mean), paired item by
+    item on the seeds, tasks and items both have; in points. None when they share no seed with a task of
+    two or more common items."""
+    deltas, errors, n_items = [], [], 0
+    for seed in sorted(set(a) & set(b)):
+        means, variances = [], []
+        for task in sorted(set(a[seed]) & set(b[seed])):
+            common = sorted(set(a[seed][task]) & set(b[seed][task]), key=str)
+            if len(common) < 2:
+                continue
+            d = [a[seed][task][i] - b[seed][task][i] for i in common]
+            means.append(statistics.fmean(d))
+            variances.append(statistics.variance(d) / len(d))
+            n_items += len(d)
+        if means:
+            deltas.append(statistics.fmean(means))
+            errors.append(math.sqrt(sum(variances)) / len(variances))
+    if not deltas:
+        return None
+    delta, se = statistics.fmean(deltas) * POINTS, mean_se(deltas, errors) * POINTS
+    z = abs(delta) / se if se > 0 else (0.0 if delta == 0 else math.inf)
+    return {"delta": delta, "se": se, "z": z, "reading": "beyond 2 SE" if z > DECISIVE else "within noise",
+            "points": True, "paired": n_items}
+
+
 def magnitude(diff: dict) -> str:
-    """'+4.0 points ± 1.3 (3.1 SE)' / '−0.012 (no standard error: one seed)'."""
+    """'+4.0 points ± 1.3 (3.1 SE)' / '+0.4 points ± 0.3 (1.2 SE, paired over 2,934 items)' /
+    '−0.012 (no standard error: one seed)'."""
     unit = " points" if diff["points"] else ""
     value = f"{diff['delta']:+.1f}{unit}" if diff["points"] else f"{diff['delta']:+.3g}"
     if diff["se"] is None:
         return f"{value} (no standard error: one seed)"
     se = f"{diff['se']:.1f}" if diff["points"] else f"{diff['se']:.2g}"
-    return f"{value} ± {se} ({diff['z']:.1f} SE)"
+    paired = f", paired over {diff['paired']:,} items" if diff.get("paired") else ""
+    return f"{value} ± {se} ({diff['z']:.1f} SE{paired})"
 
 
 def describe(diff: dict) -> str:

@@ -539,14 +539,14 @@ def test_an_interrupted_invocation_still_records_its_wall_clock(tmp_path, monkey
 
 
 def test_readme_table_is_regenerated_between_its_markers_from_the_measured_differences(tmp_path):
-    from repro.report import README_BEGIN, README_END, readme_table, update_readme
+    from repro.report import README_BEGIN, README_END, readme_table, table_rows, update_readme
 
     layout = Layout(tmp_path / "results", quick=False)
     lora, s2ft = (next(r for r in plan.RUNS if r.name == f"{m} · trained on commonsense") for m in ("LoRA r8", "S²FT"))
     for run, acc in ((lora, 0.44), (s2ft, 0.47)):
         for seed in run.seeds:
             _finish(layout, run, seed, {"eval": {"average": {"acc": acc + 0.001 * seed, "acc_stderr": 0.01}}})
-    table = readme_table(layout, plan.TABLES, plan.RUNS)
+    table = readme_table(plan.TABLES, table_rows(layout, plan.TABLES, plan.RUNS))
     [line] = [x for x in table.splitlines() if "S²FT · trained on commonsense − LoRA r8 · trained on commonsense" in x]
     assert "+3.0 points ± 0.8" in line and "**beyond 2 SE**" in line and "0.471 ± 0.0058 (3) vs 0.441 ± 0.0058 (3)" in line
     readme = tmp_path / "README.md"
@@ -571,3 +571,72 @@ def test_the_readme_table_waits_for_a_complete_run(tmp_path, capsys):
             "--readme", str(readme)]
     assert main(args) == 0 and (tmp_path / "R.md").is_file()
     assert "kept" in readme.read_text() and "README table" not in capsys.readouterr().out  # nothing finished yet
+
+
+def test_paired_difference_is_the_difference_of_the_suite_averages_with_the_item_noise_cancelled():
+    """Two rows scored on the same items: the paired difference equals the difference of their averages
+    (unweighted over tasks, then over seeds); when they agree on most items its SE is far below the
+    independent rows' SE; identical rows differ by 0 ± 0; rows with no seed in common give None."""
+    import random
+
+    from repro.stats import difference, mean_se, paired_difference
+
+    rng = random.Random(0)
+    a, b = {}, {}
+    for seed in (0, 1, 2):
+        a[seed], b[seed] = {}, {}
+        for task, n in (("t1", 300), ("t2", 120)):
+            base = {i: float(rng.random() < 0.5) for i in range(n)}
+            a[seed][task] = base
+            b[seed][task] = {i: (1.0 - v if rng.random() < 0.06 else v) for i, v in base.items()}  # 6% flipped
+
+    def average(row, seed):
+        return sum(sum(s.values()) / len(s) for s in row[seed].values()) / len(row[seed])
+
+    diff = paired_difference(a, b)
+    want = sum(average(a, k) - average(b, k) for k in a) / 3 * 100
+    assert diff["delta"] == pytest.approx(want) and diff["paired"] == 3 * 420 and diff["points"]
+
+    def cell(row):
+        values = [average(row, k) for k in row]
+        errors = [math.sqrt(sum(v * (1 - v) / (len(s) - 1) for s in row[k].values()
+                                for v in [sum(s.values()) / len(s)])) / 2 for k in row]
+        return {"mean": sum(values) / 3, "se": mean_se(values, errors), "items": True}
+
+    independent = difference(cell(a), cell(b))
+    assert independent["delta"] == pytest.approx(diff["delta"]) and diff["se"] < independent["se"] / 2
+    same = paired_difference(a, a)
+    assert same["delta"] == 0 and same["se"] == 0 and same["reading"] == "within noise"
+    assert paired_difference({0: a[0]}, {1: b[1]}) is None
+
+
+def _samples(folder: Path, task: str, scores: dict[int, float]) -> None:
+    out = folder / "eval" / "test"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"samples_{task}.jsonl").write_text("".join(json.dumps({"doc_id": i, "acc": v, "resps": []}) + "\n"
+                                                      for i, v in scores.items()))
+
+
+def test_rows_with_per_item_records_are_compared_item_by_item_in_the_report(tmp_path):
+    from repro.report import measured_differences, table_rows
+
+    layout = Layout(tmp_path / "results", quick=False)
+    lora, s2ft = (next(r for r in plan.RUNS if r.name == f"{m} · trained on commonsense") for m in ("LoRA r8", "S²FT"))
+    assert "eval.log_samples=true" in lora.argv and "eval.precision=bf16" in lora.argv
+    tasks = plan.CROSS_TASKS["commonsense"]
+    for run, flips in ((lora, 0), (s2ft, 30)):  # S²FT gets 30 more items right per task than LoRA
+        for seed in run.seeds:
+            folder = _finish(layout, run, seed, {"eval": {"average": {"acc": 0.4 + flips / 150, "acc_stderr": 0.01}}})
+            for task in tasks:
+                _samples(folder, task, {i: float(i < 60 + flips) for i in range(150)})
+    table = next(t for t in plan.TABLES if t.name == "s2ft")
+    rows = [row for rows in table_rows(layout, plan.TABLES, plan.RUNS)["s2ft"].values() for row in rows]
+    [m] = [m for m in measured_differences(table, rows) if m["a"] == s2ft.name and m["b"] == lora.name]
+    assert m["diff"]["paired"] == 3 * 8 * 150 and m["diff"]["delta"] == pytest.approx(20.0)
+    assert "paired over 3,600 items" in write_report(layout, plan.TABLES, plan.RUNS, plan.BENCHES,
+                                                     tmp_path / "R.md").read_text()
+    # one seed without records: that pair falls back to the independent SE
+    (layout.finished_run(lora, 2) / "eval" / "test" / f"samples_{tasks[0]}.jsonl").unlink()
+    rows = [row for rows in table_rows(layout, plan.TABLES, plan.RUNS)["s2ft"].values() for row in rows]
+    [m] = [m for m in measured_differences(table, rows) if m["a"] == s2ft.name and m["b"] == lora.name]
+    assert "paired" not in m["diff"]
