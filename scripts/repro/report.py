@@ -7,7 +7,6 @@ plots.py); the layout of the report is this file's."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 from collections import defaultdict
@@ -17,7 +16,7 @@ from typing import Any
 
 from repro.plan import Bench, Run, Table
 from repro.runner import Layout, bench_command, lane_label, run_command, shown, then_command, timings
-from repro.stats import ItemScores, describe, difference, magnitude, mean_se, paired_difference
+from repro.stats import ItemScores, describe, difference, magnitude, mean_se, paired_difference, se_of_mean
 from sparsetune.jobs.sweep.plots import close_figure, figure, mean_line, save_figure
 from sparsetune.jobs.sweep.report import mean_std, number
 
@@ -40,7 +39,7 @@ def column_value(item: Any, path: str | tuple[str, ...]) -> tuple[Any, Any]:
     pairs = [column_value(item, p) for p in path]
     if not pairs or not all(number(v) for v, _ in pairs):
         return None, None
-    se = math.sqrt(sum(float(e) ** 2 for _, e in pairs)) / len(pairs) if all(number(e) for _, e in pairs) else None
+    se = se_of_mean([float(e) for _, e in pairs]) if all(number(e) for _, e in pairs) else None
     return sum(float(v) for v, _ in pairs) / len(pairs), se
 
 

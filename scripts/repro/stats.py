@@ -32,6 +32,12 @@ DECISIVE = 2.0  # |difference| / SE above which a difference is read as real
 POINTS = 100.0  # accuracies are shown in points (percent)
 
 
+def se_of_mean(errors: Sequence[float]) -> float:
+    """SE of an unweighted mean of independent estimates with SEs `errors` (a suite average over its tasks,
+    as sparsetune's own "average" row, eval/lm.py with_average)."""
+    return math.sqrt(sum(e * e for e in errors)) / len(errors)
+
+
 def mean_se(values: Sequence[float], item_errors: Sequence[float] | None = None) -> float | None:
     """SE of the mean of `values` (one per seed); `item_errors`: each seed's item SE, or None."""
     n = len(values)
@@ -72,18 +78,18 @@ def paired_difference(a: dict[int, ItemScores], b: dict[int, ItemScores]) -> dic
     two or more common items."""
     deltas, errors, n_items = [], [], 0
     for seed in sorted(set(a) & set(b)):
-        means, variances = [], []
+        means, errors_k = [], []
         for task in sorted(set(a[seed]) & set(b[seed])):
             common = sorted(set(a[seed][task]) & set(b[seed][task]), key=str)
             if len(common) < 2:
                 continue
             d = [a[seed][task][i] - b[seed][task][i] for i in common]
             means.append(statistics.fmean(d))
-            variances.append(statistics.variance(d) / len(d))
+            errors_k.append(math.sqrt(statistics.variance(d) / len(d)))
             n_items += len(d)
         if means:
             deltas.append(statistics.fmean(means))
-            errors.append(math.sqrt(sum(variances)) / len(variances))
+            errors.append(se_of_mean(errors_k))
     if not deltas:
         return None
     delta, se = statistics.fmean(deltas) * POINTS, mean_se(deltas, errors) * POINTS
