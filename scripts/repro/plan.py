@@ -26,9 +26,11 @@ QUICK_SEEDS = (0,)
 # trainer.precision=bf16 does on a GPU): on a CPU with AVX512-BF16 both run ~1.7x faster than fp32 (the report's
 # precision table, `sparsetune bench precision`); without it the plan does not fit its 3 h. Vision rows stay fp32.
 BF16 = ("trainer.precision=bf16", "eval.precision=bf16")
-# rows that score the held-out pool also keep lm-eval's per-item records (<run>/eval/test/samples_*.jsonl): two
-# rows scored on the same shard can then be compared item by item (a paired difference)
-TEXT_ROW = (*BF16, "eval.log_samples=true")
+# text rows also train on micro-batches of similar length (trainer.group_by_length: the same items, far less
+# padding: lengths vary several-fold, up to 128 tokens for commonsense, 384 for arithmetic) and keep lm-eval's
+# per-item records (<run>/eval/test/samples_*.jsonl): two rows scored on the same shard can then be compared item
+# by item (a paired difference)
+TEXT_ROW = (*BF16, "trainer.group_by_length=true", "eval.log_samples=true")
 QUICK_VISION_FORGET = ("forget.data_ratio=0.02", "trainer.epochs=1", "trainer.eval_every=0")
 QUICK_VISION_TRAIN = ("trainer.max_steps=4", "trainer.warmup_steps=1", "trainer.save_every=0", "trainer.batch_size=32")
 QUICK_VISION_EVAL = ("eval.limit=200",)

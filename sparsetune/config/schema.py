@@ -181,6 +181,9 @@ class TrainerConfig:
     threads: Optional[int] = None
     # threads that load and collate the next 2 x num_workers micro-batches ahead (same order, exact resume)
     num_workers: int = 0
+    # micro-batches of items of similar length (text data): less padding, the same items per epoch, still
+    # seeded and resumable (engine/loop.py grouped_by_length; HF Trainer's group_by_length)
+    group_by_length: bool = False
     # recompute each block in backward (non-reentrant torch checkpoint, any method; engine/grad_checkpoint.py)
     gradient_checkpointing: bool = False
     # gated MLPs keep 2 of their 3 wide intermediates for backward (train/lean_mlp.py); same gradients

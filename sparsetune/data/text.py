@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from array import array
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -99,9 +100,11 @@ class TextDataset(Dataset):
                     self.tokenizer(answers, add_special_tokens=False)["input_ids"])
 
     def _count(self) -> tuple[int, int]:
-        """(tokens in all items after truncation, rows longer than max_length)."""
+        """(tokens in all items after truncation, rows longer than max_length); keeps each item's token
+        count after truncation in `self.lengths` (trainer.group_by_length batches by it)."""
         extra = (self.bos is not None) + (self.eos is not None)
         tokens = overlong = 0
+        self.lengths = array("I")
         for s in range(0, len(self.examples), self.CHUNK):
             chunk = list(self.examples[s:s + self.CHUNK])
             prompts = self._lengths([format_prompt(ex.prompt, self.template, self.tokenizer) for ex in chunk])
@@ -109,6 +112,7 @@ class TextDataset(Dataset):
                 n = p + a + extra
                 overlong += n > self.max_length
                 tokens += min(n, self.max_length)
+                self.lengths.append(min(n, self.max_length))
         return tokens, overlong
 
     def _lengths(self, texts: list[str]) -> list[int]:

@@ -23,7 +23,7 @@ import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -69,6 +69,23 @@ class LoopState:
 
 
 LOOP_FIELDS = frozenset(LoopState.__dataclass_fields__)
+GROUP_WINDOW = 64  # micro-batches whose items are sorted together under trainer.group_by_length
+
+
+def grouped_by_length(order: list[int], lengths: Sequence[int], batch_size: int, gen: torch.Generator,
+                      window: int = GROUP_WINDOW) -> list[int]:
+    """`order` regrouped so that each micro-batch holds items of similar length: within windows of
+    `window` micro-batches the items are sorted by length (longest first), then the full micro-batches
+    are shuffled. Batches pad to their longest item, so mixed lengths waste compute on padding; the items
+    an epoch sees are unchanged, and the same seed gives the same order (resume, ranks). A trailing
+    partial micro-batch stays last, where an epoch drops it."""
+    span = batch_size * window
+    grouped: list[int] = []
+    for start in range(0, len(order), span):
+        grouped += sorted(order[start:start + span], key=lambda i: -lengths[i])
+    full = len(grouped) // batch_size
+    batches = [grouped[b * batch_size:(b + 1) * batch_size] for b in range(full)]
+    return [i for b in torch.randperm(full, generator=gen).tolist() for i in batches[b]] + grouped[full * batch_size:]
 
 
 class BatchStream:
@@ -89,8 +106,9 @@ class BatchStream:
     """
 
     def __init__(self, dataset, collate: Callable, batch_size: int, seed: int, state: LoopState,
-                 num_workers: int = 0, rank: int = 0, world: int = 1):
+                 num_workers: int = 0, rank: int = 0, world: int = 1, lengths: Sequence[int] | None = None):
         self.dataset, self.collate, self.batch_size, self.seed, self.state = dataset, collate, batch_size, seed, state
+        self.lengths = lengths  # per-item token counts: micro-batches grouped by length (grouped_by_length)
         self.rank, self.world = rank, world
         n = len(dataset)
         self.per_epoch = n // batch_size if n >= batch_size else 1
@@ -101,7 +119,8 @@ class BatchStream:
 
     def _epoch_order(self, epoch: int) -> list[int]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(len(self.dataset), generator=gen).tolist()
+        order = torch.randperm(len(self.dataset), generator=gen).tolist()
+        return order if self.lengths is None else grouped_by_length(order, self.lengths, self.batch_size, gen)
 
     def _position(self, epoch: int, index: int) -> tuple[int, int]:
         return (epoch + 1, 0) if index >= self.per_epoch else (epoch, index)

@@ -63,8 +63,9 @@ def train_task(job: Job, *, dataset, collate: Callable, tcfg, steps: int, seed: 
         raise UserError(f"trainer.max_steps={steps} is below the checkpoint's step {ckpt['loop']['step']}; "
                         "resume with trainer.max_steps of at least that")
     state = state if state is not None else LoopState()
+    lengths = getattr(dataset, "lengths", None) if getattr(tcfg, "group_by_length", False) else None
     stream = BatchStream(dataset, collate, tcfg.batch_size, seed, state, num_workers=tcfg.num_workers,
-                         rank=dist.rank(), world=dist.world_size())
+                         rank=dist.rank(), world=dist.world_size(), lengths=lengths)
     loop = TrainLoop(model=job.model, method=job.method, optimizer=optimizer, scheduler=scheduler, stream=stream,
                      loss_fn=loss_fn, tcfg=tcfg, total_steps=steps, logger=None, checkpoint_dir=checkpoint_dir,
                      device=job.device, evaluate=evaluate, progress=progress, extra_state=extra_state,
