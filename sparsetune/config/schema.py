@@ -231,8 +231,8 @@ class EvalConfig:
     # false: lm-eval's HFLM throughout (see sparsetune/eval/prefix_lm.py)
     share_prefix: bool = True
     # language-model scoring precision: fp32, or bf16 autocast (HFLM's mixed_precision_dtype; weights stay
-    # fp32). On a CPU with AVX512-BF16 bf16 scores SmolLM2-135M ~1.7x faster and agrees with fp32 on ~99%
-    # of multiple-choice items (docs/benchmarks.md); figures differ from fp32 ones by that rounding
+    # fp32): faster multiple-choice scoring on GPUs and CPUs with AVX512-BF16/AMX, figures that differ from
+    # fp32 by bf16 rounding (an item whose choices are nearly tied may flip); `sparsetune bench precision`
     precision: str = one_of("fp32", "fp32", "bf16")
     # method-defined settings to score one by one in `sparsetune eval` (Method.eval_points), e.g. EViT
     # keep rates: eval.points=[1.0,0.7,0.5] → top-1, images/s and GMACs per point, eval_points.json + .png
