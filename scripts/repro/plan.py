@@ -2,7 +2,7 @@
 command, its seeds, and which summary.json figures become columns), one `Bench` per efficiency table.
 
 Sized for a standard error of at most one point on every commonsense suite average at three seeds per
-row: one held-out pool per data set (450 items per commonsense task where the task has them, 2,934 in
+row: one held-out pool per data set (450 items per commonsense task where the task has them, 2,933 in
 all), cut into three shards, and a row's k-th seed scores shard k (repro/tasks.py), so each row scores
 the pool once. QUICK mode runs the same list with tiny step counts and pools (a smoke test of the whole
 chain); its numbers exercise the report, they are not results.
@@ -109,7 +109,7 @@ class Table:
 CROSS_DATA = {"commonsense": ("commonsense_mix", tuple(SUITES["s2ft_commonsense"])),
               "arithmetic": ("arithmetic", ("gsm8k",))}
 # held-out pool per task, by data set: 450 per commonsense task, where a task has 900 (the split holds out
-# at most half: ARC-Easy 285, ARC-Challenge 149, OpenBookQA 250) = 2,934 items, a standard error of
+# at most half: ARC-Easy 285, ARC-Challenge 149, OpenBookQA 249) = 2,933 items, a standard error of
 # ≤ 1.0 point on the 8-task mean at any accuracy; GSM8K: 150 problems (a 135M model solves ~1-3%: SE ≈ 1.1
 # points at 2%; generation costs ~3 s a problem, so 300 would cost an hour more over the rows that score it).
 # Split into SHARDS shards, one per seed. QUICK: 12 per commonsense task, 3 GSM8K problems (one per shard).

@@ -99,7 +99,7 @@ def paired_difference(a: dict[int, ItemScores], b: dict[int, ItemScores]) -> dic
 
 
 def magnitude(diff: dict) -> str:
-    """'+4.0 points ± 1.3 (3.1 SE)' / '+0.4 points ± 0.3 (1.2 SE, paired over 2,934 items)' /
+    """'+4.0 points ± 1.3 (3.1 SE)' / '+0.4 points ± 0.3 (1.2 SE, paired over 2,933 items)' /
     '−0.012 (no standard error: one seed)'."""
     unit = " points" if diff["points"] else ""
     value = f"{diff['delta']:+.1f}{unit}" if diff["points"] else f"{diff['delta']:+.3g}"
