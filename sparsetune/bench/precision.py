@@ -17,6 +17,8 @@ from typing import Any
 
 from sparsetune.bench.runner import Benchmark, Setting, Variant
 from sparsetune.bench.worker import worker_setup
+from sparsetune.eval.lm import evaluate_lm_tasks
+from sparsetune.models import load_model
 
 STEP = "sparsetune.bench.training_step:measure_train_step"
 SCORE = "sparsetune.bench.precision:measure_scoring"
@@ -43,9 +45,6 @@ def benchmark(quick: bool, overrides: list[str]) -> Benchmark:
 
 def measure_scoring(cfg, settings: dict[str, Any]) -> dict[str, Any]:
     """One in-process scoring of the task's first `limit` items, after a warm-up on two of them."""
-    from sparsetune.eval.lm import evaluate_lm_tasks  # imports lm-eval: only in the worker
-    from sparsetune.models import load_model
-
     worker_setup(cfg, settings)
     model, tokenizer = load_model(cfg.model)
     model.eval()
