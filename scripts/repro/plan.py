@@ -23,8 +23,8 @@ QUICK_TEXT = ("trainer.max_steps=3", "trainer.warmup_steps=1", "trainer.batch_si
               "data.train_size=48", "data.val_size=0", "data.test_size=12", "eval.batch_size=12")
 QUICK_SEEDS = (0,)
 # every text row trains and scores under bf16 autocast (weights and optimizer state stay fp32, as
-# trainer.precision=bf16 does on a GPU): on a CPU with AVX512-BF16 both run ~1.7x faster than fp32 (the report's
-# precision table, `sparsetune bench precision`); without it the plan does not fit its 3 h. Vision rows stay fp32.
+# trainer.precision=bf16 does on a GPU): faster on a CPU with AVX512-BF16 (the report's precision table,
+# `sparsetune bench precision`, measures by how much; docs/reproduce.md per-row costs). Vision rows stay fp32.
 BF16 = ("trainer.precision=bf16", "eval.precision=bf16")
 # text rows also train on micro-batches of similar length (trainer.group_by_length: the same items, far less
 # padding: lengths vary several-fold, up to 128 tokens for commonsense, 384 for arithmetic) and keep lm-eval's

