@@ -1,7 +1,7 @@
 """`sparsetune bench precision`: fp32 against bf16 autocast, for a training step and for lm-eval scoring.
 
-Decides whether `trainer.precision=bf16 eval.precision=bf16` pays on this machine: a CPU with AVX512-BF16
-(or AMX) or a GPU runs bf16 matmuls about twice as fast, one without it emulates them slower than fp32.
+Decides whether `trainer.precision=bf16 eval.precision=bf16` pays on this machine: GPUs and CPUs with
+AVX512-BF16 or AMX have native bf16 matmuls, other CPUs may run bf16 slower than fp32.
 Two blocks, each variant in its own process, rounds interleaved:
 - `train step 8x128`: forward + backward + optimiser step of the configured method (default full
   fine-tuning) on SmolLM2-135M, `step_time_s` (weights and optimiser state stay fp32 under autocast);
