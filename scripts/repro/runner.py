@@ -212,9 +212,13 @@ def execute(layout: Layout, runs: list[Run], benches: list[Bench]) -> list[str]:
         print(f"[{next(counter)}/{total}] {task.label}: {shown_command(argv)}", flush=True)
 
     def finished(task: Task) -> None:
-        if task.status == "blocked":  # a follow-up whose first command failed
+        if task.status == "blocked":  # a follow-up whose first command failed, or a command that cannot run
             print(f"[{next(counter)}/{total}] {task.label}: skipped (its run did not finish)", flush=True)
             failures.append(task.label)
+            return
+        if task.status == "stopped":  # this invocation's interrupt: not a failure, it runs next time
+            if task.seconds is not None:
+                print(f"        {task.label}: stopped after {task.seconds:.0f} s", flush=True)
             return
         status = "ok" if task.returncode == 0 else f"FAILED (exit {task.returncode}, log {task.log})"
         print(f"        {task.label}: {status} in {task.seconds:.0f} s", flush=True)

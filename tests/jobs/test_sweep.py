@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import sparsetune.jobs.sweep as sweep_package
 from sparsetune.cli import main
 from sparsetune.jobs.sweep import hydra_launcher, launch
 from sparsetune.jobs.sweep.grid import expand
@@ -214,6 +215,26 @@ def test_rerun_skips_finished_points_and_reruns_the_failed_one(fake, capsys, mon
     # a changed fixed override is another experiment: nothing counts as finished
     code, _, _ = run_cli(capsys, *args, "trainer.lr=0.001")
     assert code == 0 and len(fake()) == 11
+
+
+def test_an_interrupted_point_stays_pending_and_runs_next_time(fake, capsys, monkeypatch, tmp_path):
+    """Ctrl-C / SIGTERM terminates the running points: they were stopped, not failed, and the same
+    command runs them again."""
+    monkeypatch.setenv("SPARSETUNE_RUNS", str(tmp_path / "runs"))
+
+    def interrupted(tasks, jobs, on_start=None, on_finish=None):
+        tasks[0].status, tasks[0].returncode, tasks[0].seconds = "stopped", -15, 1.0  # terminated by the pool
+        on_finish(tasks[0])
+        raise KeyboardInterrupt
+
+    args = ["train", "-m", *TINY, "method=lora", "method.r=4,8", "seed=0", "sweep.name=stop"]
+    with monkeypatch.context() as patch:
+        patch.setattr(sweep_package, "run_tasks", interrupted)
+        code, _, _ = run_cli(capsys, *args)
+    record = json.loads((tmp_path / "runs" / "sweeps" / "stop" / "sweep.json").read_text())
+    assert code == 130 and [p["status"] for p in record["points"]] == ["pending", "pending"]
+    code, _, _ = run_cli(capsys, *args)
+    assert code == 0 and len(fake()) == 2
 
 
 def test_a_diverged_point_is_failed_and_runs_again(fake, capsys, monkeypatch, tmp_path):

@@ -126,4 +126,5 @@ def test_an_interrupt_stops_the_running_children(tmp_path, cpus4):
         run_tasks([long, crash], 2, on_finish=on_finish)
     assert time.perf_counter() - tic < 30
     assert long.returncode not in (None, 0)  # terminated, not waited for
+    assert long.status == "stopped"  # our own interrupt: not a failure, it runs next time
     assert "late" not in calls(tmp_path)

@@ -524,7 +524,9 @@ def test_an_interrupted_invocation_still_records_its_wall_clock(tmp_path, monkey
     layout = Layout(tmp_path / "results", quick=False)
     rows = [r for r in plan.RUNS if r.table == "gslora"][:1]
 
-    def interrupted(*args, **kwargs):
+    def interrupted(lanes, jobs, on_start=None, on_finish=None):
+        lanes[0].status, lanes[0].seconds = "stopped", 5.0  # the pool terminated it: not a failure
+        on_finish(lanes[0])
         raise KeyboardInterrupt  # what SIGTERM becomes in scripts/reproduce.py
 
     monkeypatch.setattr(runner, "run_tasks", interrupted)
@@ -532,6 +534,7 @@ def test_an_interrupted_invocation_still_records_its_wall_clock(tmp_path, monkey
         runner.execute(layout, rows, [])
     [record] = runner.timings(layout)["invocations"]
     assert record["interrupted"] and record["commands"] == len(rows[0].seeds) and record["wall_s"] >= 0
+    assert record["failed"] == 0
     text = write_report(layout, plan.TABLES, plan.RUNS, plan.BENCHES, tmp_path / "R.md").read_text()
     assert "Time: not recorded" in text  # no command finished; the next line shows the invocation once one has
     runner.record_time(layout, "gslora/gslora seed 0", 60.0)

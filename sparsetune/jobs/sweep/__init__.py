@@ -84,7 +84,7 @@ def run_sweep(job: str, overrides: Sequence[str], child_args: Sequence[str] = ()
             sweep.prepare(point)
         if todo and local:
             def finished(task) -> None:
-                if task.status == "blocked":  # never started (interrupted): stays pending
+                if task.status in ("blocked", "stopped"):  # interrupted: stays pending, runs next time
                     return
                 point = tasks[task]
                 point.returncode, point.seconds = task.returncode, task.seconds

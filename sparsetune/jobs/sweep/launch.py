@@ -67,7 +67,9 @@ class Task:
     cwd: str | None = None
     done: Callable[[], bool] | None = None  # finished by an earlier invocation: reused, not run
     then: Task | None = None  # a follow-up in the same lane, started once this one has succeeded
-    status: str = "pending"  # pending | reused | done | failed | blocked (never started: it could not run)
+    # pending | reused | done | failed | blocked (never started: it could not run, or what it follows failed)
+    # | stopped (an interrupt terminated it or kept it from starting: not a failure, it runs next time)
+    status: str = "pending"
     returncode: int | None = None
     seconds: float | None = None
 
@@ -117,7 +119,7 @@ def run_tasks(lanes: Sequence[Task], jobs: int, on_start: Callable[[Task, list[s
     time, each child gets OMP_NUM_THREADS / MKL_NUM_THREADS = CPUs // jobs unless the environment (this
     process's, or the task's own) sets them. `on_start(task, argv)` and `on_finish(task)` are called one
     at a time. A failure is its task's status, not the pool's; on an interrupt the running children
-    are terminated and nothing more starts."""
+    are terminated and nothing more starts (both `stopped`)."""
     if not lanes:
         return
     jobs = max(1, min(int(jobs), len(lanes)))
@@ -135,7 +137,7 @@ def run_tasks(lanes: Sequence[Task], jobs: int, on_start: Callable[[Task, list[s
     def one(task: Task) -> bool:
         argv = task.argv(threads) if callable(task.argv) else task.argv
         if argv is None or stop.is_set():
-            finish(task, "blocked")
+            finish(task, "stopped" if stop.is_set() else "blocked")
             return False
         env = {**os.environ, **task.env}
         for var in THREAD_VARS if threads else ():
@@ -153,7 +155,8 @@ def run_tasks(lanes: Sequence[Task], jobs: int, on_start: Callable[[Task, list[s
         task.returncode, task.seconds = run_child(argv, task.log, env=env, cwd=task.cwd, started=started)
         with lock:
             running.pop(id(task), None)
-        finish(task, "done" if task.returncode == 0 else "failed")
+        # a child terminated by our own interrupt did not fail: it was stopped, and runs again next time
+        finish(task, "done" if task.returncode == 0 else "stopped" if stop.is_set() else "failed")
         return task.returncode == 0
 
     def lane(head: Task) -> None:
@@ -161,7 +164,7 @@ def run_tasks(lanes: Sequence[Task], jobs: int, on_start: Callable[[Task, list[s
         for i, task in enumerate(tasks):
             if not one(task):
                 for rest in tasks[i + 1:]:  # a follow-up never starts without the task it needs
-                    finish(rest, "blocked")
+                    finish(rest, "stopped" if stop.is_set() else "blocked")
                 return
 
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="pool")
