@@ -94,6 +94,22 @@ def _items(summary: dict[str, Any], run: Run) -> list[tuple[str, dict[str, Any]]
     return []
 
 
+def read_summary(folder: Path) -> dict[str, Any]:
+    """A run's summary.json. Runs written before the training and whole-process peaks were told apart
+    (no `process_peak_memory_mb`) report the whole process as `peak_memory_mb`, held-out eval included:
+    for a training run their training peak is the last peak metrics.jsonl logged, read from there."""
+    summary = json.loads((folder / "summary.json").read_text())
+    metrics = folder / "metrics.jsonl"
+    trained = "throughput" in summary and "peak_memory_mb" in summary  # jobs/train.py's summary
+    if "process_peak_memory_mb" in summary or not trained or not metrics.is_file():
+        return summary
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    peaks = [r["peak_memory_mb"] for r in records if number(r.get("peak_memory_mb"))]
+    if peaks:
+        summary["process_peak_memory_mb"], summary["peak_memory_mb"] = summary["peak_memory_mb"], peaks[-1]
+    return summary
+
+
 def item_scores(folder: Path, tasks: tuple[str, ...], metric: str = "acc") -> ItemScores | None:
     """Each task's per-item `metric` by lm-eval doc_id, from the run's final evaluation records
     (<run>/eval/test/samples_<task>.jsonl, written under eval.log_samples); None when a task has none."""
@@ -124,7 +140,7 @@ def run_rows(layout: Layout, run: Run, paired: dict[str, tuple[str, ...]] | None
         if folder is None:
             continue
         seeds_done += 1
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = read_summary(folder)
         if run.expand is None:
             for column, tasks in (paired or {}).items():
                 if column in run.columns:

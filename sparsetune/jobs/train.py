@@ -103,6 +103,7 @@ def train(job: Job, ckpt: dict | None = None, on_restored=None, overrides: list[
                       on_restored=on_restored,
                       extra_state=lambda: {"wandb_id": wb.run_id if wb else None})
     state, logger, train_time = task.state, task.logger, task.seconds
+    train_peak = peak_memory_mb(job.device)  # before the held-out eval: scoring batches are not training memory
     if not main:
         return {}
     if task.loop.sharded:
@@ -124,7 +125,8 @@ def train(job: Job, ckpt: dict | None = None, on_restored=None, overrides: list[
         "trainable_params": trainable,
         "total_params": total,
         **summarise(state),
-        "peak_memory_mb": peak_memory_mb(job.device),
+        "peak_memory_mb": train_peak,
+        "process_peak_memory_mb": peak_memory_mb(job.device),  # training, held-out eval and export together
         "wall_time_s": train_time,
         **({"world_size": world, "strategy": tcfg.strategy} if world > 1 else {}),
         "eval": results,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import sparsetune.jobs.train as train_job
 from sparsetune.engine.optim import lr_factor
 from sparsetune.errors import TrainingDivergedError
 from sparsetune.jobs import run_job
@@ -47,6 +48,21 @@ def test_run_folder_contract(tmp_path):
         assert key in saved, key
     assert saved["steps"] == 4 and saved["trainable_params"] == saved["total_params"] > 0
     assert saved["eval"] and all("acc" in m or "exact_match" in m for t, m in saved["eval"].items() if t != "average")
+
+
+def test_summary_peak_memory_is_training_and_the_held_out_eval_is_counted_apart(tmp_path, monkeypatch):
+    """The held-out eval runs after training in the same process: its memory must not pass for training's."""
+    def hungry_eval(*args, **kwargs):
+        block = torch.ones(256 * 1024 * 1024 // 4)  # 256 MB, touched: resident
+        assert float(block.sum()) > 0
+        return {}
+
+    monkeypatch.setattr(train_job, "evaluate_model", hungry_eval)
+    _, run = train([*TINY, f"run_dir={tmp_path}", "trainer.max_steps=2", "trainer.save_every=0"])
+    saved = json.loads((run / "summary.json").read_text())
+    steps = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert saved["process_peak_memory_mb"] - saved["peak_memory_mb"] > 128  # the eval's block, not training's
+    assert saved["peak_memory_mb"] - steps[-1]["peak_memory_mb"] < 40  # what the last step saw, give or take
 
 
 def test_resume_after_crash_matches_uninterrupted(tmp_path):

@@ -314,6 +314,19 @@ def test_finished_runs_are_found_and_expanded_rows_aggregate_per_item(tmp_path):
     assert rows[0]["classes"]["text"] == "3,7"
 
 
+def test_peak_memory_is_training_memory_also_for_runs_that_counted_their_eval(tmp_path):
+    layout = Layout(tmp_path, quick=False)
+    lora = next(r for r in plan.RUNS if r.table == "s2ft" and r.name.startswith("LoRA"))
+    steps = "".join(json.dumps({"step": k, "loss": 1.0, "peak_memory_mb": 3600.0 + k}) + "\n" for k in (1, 2))
+    # seed 0 was written before training and process peaks were told apart: its 4,800 MB is the eval's
+    old = _finish(layout, lora, 0, {"throughput": 1.0, "peak_memory_mb": 4800.0})
+    (old / "metrics.jsonl").write_text(steps + json.dumps({"step": 2, "eval/loss": 1.0}) + "\n")
+    new = _finish(layout, lora, 1, {"throughput": 1.0, "peak_memory_mb": 3700.0, "process_peak_memory_mb": 5000.0})
+    (new / "metrics.jsonl").write_text(steps)
+    [row] = run_rows(layout, lora)
+    assert row["peak memory (MB)"]["mean"] == pytest.approx((3602.0 + 3700.0) / 2)
+
+
 def test_the_report_states_what_each_row_and_the_whole_run_took(tmp_path):
     from repro.runner import lane_label, record_time
 
