@@ -349,7 +349,10 @@ TABLES: list[Table] = [
                   "arithmetic training keeps is the paper's generalisation claim. Each seed scores its own third of "
                   "a pool, so a row's three seeds score the whole pool once; ± is the standard error (seeds and "
                   "items). At 135M parameters expect GSM8K near zero. Trainable parameters: LoRA/DoRA r8 vs S²FT "
-                  "(o_ratio 0.1, d_ratio 0.03) are matched to within the column shown.",
+                  "(o_ratio 0.1, d_ratio 0.03) are matched to within the column shown. Step time and peak memory "
+                  "are the training's (peak RSS from process start to the end of training, before the held-out "
+                  "eval), measured beside another run on length-grouped batches of real items: the s2ft_bench "
+                  "table (each variant alone, in its own process, after setup) is the memory comparison.",
           plot={"bars": ["on commonsense", "on GSM8K"], "ylabel": "accuracy on held-out items"},
           paired={"on commonsense": CROSS_TASKS["commonsense"]},
           compare=(("S²FT · trained on commonsense", "LoRA r8 · trained on commonsense", "on commonsense"),
