@@ -385,7 +385,11 @@ TABLES: list[Table] = [
                   "these seven tasks (same model, same items). Chance "
                   "is ≈0.357. Train loss is the task loss over the last 10 steps: PAT's loss jumps at the "
                   "soft-to-hard mask switch (docs/methods/pat.md); the parameter columns and the bench table are "
-                  "exact at any budget.",
+                  "exact at any budget. What these rows can say: 32 steps are a CPU budget, not PAT's protocol "
+                  "(3 epochs): the soft phase (11 steps) ends with the gate still partly soft, the switch to the "
+                  "hard top-N gate throws the loss from ≈3 to ≈10, and the 21 steps left do not bring it back "
+                  "(metrics.jsonl of any PAT run). A PAT row below the unpruned rows here measures that budget; "
+                  "it neither confirms nor refutes the paper's claim that PAT keeps accuracy.",
           plot={"bars": ["accuracy"], "ylabel": "7-task average accuracy (chance ≈0.357)"},
           paired={"accuracy": PAT_TASKS},
           compare=(("PAT 25%", "prune→LoRA 25%", "accuracy"), ("PAT 25%", "LoRA (unpruned)", "accuracy"),
