@@ -3,7 +3,7 @@ reports/REPRODUCE.md (tables beside the papers' figures, PNG plots, the command 
 
     python scripts/reproduce.py                 # the full plan (hours on a 2-core CPU: docs/reproduce.md; resumable)
     python scripts/reproduce.py --jobs 2        # two rows at a time, one thread each (benches still alone)
-    python scripts/reproduce.py --quick         # smoke version: the whole chain in ~10 min, numbers not results
+    python scripts/reproduce.py --quick         # smoke version: the whole chain in 11 min, numbers not results
     python scripts/reproduce.py --only pat      # tables whose name contains "pat"
     python scripts/reproduce.py --seeds 0       # seed 0 of every row: a first pass that measures each row's cost
     python scripts/reproduce.py --list          # what would run, and what is finished
@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the tables' training/eval rows only (benches want the machine to themselves)")
     parser.add_argument("--report-only", action="store_true", help="write the report from finished runs, run nothing")
     parser.add_argument("--results", type=Path, help="results root (default results/quick or results/full)")
-    parser.add_argument("--report", type=Path, default=ROOT / "reports" / "REPRODUCE.md")
+    parser.add_argument("--report", type=Path,
+                        help="default reports/REPRODUCE.md (--quick: reports/REPRODUCE-quick.md, so a smoke run "
+                             "never replaces the full report)")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md",
                         help="the README whose reproduction table a complete full run regenerates")
     args = parser.parse_args(argv)
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--seeds takes seed numbers separated by commas, e.g. 0 or 0,1 (got {args.seeds!r})")
     layout = Layout(args.results or ROOT / "results" / ("quick" if args.quick else "full"), args.quick, args.jobs, seeds)
+    args.report = args.report or ROOT / "reports" / ("REPRODUCE-quick.md" if args.quick else "REPRODUCE.md")
     tables = [t for t in TABLES if not args.only or args.only in t.name]
     names = {t.name for t in tables}
     runs = [r for r in RUNS if r.table in names]
