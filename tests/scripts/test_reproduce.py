@@ -30,19 +30,15 @@ def test_every_table_has_rows_or_a_bench_and_every_run_a_table():
     assert {r.table for r in plan.RUNS} <= names and {b.table for b in plan.BENCHES} <= names
     for table in plan.TABLES:
         assert any(r.table == table.name for r in plan.RUNS) or any(b.table == table.name for b in plan.BENCHES)
-    # every accuracy row of a trained model runs at least two seeds; S²FT and PAT rows three (the issue's
-    # ≥ 3), except PAT 20% and 30%, the budget's cut, which score one shard and say so through their SE
+    # every accuracy row of a trained model runs at least two seeds; S²FT and PAT rows three (the issue's ≥ 3)
     for run in plan.RUNS:
-        side = run.table == "pat" and run.name in ("PAT 20%", "PAT 30%")
         if run.same_as is not None:  # read from another row's runs: no command of its own
             assert not run.argv and run.same_as in plan.RUNS and run.seeds == run.same_as.seeds, run.key
             continue
-        if run.argv[0] in ("train", "prune", "forget") and not side:
+        if run.argv[0] in ("train", "prune", "forget"):
             assert len(run.seeds) >= 2, run.key
-        if run.table in ("s2ft", "pat") and not side:
+        if run.table in ("s2ft", "pat"):
             assert run.seeds == plan.SEEDS and len(plan.SEEDS) >= 3, run.key
-        if side:
-            assert run.seeds == plan.PAT_SIDE_SEEDS, run.key
 
 
 def test_quick_overrides_replace_the_same_key_in_place():
