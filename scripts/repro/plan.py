@@ -218,7 +218,7 @@ PAT_EVAL = scored(PAT_TASKS)
 # third), scored on its seed's shard of the pool
 PAT_SIZE = ("data=pat_commonsense", "trainer.max_steps=32", "trainer.warmup_steps=3", "trainer.batch_size=4",
             f"data.test_size={CROSS_TEST_SIZE['full']['commonsense']}", *PAT_EVAL)
-# every PAT row at three seeds (a PAT lane costs ~4 min: the whole pool for 20% and 30% too). The mask
+# every PAT row at three seeds, each scoring its third of the pool (a PAT lane costs ~4 min). The mask
 # ablations (frozen mask, no identity loss) are in docs/methods/pat.md, not in this plan.
 
 
